@@ -1,0 +1,105 @@
+"""One interface for every vision-language model rcc can compress and evaluate."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import cached_property
+
+import torch
+from PIL import Image
+from torch import nn
+
+from rcc.errors import EvalError
+from rcc.models.inventory import LayerInfo, Tower
+
+TextBatch = dict[str, torch.Tensor]
+
+
+class VLModel(ABC):
+    """A loaded model: its torch module plus the knowledge of how to feed and measure it.
+
+    Subclasses name their family, tokenise, preprocess, encode, and list their layers.
+    ``encode_image`` / ``encode_text`` return unnormalised embeddings; callers normalise.
+    """
+
+    family: str = ""
+    tasks: frozenset[str] = frozenset({"zeroshot", "retrieval"})
+
+    def __init__(self, spec: str, module: nn.Module):
+        self.spec = spec
+        self.module = module.eval()
+
+    # -- feeding -------------------------------------------------------------------------
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        """Token tensors for a batch of texts (always a dict: input_ids [+ attention_mask])."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The model's own preprocessing of one PIL image into a (C, H, W) float tensor."""
+
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocess(img) for img in images])
+
+    # -- encoding ------------------------------------------------------------------------
+    @abstractmethod
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, D) for preprocessed pixels (B, C, H, W)."""
+
+    @abstractmethod
+    def encode_text(self, tokens: TextBatch) -> torch.Tensor:
+        """Text embeddings (B, D) for a token batch."""
+
+    def generate_captions(self, pixels: torch.Tensor, max_new_tokens: int = 30) -> list[str]:
+        raise EvalError(f"model {self.spec!r} cannot caption; allowed tasks: {sorted(self.tasks)}")
+
+    # -- structure -----------------------------------------------------------------------
+    @abstractmethod
+    def layers(self) -> list[LayerInfo]:
+        """Every compressible weight matrix, in model order."""
+
+    @abstractmethod
+    def tower_of_param(self, name: str) -> Tower | None:
+        """Which tower a state-dict entry belongs to (None: shared, e.g. logit_scale)."""
+
+    @cached_property
+    def layer_index(self) -> dict[str, LayerInfo]:
+        return {layer.name: layer for layer in self.layers()}
+
+    # -- placement -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLModel:
+        self.module.to(device=device, dtype=dtype)
+        return self
+
+    def tokens_to_device(self, tokens: TextBatch) -> TextBatch:
+        return {k: v.to(self.device) for k, v in tokens.items()}
+
+    # -- identity ------------------------------------------------------------------------
+    def fingerprint(self, tower: Tower | None = None) -> str:
+        """A content hash of the weights of one tower (or of the whole model).
+
+        Keys the feature cache: embeddings of an unchanged tower are reused, any weight
+        change in that tower (compression, training) gives a new key.
+        """
+        digest = hashlib.blake2b(self.family.encode(), digest_size=16)
+        for name, tensor in sorted(self.module.state_dict().items()):
+            if tower is not None and self.tower_of_param(name) != tower:
+                continue
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            data = tensor.detach().contiguous().cpu()
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        return digest.hexdigest()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())

@@ -1,0 +1,99 @@
+"""The layer inventory: every compressible weight matrix of a model, with a stable name.
+
+Conventions every stage relies on:
+- ``shape`` is always ``(out_features, in_features)``: the matrix maps an input of size
+  ``in_features`` to ``out_features``, whatever the storage layout.
+- OpenCLIP's fused attention ``in_proj_weight`` (q, k and v stacked on rows) is exposed as three
+  entries, ``...attn.in_proj.q`` / ``.k`` / ``.v``, each naming a row slice of the same parameter.
+  That keeps plans portable between OpenCLIP and Hugging Face models (whose q/k/v are separate
+  Linears) and lets a user treat q, k and v differently.
+- OpenCLIP's ``visual.proj`` and ``text_projection`` are stored ``(in, out)`` and used as
+  ``x @ W``; they are marked ``transposed`` and read back in the ``(out, in)`` convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Tower = Literal["vision", "text", "fusion", "decoder"]
+LayerKind = Literal["attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "projection"]
+
+TOWERS: tuple[Tower, ...] = ("vision", "text", "fusion", "decoder")
+LAYER_KINDS: tuple[LayerKind, ...] = (
+    "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "projection",
+)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One compressible weight matrix."""
+
+    name: str
+    tower: Tower
+    block: int | None
+    kind: LayerKind
+    shape: tuple[int, int]
+    param: str
+    rows: tuple[int, int] | None = None
+    transposed: bool = False
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "tower": self.tower, "block": self.block, "kind": self.kind,
+            "shape": list(self.shape), "params": self.params, "param": self.param,
+        }
+
+
+def read_matrix(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
+    """The layer's weight as an ``(out, in)`` view of the live parameter (no copy)."""
+    weight = module.get_parameter(layer.param)
+    if layer.rows is not None:
+        weight = weight[layer.rows[0]:layer.rows[1]]
+    return weight.t() if layer.transposed else weight
+
+
+@torch.no_grad()
+def write_matrix(module: nn.Module, layer: LayerInfo, value: torch.Tensor) -> None:
+    """Copy an ``(out, in)`` matrix into the layer's parameter in place."""
+    if tuple(value.shape) != layer.shape:
+        raise ValueError(f"{layer.name}: expected shape {layer.shape}, got {tuple(value.shape)}")
+    read_matrix(module, layer).copy_(value)
+
+
+def linear_layers(module: nn.Module, classify) -> list[LayerInfo]:
+    """Inventory of every ``nn.Linear`` whose name ``classify`` maps to (tower, block, kind).
+
+    ``classify(name) -> tuple[Tower, int | None, LayerKind] | None``; None leaves it out
+    (heads that are not part of the embedding path, e.g. BLIP's ITM head).
+    """
+    found: list[LayerInfo] = []
+    for name, child in module.named_modules():
+        if not isinstance(child, nn.Linear):
+            continue
+        where = classify(name)
+        if where is None:
+            continue
+        tower, block, kind = where
+        out_f, in_f = child.weight.shape
+        found.append(LayerInfo(
+            name=name, tower=tower, block=block, kind=kind,
+            shape=(int(out_f), int(in_f)), param=f"{name}.weight",
+        ))
+    return found
+
+
+def block_index(name: str, marker: str) -> int | None:
+    """The integer following ``marker`` in a dotted module name (``layers.3.mlp`` → 3)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == marker and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None

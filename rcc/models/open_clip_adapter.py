@@ -1,0 +1,233 @@
+"""Adapter for OpenCLIP models: named configs (``open_clip:ViT-B-32[@TAG_OR_FILE]``) and
+custom config files (``open_clip:path/config.json[@WEIGHTS]``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from rcc.errors import ModelSpecError
+from rcc.models.adapter import TextBatch, VLModel
+from rcc.models.inventory import LAYER_KINDS, LayerInfo, LayerKind, Tower, block_index, linear_layers
+
+# Last dotted component (or a distinctive suffix) of a Linear's name → its kind. Covers
+# OpenCLIP's own blocks (c_fc / c_proj / out_proj) and HF text towers inside OpenCLIP (BERT).
+_SUFFIX_KINDS: tuple[tuple[str, LayerKind], ...] = (
+    ("attention.self.query", "attn_q"),
+    ("attention.self.key", "attn_k"),
+    ("attention.self.value", "attn_v"),
+    ("attention.output.dense", "attn_out"),
+    ("intermediate.dense", "mlp_in"),
+    ("output.dense", "mlp_out"),
+    ("attn.out_proj", "attn_out"),
+    ("mlp.c_fc", "mlp_in"),
+    ("mlp.c_proj", "mlp_out"),
+    ("q_proj", "attn_q"),
+    ("k_proj", "attn_k"),
+    ("v_proj", "attn_v"),
+    ("attnpool.c_proj", "attn_out"),
+    ("text.proj", "projection"),
+    ("text_projection", "projection"),
+    ("visual.head", "projection"),
+)
+
+
+def _kind_of(name: str) -> LayerKind | None:
+    for suffix, kind in _SUFFIX_KINDS:
+        if name == suffix or name.endswith("." + suffix):
+            return kind
+    return None
+
+
+def _tower_of(name: str) -> Tower:
+    return "vision" if name.startswith("visual.") else "text"
+
+
+def _block_of(name: str) -> int | None:
+    for marker in ("resblocks", "layer", "layers"):
+        index = block_index(name, marker)
+        if index is not None:
+            return index
+    return None
+
+
+def open_clip_layers(module: nn.Module) -> list[LayerInfo]:
+    """Inventory of an OpenCLIP model, fused attention split into q / k / v row slices."""
+
+    def classify(name: str):
+        kind = _kind_of(name)
+        return None if kind is None else (_tower_of(name), _block_of(name), kind)
+
+    found = linear_layers(module, classify)
+    for name, child in module.named_modules():
+        if isinstance(child, nn.MultiheadAttention) and child._qkv_same_embed_dim:
+            width = child.embed_dim
+            for part, kind in enumerate(("attn_q", "attn_k", "attn_v")):
+                found.append(LayerInfo(
+                    name=f"{name}.in_proj.{kind[-1]}", tower=_tower_of(name), block=_block_of(name),
+                    kind=kind, shape=(width, width), param=f"{name}.in_proj_weight",
+                    rows=(part * width, (part + 1) * width),
+                ))
+    for param_name in ("visual.proj", "text_projection"):
+        param = dict(module.named_parameters()).get(param_name)
+        if param is not None and param.dim() == 2:
+            found.append(LayerInfo(
+                name=param_name, tower=_tower_of(param_name), block=None, kind="projection",
+                shape=(int(param.shape[1]), int(param.shape[0])), param=param_name, transposed=True,
+            ))
+    return sort_layers(module, found)
+
+
+def sort_layers(module: nn.Module, layers: list[LayerInfo]) -> list[LayerInfo]:
+    """Model order: tower by tower, blocks in order, projections last, q/k/v before out."""
+    order = {name: i for i, (name, _) in enumerate(module.named_modules())}
+    tower_rank = {"vision": 0, "text": 1, "fusion": 2, "decoder": 3}
+
+    def key(layer: LayerInfo):
+        owner = layer.param.rsplit(".", 1)[0]
+        block = -1 if layer.block is None else layer.block
+        return (tower_rank[layer.tower], layer.block is None, block, order.get(owner, 0),
+                LAYER_KINDS.index(layer.kind))
+
+    return sorted(layers, key=key)
+
+
+class OpenCLIPModel(VLModel):
+    """An OpenCLIP ``CLIP`` / ``CustomTextCLIP`` with its tokenizer and eval transform."""
+
+    family = "open_clip"
+
+    def __init__(self, spec: str, module: nn.Module, tokenizer, transform):
+        super().__init__(spec, module)
+        self._tokenizer = tokenizer
+        self._transform = transform
+
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        return {"input_ids": self._tokenizer(list(texts))}
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._transform(image)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_image(pixels.to(self.device, self.dtype))
+
+    def encode_text(self, tokens: TextBatch) -> torch.Tensor:
+        return self.module.encode_text(tokens["input_ids"].to(self.device))
+
+    def layers(self) -> list[LayerInfo]:
+        return open_clip_layers(self.module)
+
+    def tower_of_param(self, name: str) -> Tower | None:
+        if name in ("logit_scale", "logit_bias"):
+            return None
+        return _tower_of(name)
+
+
+FORMS = "open_clip:NAME[@PRETRAINED_TAG_OR_FILE], open_clip:CONFIG.json[@WEIGHTS]"
+
+
+def load_open_clip(spec: str, target: str) -> OpenCLIPModel:
+    """Load ``target`` (the part after ``open_clip:``) as an OpenCLIP model."""
+    name, _, pretrained = target.partition("@")
+    if not name:
+        raise ModelSpecError(f"model spec {spec!r} names no model; accepted forms: {FORMS}")
+    if name.endswith(".json"):
+        return _from_config_file(spec, Path(name), pretrained or None)
+    return _from_registry(spec, name, pretrained or None)
+
+
+def _from_registry(spec: str, name: str, pretrained: str | None) -> OpenCLIPModel:
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ModelSpecError(
+            f"unknown open_clip model {name!r} in {spec!r}; accepted forms: {FORMS} "
+            f"(NAME one of `python -c 'import open_clip; print(open_clip.list_models())'`)"
+        )
+    try:
+        module, _, transform = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, weights_only=True, load_weights=pretrained is not None,
+        )
+    except Exception as exc:  # hub unreachable offline, bad tag, unreadable file
+        raise ModelSpecError(f"cannot load {spec!r}: {_short(exc)}; accepted forms: {FORMS}") from exc
+    return OpenCLIPModel(spec, module, open_clip.get_tokenizer(name), transform)
+
+
+def _from_config_file(spec: str, path: Path, weights: str | None) -> OpenCLIPModel:
+    if not path.is_file():
+        raise ModelSpecError(f"model config {str(path)!r} not found (spec {spec!r}); accepted forms: {FORMS}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelSpecError(f"model config {str(path)!r} is not valid JSON: {exc}") from exc
+    module, tokenizer, transform = build_from_config(config, base_dir=path.parent, spec=spec)
+    if weights:
+        load_weights_file(module, Path(weights), spec)
+    return OpenCLIPModel(spec, module, tokenizer, transform)
+
+
+def build_from_config(config: dict, base_dir: Path | None = None, spec: str = "") -> tuple[nn.Module, object, object]:
+    """Module, tokenizer and eval transform from an OpenCLIP config dict (model_configs format)."""
+    import open_clip
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+    if missing:
+        raise ModelSpecError(f"model config for {spec!r} lacks {missing}; it needs embed_dim, vision_cfg, text_cfg")
+    config = dict(config)
+    text_cfg = dict(config["text_cfg"])
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        # A relative HF path in a config file means "next to the config file".
+        if base_dir is not None and text_cfg.get(key) and (base_dir / text_cfg[key]).exists():
+            text_cfg[key] = str(base_dir / text_cfg[key])
+    preprocess = config.pop("preprocess_cfg", {})
+    custom_text = config.pop("custom_text", False) or bool(text_cfg.get("hf_model_name"))
+    kwargs = {k: v for k, v in config.items() if k not in ("text_cfg",)}
+    try:
+        cls = CustomTextCLIP if custom_text else CLIP
+        module = cls(**kwargs, text_cfg=text_cfg)
+    except (TypeError, ValueError, OSError) as exc:
+        raise ModelSpecError(f"cannot build open_clip model from config {spec!r}: {_short(exc)}") from exc
+
+    context_length = text_cfg.get("context_length", 77)
+    if text_cfg.get("hf_tokenizer_name"):
+        tokenizer = open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length)
+    else:
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    image_size = config["vision_cfg"].get("image_size", 224)
+    transform = open_clip.image_transform(
+        image_size, is_train=False,
+        mean=preprocess.get("mean"), std=preprocess.get("std"),
+        interpolation=preprocess.get("interpolation"), resize_mode=preprocess.get("resize_mode"),
+    )
+    return module, tokenizer, transform
+
+
+def load_weights_file(module: nn.Module, path: Path, spec: str) -> None:
+    """Load a full state dict from safetensors (or a weights-only torch checkpoint)."""
+    if not path.is_file():
+        raise ModelSpecError(f"weights file {str(path)!r} not found (spec {spec!r})")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelSpecError(
+            f"weights {str(path)!r} do not match the model of {spec!r}: "
+            f"{len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys "
+            f"(first: {(result.missing_keys or result.unexpected_keys)[0]!r})"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
