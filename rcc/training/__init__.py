@@ -1,0 +1,1 @@
+"""Training: the generic trainer and the rcc-mini demo recipe."""
