@@ -1,0 +1,55 @@
+"""Entry point of ``rcc-tui``: parse, dispatch to one command module, turn user errors into exit 2.
+
+Heavy libraries (torch, transformers, open_clip) are imported inside the commands, so
+``rcc-tui --help`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rcc.cli import eval_cmd, layers_cmd, train_demo_cmd
+
+COMMANDS = (eval_cmd, layers_cmd, train_demo_cmd)
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rcc-tui",
+        description="Compress vision-language models with Recursive Cascade Compression "
+                    "(DARE → Nullu → AlphaEdit).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rcc.errors import RccError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # The Textual app arrives with the workbench issue; until then the demo is the headless eval.
+        args = parser.parse_args(["eval", *(argv or [])])
+    try:
+        return int(args.run(args) or 0)
+    except RccError as exc:
+        print(f"rcc-tui: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("rcc-tui: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

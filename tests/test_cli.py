@@ -1,0 +1,75 @@
+"""The headless CLI: eval and layers on the demo, --help everywhere, user errors exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rcc.cli.main import build_parser, main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rcc.cli.main", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"eval", "layers", "train-demo"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert f"rcc-tui {name}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_on_the_demo_prints_top1_and_is_repeatable(tmp_path):
+    first = _run("eval", "--json", str(tmp_path / "a.json"), "--device", "cpu")
+    assert first.returncode == 0, first.stderr
+    assert "top1" in first.stdout and "rcc-mini" in first.stdout
+    second = _run("eval", "--json", str(tmp_path / "b.json"), "--device", "cpu", "--no-cache")
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert a["metrics"]["top1"] >= 0.90
+    assert a["metrics"] == b["metrics"]
+    assert (a["model"], a["data"], a["split"], a["task"]) == ("rcc-mini", "digits", "test", "zeroshot")
+    assert a["metrics"]["n"] == 360
+
+
+def test_layers_lists_the_demo_inventory(tmp_path, capsys):
+    assert main(["layers", "--json", str(tmp_path / "layers.json"), "--tower", "vision"]) == 0
+    out = capsys.readouterr().out
+    assert "visual.transformer.resblocks.3.attn.in_proj.q" in out
+    listed = json.loads((tmp_path / "layers.json").read_text())
+    # 4 blocks × (q, k, v, out, mlp_in, mlp_out) + the visual projection.
+    assert len(listed["layers"]) == 25
+    assert {layer["tower"] for layer in listed["layers"]} == {"vision"}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval", "--model", "nope:thing"], ["nope:thing", "accepted forms"]),
+    (["eval", "--data", "mnist"], ["mnist", "allowed"]),
+    (["eval", "--data", "imagefolder:/no/such/dir"], ["/no/such/dir"]),
+    (["eval", "--split", "validation"], ["validation", "train, calib, test"]),
+    (["eval", "--templates", "/no/templates.txt"], ["/no/templates.txt", "digits, cifar"]),
+    (["eval", "--batch-size", "0"], ["--batch-size 0", "≥ 1"]),
+    (["eval", "--device", "cuda:99"], ["cuda:99", "allowed"]),
+    (["eval", "--device", "tpu"], ["tpu", "allowed"]),
+    (["eval", "--task", "retrieval"], ["retrieval", "captions"]),
+])
+def test_user_errors_print_one_line_and_exit_2(args, words, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rcc-tui: error: ") and "\n" not in err
+    for word in words:
+        assert word in err
+
+
+def test_eval_of_a_template_file_with_no_placeholder_is_refused(tmp_path, capsys):
+    bad = tmp_path / "t.txt"
+    bad.write_text("a photo\n")
+    assert main(["eval", "--templates", str(bad)]) == 2
+    assert "{c}" in capsys.readouterr().err
