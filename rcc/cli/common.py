@@ -24,7 +24,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def stdout() -> Console:
-    return Console(file=sys.stdout, soft_wrap=True)
+    # Piped output (files, CI logs, tests) is read by tools: never truncate names there.
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
 
 
 def stderr() -> Console:
@@ -34,7 +35,7 @@ def stderr() -> Console:
 def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
     out = Table(title=title, title_justify="left")
     for i, column in enumerate(columns):
-        out.add_column(column, justify="left" if i == 0 else "right")
+        out.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         out.add_row(*(format_value(value) for value in row))
     return out
