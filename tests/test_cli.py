@@ -73,3 +73,44 @@ def test_eval_of_a_template_file_with_no_placeholder_is_refused(tmp_path, capsys
     bad.write_text("a photo\n")
     assert main(["eval", "--templates", str(bad)]) == 2
     assert "{c}" in capsys.readouterr().err
+
+
+def _captions_csv(tmp_path) -> str:
+    from hf_tiny import random_images
+
+    rows = ["image,caption"]
+    for i, image in enumerate(random_images(6, seed=1)):
+        image.save(tmp_path / f"img{i}.png")
+        rows += [f"img{i}.png,a photo of the red dog {i}", f"img{i}.png,the small cat number {i}"]
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    return f"captions-csv:{tmp_path / 'captions.csv'}"
+
+
+def test_eval_retrieval_end_to_end_on_a_tiny_hf_clip(tmp_path, capsys):
+    from hf_tiny import save_tiny_clip
+
+    model_dir = save_tiny_clip(tmp_path / "clip")
+    data = _captions_csv(tmp_path)
+    assert main(["eval", "--model", f"hf:{model_dir}", "--data", data, "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["task"] == "retrieval"
+    metrics = result["metrics"]
+    assert (metrics["n_images"], metrics["n_texts"]) == (6, 12)
+    # Recall@10 covers all 6 images, so every text finds its image; @1 of a random model is not 1.
+    assert metrics["text_to_image_recall@10"] == 1.0 and metrics["image_to_text_recall@10"] == 1.0
+    assert 0.0 <= metrics["text_to_image_recall@1"] <= metrics["text_to_image_recall@5"] <= 1.0
+
+
+def test_eval_caption_end_to_end_on_a_tiny_blip(tmp_path):
+    from hf_tiny import save_tiny_blip
+
+    model_dir = save_tiny_blip(tmp_path / "blip", task="caption")
+    data = _captions_csv(tmp_path)
+    assert main(["eval", "--model", f"hf-blip:{model_dir}", "--data", data, "--json", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["task"] == "caption"
+    assert result["metrics"]["n_images"] == 6
+    assert 0.0 <= result["metrics"]["bleu4"] <= 1.0 and result["metrics"]["cider"] >= 0.0
+    assert len(result["examples"]) == 5 and all(isinstance(e["generated"], str) for e in result["examples"])
+    # A captioning model cannot do retrieval: refused with the tasks it can do.
+    assert main(["eval", "--model", f"hf-blip:{model_dir}", "--data", data, "--task", "retrieval"]) == 2

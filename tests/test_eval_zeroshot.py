@@ -106,3 +106,15 @@ def test_torn_cache_file_is_a_miss_not_an_error(tmp_path):
     assert torch.equal(cache.get("ab" * 20), torch.ones(3, 2))
     (tmp_path / "ab" / f"{'ab' * 20}.safetensors").write_bytes(b"garbage")
     assert cache.get("ab" * 20) is None
+
+
+def test_bf16_autocast_agrees_with_fp32_on_the_demo(rcc_mini):
+    from rcc.data.registry import load_dataset
+    from rcc.eval.templates import DIGIT_TEMPLATES
+
+    test = load_dataset("digits", "test")
+    fp32 = evaluate_zeroshot(rcc_mini, test, DIGIT_TEMPLATES)
+    bf16 = evaluate_zeroshot(rcc_mini, test, DIGIT_TEMPLATES, precision="bf16")
+    assert fp32.top1 >= 0.90
+    agreement = sum(a == b for a, b in zip(fp32.predictions, bf16.predictions)) / fp32.n
+    assert agreement >= 0.97 and abs(fp32.top1 - bf16.top1) <= 0.02
