@@ -70,3 +70,31 @@ def run_eval(
     result = evaluate_captioning(model, dataset, batch_size=min(batch_size, 16), progress=progress, cancel=cancel)
     return EvalReport(model.spec, dataset.spec, dataset.split, task, result.scores.as_dict(),
                       {"examples": result.as_dict()["examples"]})
+
+
+PRIMARY_METRIC = {
+    "zeroshot": "top1",
+    "retrieval": "mean recall@1 (text→image, image→text)",
+    "caption": "cider",
+}
+
+
+def primary_metric(report: EvalReport) -> float:
+    """The one number a threshold is checked against: top-1, mean recall@1, or CIDEr."""
+    metrics = report.metrics
+    if report.task == "zeroshot":
+        return float(metrics["top1"])
+    if report.task == "retrieval":
+        return (metrics["text_to_image_recall@1"] + metrics["image_to_text_recall@1"]) / 2
+    return float(metrics["cider"])
+
+
+def evaluator(dataset: Dataset, task: str | None = None, templates: Sequence[str] | None = None,
+              precision: str = "fp32", batch_size: int = 128):
+    """A function model → primary metric on ``dataset`` (what the cascade checks after each stage)."""
+
+    def evaluate(model: VLModel) -> float:
+        return primary_metric(run_eval(model, dataset, task=task, templates=templates, precision=precision,
+                                       batch_size=batch_size))
+
+    return evaluate

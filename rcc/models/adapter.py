@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from functools import cached_property
 
 import torch
 from PIL import Image
@@ -64,8 +63,9 @@ class VLModel(ABC):
     def tower_of_param(self, name: str) -> Tower | None:
         """Which tower a state-dict entry belongs to (None: shared, e.g. logit_scale)."""
 
-    @cached_property
+    @property
     def layer_index(self) -> dict[str, LayerInfo]:
+        # Not cached: compression replaces modules (unfused attention, factorised layers).
         return {layer.name: layer for layer in self.layers()}
 
     # -- placement -----------------------------------------------------------------------

@@ -46,6 +46,10 @@ _VISION_KINDS: dict[str, LayerKind] = {
     "self_attn.projection": "attn_out",
     "mlp.fc1": "mlp_in",
     "mlp.fc2": "mlp_out",
+    # After compression splits the fused qkv (rcc.compression.layers.SplitQKV).
+    "self_attn.qkv.q": "attn_q",
+    "self_attn.qkv.k": "attn_k",
+    "self_attn.qkv.v": "attn_v",
 }
 _FUSED_QKV = "self_attn.qkv"
 

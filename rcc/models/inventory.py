@@ -53,7 +53,13 @@ class LayerInfo:
 
 
 def read_matrix(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
-    """The layer's weight as an ``(out, in)`` view of the live parameter (no copy)."""
+    """The layer's weight as an ``(out, in)`` view of the live parameter (no copy).
+
+    A factorised layer has no such parameter: its product is returned (a new tensor).
+    """
+    owner = module.get_submodule(layer.param.rpartition(".")[0])
+    if hasattr(owner, "dense_weight"):
+        return owner.dense_weight()
     weight = module.get_parameter(layer.param)
     if layer.rows is not None:
         weight = weight[layer.rows[0]:layer.rows[1]]
@@ -76,13 +82,14 @@ def linear_layers(module: nn.Module, classify) -> list[LayerInfo]:
     """
     found: list[LayerInfo] = []
     for name, child in module.named_modules():
-        if not isinstance(child, nn.Linear):
+        # Linear, or a factorised stand-in for one (rcc.compression.layers.LowRankLinear).
+        if not (isinstance(child, nn.Linear) or hasattr(child, "dense_weight")):
             continue
         where = classify(name)
         if where is None:
             continue
         tower, block, kind = where
-        out_f, in_f = child.weight.shape
+        out_f, in_f = child.out_features, child.in_features
         found.append(LayerInfo(
             name=name, tower=tower, block=block, kind=kind,
             shape=(int(out_f), int(in_f)), param=f"{name}.weight",

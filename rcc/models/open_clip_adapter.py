@@ -25,6 +25,9 @@ _SUFFIX_KINDS: tuple[tuple[str, LayerKind], ...] = (
     ("intermediate.dense", "mlp_in"),
     ("output.dense", "mlp_out"),
     ("attn.out_proj", "attn_out"),
+    ("attn.in_proj.q", "attn_q"),  # after compression split the fused weight (rcc.compression.layers)
+    ("attn.in_proj.k", "attn_k"),
+    ("attn.in_proj.v", "attn_v"),
     ("mlp.c_fc", "mlp_in"),
     ("mlp.c_proj", "mlp_out"),
     ("q_proj", "attn_q"),

@@ -1,0 +1,99 @@
+"""``rcc-tui compress``: run the RCC cascade headless and write the compressed model + a report."""
+
+from __future__ import annotations
+
+import argparse
+
+from rcc.cli.common import DATA_HELP, add_model_args
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "compress", help="compress a model with the RCC cascade",
+        description="Run Recursive Cascade Compression (DARE → Nullu → AlphaEdit by default) following a plan. "
+                    "After each stage the model is evaluated on --eval-split; a stage that brings the metric "
+                    "below --threshold × dense is undone and retried gentler, then skipped. Writes the compressed "
+                    "model (safetensors + manifest) to --out and the report to --json.",
+    )
+    add_model_args(parser)
+    parser.add_argument("--plan", required=True, metavar="PLAN.json", help="a plan from `rcc-tui plan`")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where to write the compressed model")
+    parser.add_argument("--data", default="digits", metavar="SPEC", help=DATA_HELP)
+    parser.add_argument("--eval-split", default=None, help="split checked after each stage (default: calib if the "
+                                                           "dataset has one, else test)")
+    parser.add_argument("--test-split", default="test", help="split of the final before/after report")
+    parser.add_argument("--threshold", type=float, default=0.95, help="keep ≥ this fraction of the dense metric")
+    parser.add_argument("--stages", default="dare,nullu,alphaedit", help="comma-separated stage order")
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--schedule", default="linear", help="linear, cosine, exponential or adaptive")
+    parser.add_argument("--steps", type=int, default=1, help="schedule steps (default 1: straight to the plan)")
+    parser.add_argument("--calib-per-class", type=int, default=16, help="calibration images per class")
+    parser.add_argument("--no-whiten", action="store_true", help="plain SVD instead of activation-aware SVD")
+    parser.add_argument("--no-preserve", action="store_true", help="AlphaEdit without the null-space constraint")
+    parser.add_argument("--json", metavar="REPORT", help="also write the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from rcc.cli.common import stderr, stdout, table, write_json
+    from rcc.compression.calibration_sets import calibration_sets
+    from rcc.compression.cascade import CascadeConfig, run_cascade
+    from rcc.compression.plan import load_plan
+    from rcc.compression.stage_context import StageOptions
+    from rcc.compression.structure import save_compressed
+    from rcc.data.registry import dataset_splits, load_dataset
+    from rcc.eval.suite import evaluator
+    from rcc.models.registry import load_model, resolve_device
+
+    plan = load_plan(args.plan)
+    config = CascadeConfig(
+        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), threshold=args.threshold,
+        max_attempts=args.max_attempts, schedule=args.schedule, steps=args.steps,
+        options=replace(StageOptions(), whiten=not args.no_whiten, preserve=not args.no_preserve),
+    )
+    config.validate()
+    splits = dataset_splits(args.data)
+    eval_split = args.eval_split or ("calib" if "calib" in splits else splits[-1])
+    check_data = load_dataset(args.data, eval_split)
+    test_data = load_dataset(args.data, args.test_split)
+    model = load_model(args.model, device=resolve_device(args.device))
+    calibration, preserved = calibration_sets(args.data, per_class=args.calib_per_class, seed=plan.seed)
+    test_metric = evaluator(test_data)
+    dense_test = test_metric(model)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=stderr(),
+                  transient=True) as bar:
+        task = bar.add_task("calibrating", total=None)
+
+        def progress(stage: str, i: int, total: int, name: str) -> None:
+            bar.update(task, completed=i + 1, total=total, description=f"{stage}: {name}")
+
+        def on_attempt(attempt) -> None:
+            verdict = "kept" if attempt.accepted else "undone"
+            bar.console.print(f"step {attempt.step} {attempt.stage} attempt {attempt.attempt} "
+                              f"(strength {attempt.fraction:.3f}): metric {attempt.metric:.4f}, {verdict}")
+
+        result = run_cascade(model, plan, evaluator(check_data), calibration, preserved, config,
+                             progress=progress, on_attempt=on_attempt)
+    final_test = test_metric(model)
+    save_compressed(model, args.out, extra={"plan": args.plan, "cascade": result.as_dict()})
+    rows = [
+        [f"metric on {eval_split} (dense → compressed)", f"{result.dense_metric:.4f} → {result.final_metric:.4f}"],
+        [f"metric on {args.test_split} (dense → compressed)", f"{dense_test:.4f} → {final_test:.4f}"],
+        ["selected layers' parameters", f"{result.params_before:,} → {result.params_after:,} "
+                                        f"({result.removed_fraction:.1%} removed)"],
+        ["model parameters", f"{result.model_params_before:,} → {result.model_params_after:,}"],
+        ["attempts (kept / undone)", f"{sum(a.accepted for a in result.attempts)} / "
+                                     f"{sum(not a.accepted for a in result.attempts)}"],
+        ["stages skipped", len(result.skipped)],
+        ["seconds", f"{result.seconds:.1f}"],
+    ]
+    stdout().print(table(f"compressed {model.spec} → {args.out}", ["", "value"], rows))
+    write_json(args.json, {"model": model.spec, "data": args.data, "eval_split": eval_split,
+                           "test_split": args.test_split, "test_dense": dense_test, "test_compressed": final_test,
+                           "cascade": result.as_dict(), "out": args.out})
+    return 0

@@ -1,0 +1,1 @@
+"""Compression: plans, the DARE / Nullu / AlphaEdit stages and the recursive cascade."""

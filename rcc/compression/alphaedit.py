@@ -1,0 +1,378 @@
+"""AlphaEdit-style correction: restore a compressed layer's outputs, optionally inside a null space.
+
+Weights are (out, in) = (m, n). Calibration inputs X (n × N) arrive only as their Gram matrix
+C = X Xᵀ (n × n); preserved inputs K₀ as C₀ = K₀ K₀ᵀ. With R = W − W_c (what compression
+removed) every correction Δ minimises the ridge objective
+
+    f(Δ) = ‖(W_c + Δ − W) X‖²_F + λ‖Δ‖²_F = tr((Δ − R) C (Δ − R)ᵀ) + λ‖Δ‖²_F
+
+over a subspace: all of R^{m×n}, rows in range(P) (AlphaEdit: Δ K₀ ≈ 0, so outputs on the
+preserved set do not move), entries inside a keep mask (sparsity survives), or a low-rank
+factor. For every closed form f(Δ*) ≤ f(0), so the calibration error never grows:
+err(Δ*) ≤ err(0) − λ‖Δ*‖².
+
+All solves run in float64 (Gram matrices of long calibration sets are badly conditioned);
+results come back in the weight's dtype and device. Weights with more than two dims must be
+reshaped to (shape[0], rest) by the caller, as in ``dare``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_NULL_THRESHOLD = 1e-2
+# An eigenvalue of P_JJ this close to 1 marks a direction inside range(P) (see _row_basis).
+_IN_RANGE_TOL_F64 = 1e-10
+
+
+@dataclass(frozen=True, eq=False)
+class NullSpace:
+    """P = U Uᵀ onto the eigenvectors of C₀ with eigenvalue < threshold · λ_max(C₀)."""
+
+    projector: torch.Tensor  # P (n × n), float64
+    basis: torch.Tensor  # U (n × dim), orthonormal columns, float64
+    dim: int  # dimension of the (approximate) null space of K₀ᵀ
+    threshold: float  # the absolute eigenvalue cut-off that was applied
+
+
+@dataclass(frozen=True, eq=False)
+class GradientCorrection:
+    """Δ found by projected gradient descent and the objective f(Δ_t) at every iterate (steps + 1)."""
+
+    delta: torch.Tensor
+    losses: torch.Tensor
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def null_space_projector(preserved_gram: torch.Tensor, threshold: float = DEFAULT_NULL_THRESHOLD) -> NullSpace:
+    """C₀ = U Λ Uᵀ; P = U_S U_Sᵀ with S = {i : Λ_i < threshold · max Λ} (relative threshold).
+
+    AlphaEdit cuts at an absolute 1e-2 on a mean (not summed) covariance; a relative cut gives
+    the same role to ``threshold`` whatever the number of preserved samples or the activation
+    scale. With C₀ = 0 (nothing to preserve) the whole space is null and P = I.
+    """
+    _check_square(preserved_gram, "preserved_gram")
+    if not (0.0 <= threshold <= 1.0):
+        raise ValueError(
+            f"null-space threshold must be in [0, 1] (relative to the largest eigenvalue), got {threshold}"
+        )
+    c0 = _sym64(preserved_gram)
+    evals, evecs = torch.linalg.eigh(c0)
+    top = float(evals[-1]) if evals.numel() else 0.0
+    cut = threshold * top
+    keep = evals < cut if top > 0 else torch.ones_like(evals, dtype=torch.bool)
+    basis = evecs[:, keep]
+    return NullSpace(projector=basis @ basis.T, basis=basis, dim=int(keep.sum()), threshold=cut)
+
+
+def weighted_gram(gram: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """C_w = diag(w) C diag(w): the Gram of X with input channel j scaled by w_j."""
+    _check_square(gram, "gram")
+    if importance.shape != (gram.shape[0],):
+        raise ValueError(f"importance must have shape ({gram.shape[0]},), got {tuple(importance.shape)}")
+    w = importance.detach().to(torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("importance weights must be finite and non-negative")
+    return w[:, None] * _sym64(gram) * w[None, :]
+
+
+def reconstruction_error(W: torch.Tensor, W_c: torch.Tensor, gram: torch.Tensor) -> float:
+    """‖(W_c − W) X‖²_F = tr((W_c − W) C (W_c − W)ᵀ)."""
+    _check_pair(W, W_c, gram)
+    e = W_c.detach().to(torch.float64) - W.detach().to(torch.float64)
+    return float(((e @ _sym64(gram).to(e.device)) * e).sum())
+
+
+# --- closed forms -------------------------------------------------------------------------------
+
+
+def dense_correction(
+    W: torch.Tensor,
+    W_c: torch.Tensor,
+    gram: torch.Tensor,
+    lam: float,
+    projector: NullSpace | torch.Tensor | None = None,
+    importance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Δ = R C U (Uᵀ C U + λI)⁻¹ Uᵀ with R = W − W_c (U = I without a projector: Δ = R C (C + λI)⁻¹).
+
+    With P = U Uᵀ, writing Δ = D P = E Uᵀ (E = D U) turns the constrained problem into an
+    unconstrained one in E: ∇_E = 2(E Uᵀ − R) C U + 2λE = 0 ⇒ E (Uᵀ C U + λI) = R C U. Every row
+    of Δ lies in range(P), so Δ K₀ = Δ P K₀ ≈ 0. For λ > 0 this equals R C P (P C P + λI)⁻¹;
+    for λ = 0 the inverse is a pseudo-inverse (the minimum-norm minimiser).
+
+    ``importance`` (n,) replaces C by diag(w) C diag(w), i.e. fits on inputs whose channel j is
+    scaled by w_j, so an error driven by channel j costs ~w_j² more. With λ > 0 or a projector
+    (where not every error can be removed) the
+    correction spends its budget on the channels the caller ranks high, e.g. activation norms
+    ‖X_j‖ whose outlier channels dominate downstream error. λ‖Δ‖² is not reweighted.
+    """
+    _check_pair(W, W_c, gram)
+    _check_lam(lam)
+    c = weighted_gram(gram, importance) if importance is not None else _sym64(gram)
+    c = c.to(W.device)
+    r = W.detach().to(torch.float64) - W_c.detach().to(torch.float64)
+    basis = _basis(projector, c.shape[0], c.device)
+    if basis is None:
+        delta = _ridge_solve(c, r @ c, lam)
+    else:
+        delta = _ridge_solve(basis.T @ c @ basis, r @ c @ basis, lam) @ basis.T
+    return delta.to(W.dtype)
+
+
+def masked_correction(
+    W: torch.Tensor,
+    W_c: torch.Tensor,
+    mask: torch.Tensor,
+    gram: torch.Tensor,
+    lam: float,
+    projector: NullSpace | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per row i with kept columns J: δ_J = (R C)_{i,J} Q (Qᵀ C_JJ Q + λI)⁻¹ Qᵀ, zero off J.
+
+    Rows decouple because ‖Δ‖² and tr(Δ C Δᵀ) are sums over rows. Q is an orthonormal basis of
+    the row's feasible set: Q = I without a projector (δ_J = (R C)_{i,J} (C_JJ + λI)⁻¹); with one,
+    Q spans {v on J : P v = v}, the eigenvectors of P_JJ with eigenvalue 1 (vᵀ P_JJ v = ‖v‖²
+    ⟺ v ∈ range(P), since P_JJ ≼ I). That intersection has dimension about max(0, |J| − (n − dim))
+    and is often {0} for dense-ish null spaces; those rows then get no correction at all.
+    Rows with the same keep pattern (structured / column pruning) share one factorisation;
+    cost is one |J|³ solve per distinct pattern, so use ``gradient_correction`` for wide
+    unstructured layers when that is too slow.
+    """
+    _check_pair(W, W_c, gram)
+    _check_lam(lam)
+    _check_mask(mask, W)
+    c = _sym64(gram).to(W.device)
+    rc = (W.detach().to(torch.float64) - W_c.detach().to(torch.float64)) @ c
+    p = _projector64(projector, c.shape[0], c.device)
+    tol = _IN_RANGE_TOL_F64 if not isinstance(projector, torch.Tensor) else _in_range_tol(projector.dtype)
+    delta = torch.zeros_like(rc)
+    patterns, inverse = torch.unique(mask.to(torch.bool), dim=0, return_inverse=True)
+    order = torch.argsort(inverse, stable=True)
+    groups = torch.split(order, torch.bincount(inverse, minlength=len(patterns)).tolist())
+    for pattern, rows in zip(patterns, groups):
+        cols = pattern.nonzero().squeeze(1)
+        if cols.numel() == 0:
+            continue  # fully pruned row: nothing may change
+        c_jj = c[cols][:, cols]
+        rhs = rc[rows][:, cols]
+        if p is None:
+            delta[rows[:, None], cols[None, :]] = _ridge_solve(c_jj, rhs, lam)
+            continue
+        q = _row_basis(p[cols][:, cols], tol)
+        if q.shape[1] == 0:
+            continue  # range(P) meets this row's support only in 0
+        delta[rows[:, None], cols[None, :]] = _ridge_solve(q.T @ c_jj @ q, rhs @ q, lam) @ q.T
+    return delta.to(W.dtype)
+
+
+def lowrank_correction(
+    W: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    gram: torch.Tensor,
+    lam: float,
+    projector: NullSpace | torch.Tensor | None = None,
+    update_a: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B' = B + E Uᵀ with AᵀA E (UᵀCU) + λE = Aᵀ R C U (R = W − AB); optionally A' = A + R'CB'ᵀ(B'CB'ᵀ + λI)⁻¹.
+
+    The B step minimises ‖A(B + ΔB)X − WX‖² + λ‖ΔB‖² with ΔB = E Uᵀ (U = I without a
+    projector, so rows of ΔB, and of the update A ΔB, stay in range(P)). Its stationarity
+    condition is a Sylvester equation, solved in the eigenbases AᵀA = V S Vᵀ, UᵀCU = Z Γ Zᵀ:
+    E = V [(Vᵀ Aᵀ R C U Z) / (s_i γ_j + λ)] Zᵀ (entries with zero denominator set to 0, the
+    minimum-norm choice when λ = 0). The optional A step (R' = W − A B') is the dense ridge fit
+    of A with B' fixed; it changes outputs by ΔA B' K₀, which is nonzero whenever B'K₀ has full
+    row rank, so it is refused with a projector. Rank stays r: shapes of A and B never change.
+    The B step only moves outputs inside range(A): when A B is the plain truncated SVD of W
+    itself, R X ⟂ range(A) (Aᵀ R = 0) and the B step is exactly zero; it helps when the factors
+    came from another matrix (SVD after pruning, activation-aware SVD), otherwise use ``update_a``.
+    """
+    _check_lowrank(W, A, B, gram)
+    _check_lam(lam)
+    if update_a and projector is not None:
+        raise ValueError("update_a=True would move outputs on the preserved set; use it only with projector=None")
+    c = _sym64(gram).to(W.device)
+    w = W.detach().to(torch.float64)
+    a = A.detach().to(torch.float64)
+    b = B.detach().to(torch.float64)
+    basis = _basis(projector, c.shape[0], c.device)
+    u = basis if basis is not None else torch.eye(c.shape[0], dtype=torch.float64, device=c.device)
+    rcu = (w - a @ b) @ c @ u
+    e = _sylvester_ridge(a.T @ a, a.T @ rcu, u.T @ c @ u, lam)
+    b_new = b + e @ u.T
+    a_new = a
+    if update_a:
+        r2 = w - a @ b_new
+        a_new = a + _ridge_solve(b_new @ c @ b_new.T, r2 @ c @ b_new.T, lam)
+    return a_new.to(A.dtype), b_new.to(B.dtype)
+
+
+# --- iterative ----------------------------------------------------------------------------------
+
+
+def gradient_correction(
+    W: torch.Tensor,
+    W_c: torch.Tensor,
+    gram: torch.Tensor,
+    lam: float,
+    mask: torch.Tensor | None = None,
+    projector: NullSpace | torch.Tensor | None = None,
+    lr: float | None = None,
+    steps: int = 500,
+) -> GradientCorrection:
+    """Δ_{t+1} = Π(Δ_t − η ∇f), ∇f = 2(W_c + Δ_t − W) C + 2λΔ_t, Π(Δ) = (Δ P) ⊙ mask, Δ_0 = 0.
+
+    The default step η = 1 / (2(λ_max(C) + λ)) is 1/L for the gradient's Lipschitz constant L.
+    With at most one constraint Π is the Euclidean projection onto the feasible set, so f never
+    increases and the iterates converge to the matching closed form. With both, Π is a composition of
+    two projections, not the projection onto their intersection: the mask holds exactly (pruned
+    entries stay zero) but Δ K₀ ≈ 0 only approximately; ``masked_correction`` solves the
+    combined constraint exactly.
+    """
+    _check_pair(W, W_c, gram)
+    _check_lam(lam)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    c = _sym64(gram).to(W.device)
+    r = W.detach().to(torch.float64) - W_c.detach().to(torch.float64)
+    if lr is None:
+        curvature = 2.0 * (float(torch.linalg.eigvalsh(c)[-1].clamp(min=0.0)) + lam)
+        lr = 1.0 / curvature if curvature > 0 else 1.0  # C = 0 and λ = 0: f is constant
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    p = _projector64(projector, c.shape[0], c.device)
+    keep = None
+    if mask is not None:
+        _check_mask(mask, W)
+        keep = mask.to(device=W.device, dtype=torch.float64)
+    delta = torch.zeros_like(r)
+    losses = []  # device scalars, read once at the end so a GPU run does not sync every step
+    for t in range(steps + 1):
+        err = delta - r
+        err_c = err @ c
+        losses.append((err_c * err).sum() + lam * (delta * delta).sum())
+        if t == steps:
+            break
+        delta = delta - lr * (2.0 * err_c + 2.0 * lam * delta)
+        if p is not None:
+            delta = delta @ p
+        if keep is not None:
+            delta = delta * keep
+    return GradientCorrection(delta=delta.to(W.dtype), losses=torch.stack(losses).cpu())
+
+
+# --- linear algebra -----------------------------------------------------------------------------
+
+
+def _ridge_solve(g: torch.Tensor, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+    """X with X (G + λI) = rhs for symmetric PSD G; pseudo-inverse (minimum norm) when λ = 0."""
+    if lam > 0:
+        system = g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+        # Cholesky costs half of LU; rounding can still break it when λ is tiny next to ‖G‖.
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs.T, factor).T
+        return torch.linalg.solve(system, rhs.T).T
+    return rhs @ torch.linalg.pinv(g, hermitian=True)
+
+
+def _sylvester_ridge(s: torch.Tensor, rhs: torch.Tensor, g: torch.Tensor, lam: float) -> torch.Tensor:
+    """Y with S Y G + λY = rhs for symmetric PSD S, G: Y = V [(Vᵀ rhs Z) / (s_i γ_j + λ)] Zᵀ."""
+    s_vals, v = torch.linalg.eigh(s)
+    g_vals, z = torch.linalg.eigh(g)
+    denom = s_vals.clamp(min=0.0)[:, None] * g_vals.clamp(min=0.0)[None, :] + lam
+    # Same cut-off rule as pinv: relative to the largest denominator and the problem size.
+    cut = float(denom.max()) * max(denom.shape) * torch.finfo(torch.float64).eps if denom.numel() else 0.0
+    solvable = denom > cut
+    ratio = (v.T @ rhs @ z) / torch.where(solvable, denom, torch.ones_like(denom))
+    ratio = torch.where(solvable, ratio, torch.zeros_like(ratio))
+    return v @ ratio @ z.T
+
+
+def _row_basis(p_jj: torch.Tensor, tol: float) -> torch.Tensor:
+    """Orthonormal Q spanning {v : P_JJ v = v}: eigenvectors of P_JJ with eigenvalue ≥ 1 − tol."""
+    evals, evecs = torch.linalg.eigh(_sym64(p_jj))
+    return evecs[:, evals >= 1.0 - tol]
+
+
+def _basis(projector: NullSpace | torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+    """U (n × k) with orthonormal columns spanning range(P), or None when unconstrained."""
+    if projector is None:
+        return None
+    if isinstance(projector, NullSpace):
+        _check_projector_size(projector.projector, n)
+        return projector.basis.to(device=device, dtype=torch.float64)
+    _check_projector_size(projector, n)
+    # An orthogonal projector has eigenvalues 0 or 1; 0.5 separates them at any precision.
+    evals, evecs = torch.linalg.eigh(_sym64(projector).to(device))
+    return evecs[:, evals > 0.5]
+
+
+def _projector64(projector: NullSpace | torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+    """P as float64 on ``device`` (rebuilt from the exact basis when given a NullSpace)."""
+    if projector is None:
+        return None
+    if isinstance(projector, NullSpace):
+        _check_projector_size(projector.projector, n)
+        u = projector.basis.to(device=device, dtype=torch.float64)
+        return u @ u.T
+    _check_projector_size(projector, n)
+    return _sym64(projector).to(device)
+
+
+def _in_range_tol(dtype: torch.dtype) -> float:
+    # A projector stored in float32 is only idempotent to ~eps; its unit eigenvalues blur as much.
+    return max(_IN_RANGE_TOL_F64, 100.0 * torch.finfo(dtype).eps) if dtype.is_floating_point else _IN_RANGE_TOL_F64
+
+
+def _sym64(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().to(torch.float64)
+    return 0.5 * (x + x.T)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _check_square(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 2 or x.shape[0] != x.shape[1]:
+        raise ValueError(f"{name} must be a square (n × n) matrix, got shape {tuple(x.shape)}")
+
+
+def _check_pair(W: torch.Tensor, W_c: torch.Tensor, gram: torch.Tensor) -> None:
+    if W.dim() != 2:
+        raise ValueError(f"weights must be 2-D (out, in); reshape conv kernels first, got shape {tuple(W.shape)}")
+    if W.shape != W_c.shape:
+        raise ValueError(f"dense and compressed weights differ in shape: {tuple(W.shape)} vs {tuple(W_c.shape)}")
+    _check_square(gram, "gram")
+    if gram.shape[0] != W.shape[1]:
+        raise ValueError(f"gram is {gram.shape[0]} × {gram.shape[0]} but the weight has {W.shape[1]} inputs")
+
+
+def _check_lowrank(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gram: torch.Tensor) -> None:
+    if A.dim() != 2 or B.dim() != 2 or A.shape[1] != B.shape[0]:
+        raise ValueError(f"low-rank factors must be A (m, r) and B (r, n), got {tuple(A.shape)} and {tuple(B.shape)}")
+    if (A.shape[0], B.shape[1]) != tuple(W.shape):
+        raise ValueError(f"A @ B is {A.shape[0]} × {B.shape[1]} but the weight is {tuple(W.shape)}")
+    _check_pair(W, W, gram)
+
+
+def _check_lam(lam: float) -> None:
+    if not (lam >= 0.0 and lam != float("inf")):
+        raise ValueError(f"ridge strength λ must be finite and >= 0, got {lam}")
+
+
+def _check_mask(mask: torch.Tensor, W: torch.Tensor) -> None:
+    if mask.dtype != torch.bool or mask.shape != W.shape:
+        raise ValueError(
+            f"mask must be a bool keep mask of shape {tuple(W.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
+def _check_projector_size(p: torch.Tensor, n: int) -> None:
+    if p.shape != (n, n):
+        raise ValueError(f"projector must be {n} × {n} to match the gram, got {tuple(p.shape)}")

@@ -1,0 +1,42 @@
+"""Default calibration data for a dataset: what X (to reconstruct) and K₀ (to preserve) are.
+
+- X: a class-balanced sample of the dataset's training images (N per class, seeded), the
+  class prompts (every template × class name) or captions, and the ``calib`` half of the
+  docstring corpus, so the text tower sees both the task's prompts and general English.
+- K₀ (AlphaEdit's preserved inputs): a disjoint image sample and a disjoint slice of the
+  corpus: inputs unrelated to the task, whose outputs a correction must leave alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rcc.compression.calibration import CalibrationData
+from rcc.data.registry import dataset_splits, load_dataset
+from rcc.data.sampler import balanced_indices
+from rcc.data.text_corpus import docstring_sentences
+from rcc.data.types import ClassificationDataset, indices_subset
+from rcc.eval.templates import default_templates, fill
+
+CORPUS_SENTENCES = 160
+
+
+def calibration_sets(
+    data_spec: str, per_class: int = 16, seed: int = 0, templates: Sequence[str] | None = None,
+) -> tuple[CalibrationData, CalibrationData]:
+    """(X, K₀) for ``data_spec``: see the module docstring."""
+    split = "train" if "train" in dataset_splits(data_spec) else dataset_splits(data_spec)[0]
+    dataset = load_dataset(data_spec, split)
+    corpus = docstring_sentences("calib")
+    if isinstance(dataset, ClassificationDataset):
+        chosen = balanced_indices(dataset.labels, 2 * per_class, seed)
+        texts = tuple(fill(t, name) for name in dataset.classnames for t in (templates or default_templates(data_spec)))
+    else:
+        chosen = list(range(min(len(dataset), 20 * per_class)))
+        texts = tuple(c for caps in dataset.captions[: 10 * per_class] for c in caps)
+    # Alternate the sample between X and K₀, so both cover every class.
+    x_images = indices_subset(dataset.images, chosen[0::2])
+    k_images = indices_subset(dataset.images, chosen[1::2])
+    x = CalibrationData(images=x_images, texts=texts + tuple(corpus[:CORPUS_SENTENCES]))
+    k0 = CalibrationData(images=k_images, texts=tuple(corpus[CORPUS_SENTENCES:2 * CORPUS_SENTENCES]))
+    return x, k0

@@ -1,0 +1,364 @@
+"""Compressed layer forms and the module surgery that installs them.
+
+A compressible layer is always one of:
+- dense: an ``nn.Linear`` (or a bare ``(in, out)`` parameter used as ``x @ W``);
+- masked: the same, with a bool ``weight_mask`` buffer; pruned entries are zero and stay zero;
+- factorised: a ``LowRankLinear`` (``up @ down``, rank r), optionally with masks on its factors.
+
+Masks and factors live *in the module* (buffers and parameters), so ``state_dict`` carries
+them and a checkpoint of the model is a checkpoint of its compressed structure.
+``structure_of`` / ``apply_structure`` describe and rebuild that structure on a fresh model.
+
+Fused q/k/v weights (OpenCLIP's ``nn.MultiheadAttention.in_proj_weight``, BLIP's ``qkv``
+Linear) are split into three Linears before compression (``unfuse``), keeping the inventory
+names (``…attn.in_proj.q``, ``…qkv.q``), so q, k and v can each be pruned or factorised.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rcc.models.inventory import LayerInfo
+
+MASK = "weight_mask"
+
+
+class LowRankLinear(nn.Module):
+    """y = up(down(x)) + bias: a rank-r factorisation of an (out, in) Linear, r(out + in) weights."""
+
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        if up.shape[1] != down.shape[0]:
+            raise ValueError(f"factor shapes {tuple(up.shape)} and {tuple(down.shape)} do not chain")
+        self.up = nn.Parameter(up.detach().clone())
+        self.down = nn.Parameter(down.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.down.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.up.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense product (a new tensor): for code that reads ``.weight`` generically."""
+        return self.dense_weight()
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.up @ self.down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.down), self.up, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, bias={self.bias is not None}"
+
+
+class SplitAttention(nn.Module):
+    """``nn.MultiheadAttention`` (same embed dim for q, k, v) with q, k, v as separate Linears.
+
+    Same call signature and outputs as the fused module for what open_clip uses
+    (``need_weights=False``); attention runs through ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        width = mha.embed_dim
+        self.embed_dim, self.num_heads, self.batch_first = width, mha.num_heads, mha.batch_first
+        self.dropout = mha.dropout
+        self.in_proj = nn.ModuleDict()
+        for part, name in enumerate("qkv"):
+            linear = nn.Linear(width, width, bias=mha.in_proj_bias is not None,
+                               device=mha.in_proj_weight.device, dtype=mha.in_proj_weight.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(mha.in_proj_weight[part * width:(part + 1) * width])
+                if mha.in_proj_bias is not None:
+                    linear.bias.copy_(mha.in_proj_bias[part * width:(part + 1) * width])
+            self.in_proj[name] = linear
+        self.out_proj = mha.out_proj
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if need_weights:
+            raise NotImplementedError("SplitAttention does not return attention weights")
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        batch, length, _ = query.shape
+        heads, head_dim = self.num_heads, self.embed_dim // self.num_heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, heads, head_dim).transpose(1, 2)
+
+        q = split(self.in_proj["q"](query))
+        k = split(self.in_proj["k"](key))
+        v = split(self.in_proj["v"](value))
+        mask = _additive_mask(attn_mask, key_padding_mask, q.dtype, batch, heads)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+        )
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _additive_mask(attn_mask, key_padding_mask, dtype, batch: int, heads: int):
+    """nn.MultiheadAttention's masks (bool: True = blocked; float: added) as one additive mask."""
+    mask = None
+    if attn_mask is not None:
+        mask = _as_additive(attn_mask, dtype)
+        if mask.dim() == 3:  # (batch·heads, L, S) as MHA accepts
+            mask = mask.view(batch, heads, *mask.shape[-2:])
+    if key_padding_mask is not None:
+        padding = _as_additive(key_padding_mask, dtype)[:, None, None, :]
+        mask = padding if mask is None else mask + padding
+    return mask
+
+
+def _as_additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+class SplitQKV(nn.Module):
+    """A fused qkv Linear as three Linears whose outputs are concatenated (same output)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        width = linear.out_features // 3
+        self.q, self.k, self.v = (
+            _linear_from(linear.weight[i * width:(i + 1) * width],
+                         None if linear.bias is None else linear.bias[i * width:(i + 1) * width])
+            for i in range(3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+def _linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
+# -- locating layers ----------------------------------------------------------------------
+
+def module_path(layer: LayerInfo) -> str:
+    """The dotted path of the module (or parent, for bare parameters) that holds the layer."""
+    return layer.param.rpartition(".")[0]
+
+
+def fused_parent(module: nn.Module, layer: LayerInfo) -> str | None:
+    """Path of the fused attention module the layer belongs to, if any.
+
+    q/k/v row slices live in one; so does an ``nn.MultiheadAttention.out_proj``, whose weight
+    the fused kernel reads directly (a factorised out_proj only saves FLOPs once split).
+    """
+    if layer.rows is not None:
+        return module_path(layer)
+    path = module_path(layer)
+    if path.endswith(".out_proj"):
+        parent = path[: -len(".out_proj")]
+        if isinstance(module.get_submodule(parent), nn.MultiheadAttention):
+            return parent
+    return None
+
+
+def unfuse(module: nn.Module, layers: Iterable[LayerInfo]) -> list[str]:
+    """Split every fused attention module that holds one of ``layers``; returns their paths.
+
+    Call before compressing: afterwards each q / k / v is its own Linear under the same name.
+    """
+    split = []
+    for path in sorted({p for p in (fused_parent(module, layer) for layer in layers) if p is not None}):
+        parent = module.get_submodule(path)
+        if isinstance(parent, nn.MultiheadAttention):
+            module.set_submodule(path, SplitAttention(parent))
+        elif isinstance(parent, nn.Linear):
+            module.set_submodule(path, SplitQKV(parent))
+        else:
+            raise TypeError(f"cannot split fused weights of {type(parent).__name__} at {path!r}")
+        split.append(path)
+    return split
+
+
+def layer_module(module: nn.Module, layer: LayerInfo) -> nn.Module | None:
+    """The Linear / LowRankLinear holding ``layer`` (None for bare parameters and fused slices)."""
+    if layer.rows is not None or layer.transposed:
+        return None
+    child = module.get_submodule(module_path(layer))
+    return child if isinstance(child, (nn.Linear, LowRankLinear)) else None
+
+
+def layer_form(module: nn.Module, layer: LayerInfo) -> str:
+    """``dense``, ``masked`` or ``factorised``."""
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        return "factorised"
+    holder = child if child is not None else module.get_submodule(module_path(layer))
+    return "masked" if _mask_name(layer) in dict(holder.named_buffers(recurse=False)) else "dense"
+
+
+def _mask_name(layer: LayerInfo) -> str:
+    return MASK if not layer.transposed else f"{layer.param.rpartition('.')[2]}_mask"
+
+
+# -- reading and writing ------------------------------------------------------------------
+
+def dense_weight(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
+    """The layer's effective (out, in) matrix: a view for dense layers, the product for factorised."""
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        return child.dense_weight()
+    from rcc.models.inventory import read_matrix
+
+    return read_matrix(module, layer)
+
+
+@torch.no_grad()
+def set_dense_weight(module: nn.Module, layer: LayerInfo, weight: torch.Tensor) -> None:
+    """Write an (out, in) matrix into a dense or masked layer (pruned entries are re-zeroed)."""
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        raise TypeError(f"layer {layer.name!r} is factorised; write its factors instead")
+    from rcc.models.inventory import read_matrix
+
+    target = read_matrix(module, layer)
+    target.copy_(weight.to(target.dtype))
+    mask = get_mask(module, layer)
+    if mask is not None:
+        target.mul_(mask.t() if layer.transposed else mask)
+
+
+def get_mask(module: nn.Module, layer: LayerInfo) -> torch.Tensor | None:
+    """The (out, in) keep-mask of a masked dense layer, else None."""
+    holder = module.get_submodule(module_path(layer))
+    mask = dict(holder.named_buffers(recurse=False)).get(_mask_name(layer))
+    if mask is None:
+        return None
+    return mask.t() if layer.transposed else mask
+
+
+@torch.no_grad()
+def set_mask(module: nn.Module, layer: LayerInfo, keep: torch.Tensor) -> None:
+    """Attach an (out, in) keep-mask to a dense layer and zero its pruned entries."""
+    if layer.rows is not None:
+        raise TypeError(f"layer {layer.name!r} is a fused slice; call unfuse() first")
+    if layer_form(module, layer) == "factorised":
+        raise TypeError(f"layer {layer.name!r} is factorised; use set_factor_masks")
+    holder = module.get_submodule(module_path(layer))
+    stored = keep.t().contiguous() if layer.transposed else keep
+    holder.register_buffer(_mask_name(layer), stored.to(torch.bool).clone())
+    from rcc.models.inventory import read_matrix
+
+    read_matrix(module, layer).mul_(keep.to(read_matrix(module, layer).dtype))
+
+
+def clear_mask(module: nn.Module, layer: LayerInfo) -> None:
+    holder = module.get_submodule(module_path(layer))
+    holder._buffers.pop(_mask_name(layer), None)
+
+
+@torch.no_grad()
+def factorise(module: nn.Module, layer: LayerInfo, up: torch.Tensor, down: torch.Tensor) -> LowRankLinear:
+    """Replace the layer's Linear by ``LowRankLinear(up, down)`` (the bias carries over)."""
+    child = layer_module(module, layer)
+    if child is None:
+        raise TypeError(f"layer {layer.name!r} cannot be factorised: it is not a Linear "
+                        f"(a bare parameter, or a fused slice before unfuse())")
+    dtype = child.up.dtype if isinstance(child, LowRankLinear) else child.weight.dtype
+    low_rank = LowRankLinear(up.to(dtype), down.to(dtype), child.bias)
+    module.set_submodule(module_path(layer), low_rank)
+    return low_rank
+
+
+@torch.no_grad()
+def set_factor_masks(module: nn.Module, layer: LayerInfo, up_keep: torch.Tensor, down_keep: torch.Tensor) -> None:
+    """Prune a factorised layer's factors: keep-masks on ``up`` (out, r) and ``down`` (r, in)."""
+    child = layer_module(module, layer)
+    if not isinstance(child, LowRankLinear):
+        raise TypeError(f"layer {layer.name!r} is not factorised")
+    child.register_buffer("up_mask", up_keep.to(torch.bool).clone())
+    child.register_buffer("down_mask", down_keep.to(torch.bool).clone())
+    child.up.mul_(child.up_mask)
+    child.down.mul_(child.down_mask)
+
+
+@torch.no_grad()
+def reapply_masks(module: nn.Module) -> None:
+    """Zero every pruned entry again (after an optimiser step or a correction)."""
+    for child in module.modules():
+        buffers = dict(child.named_buffers(recurse=False))
+        for name, mask in buffers.items():
+            if name.endswith("_mask"):
+                target = getattr(child, "weight" if name == MASK else name[: -len("_mask")])
+                if isinstance(target, torch.Tensor):
+                    target.mul_(mask)
+
+
+def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
+    """Weights the layer stores: m·n dense, kept entries when masked, r(m + n) (or kept) when factorised."""
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        up_mask = getattr(child, "up_mask", None)
+        down_mask = getattr(child, "down_mask", None)
+        up = int(up_mask.sum()) if up_mask is not None else child.up.numel()
+        down = int(down_mask.sum()) if down_mask is not None else child.down.numel()
+        return up + down
+    mask = get_mask(module, layer)
+    return int(mask.sum()) if mask is not None else layer.params
+
+
+# -- snapshots (for backing off a stage) ---------------------------------------------------
+
+class LayerSnapshot:
+    """Copies of the modules (or bare parameters) holding some layers, to put back later.
+
+    Cheaper than copying the model: only what a stage may replace or edit is kept.
+    """
+
+    def __init__(self, module: nn.Module, layers: Iterable[LayerInfo]):
+        self.modules: dict[str, nn.Module] = {}
+        self.params: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        paths = set()
+        for layer in layers:
+            if layer.transposed:  # a bare parameter of a big module: copy the tensor, not the module
+                holder = module.get_submodule(module_path(layer))
+                mask = dict(holder.named_buffers(recurse=False)).get(_mask_name(layer))
+                self.params[layer.param] = (module.get_parameter(layer.param).detach().clone(),
+                                            None if mask is None else mask.clone())
+            else:  # the Linear, or the whole fused attention module it belongs to
+                paths.add(fused_parent(module, layer) or module_path(layer))
+        for path in sorted(paths):
+            if not any(path.startswith(other + ".") for other in paths):
+                self.modules[path] = copy.deepcopy(module.get_submodule(path))
+
+    @torch.no_grad()
+    def restore(self, module: nn.Module) -> None:
+        """Put the saved state back; the snapshot stays valid for another restore."""
+        for path, saved in self.modules.items():
+            module.set_submodule(path, copy.deepcopy(saved))
+        for name, (value, mask) in self.params.items():
+            holder_path, _, leaf = name.rpartition(".")
+            holder = module.get_submodule(holder_path)
+            module.get_parameter(name).copy_(value)
+            holder._buffers.pop(f"{leaf}_mask", None)
+            if mask is not None:
+                holder.register_buffer(f"{leaf}_mask", mask.clone())

@@ -1,0 +1,64 @@
+"""What every stage needs to act on a model: the layers it may touch, their plans and data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from rcc.compression.calibration import InputStats
+from rcc.compression.plan import LayerPlan
+from rcc.eval.encode import CancelCheck, check_cancel
+from rcc.models.adapter import VLModel
+from rcc.models.inventory import LayerInfo
+
+# (stage, layer index, layer count, layer name)
+LayerProgress = Callable[[str, int, int, str], None]
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """Numerical settings of the stages (recorded with every run, so it replays)."""
+
+    whiten: bool = True  # activation-aware SVD (SVD-LLM) where calibration inputs exist
+    whitening_eps: float = 1e-2
+    svd_method: str = "auto"
+    ridge: float = 1e-2  # AlphaEdit λ, relative to the mean input energy tr(XXᵀ)/n
+    null_threshold: float = 1e-2  # AlphaEdit null space: eigenvalues < this × the largest of K₀K₀ᵀ
+    preserve: bool = True  # constrain corrections to the null space of the preserved inputs
+    correction_steps: int = 100  # projected gradient steps where no closed form is cheap
+
+
+@dataclass
+class StageContext:
+    """The model under compression and everything fixed for the whole run."""
+
+    model: VLModel
+    plans: dict[str, LayerPlan]  # selected layers only (not locked, something to do)
+    stats: dict[str, InputStats]  # calibration inputs seen by the dense model
+    preserved: dict[str, InputStats]  # K₀: inputs whose outputs the correction must not move
+    dense: dict[str, torch.Tensor]  # the dense weights (out, in) of the selected layers
+    seed: int = 0
+    budget: float = 1.0  # rank "auto": fraction of the auto layers' parameters to keep
+    options: StageOptions = field(default_factory=StageOptions)
+    base: dict[str, torch.Tensor] | None = None  # DARE on deltas against a base model
+    progress: LayerProgress | None = None
+    cancel: CancelCheck | None = None
+
+    def layers(self) -> list[LayerInfo]:
+        """The current inventory entries of the selected layers (modules change as we go)."""
+        index = self.model.layer_index
+        return [index[name] for name in self.plans]
+
+    def tick(self, stage: str, i: int, total: int, name: str) -> None:
+        check_cancel(self.cancel)
+        if self.progress:
+            self.progress(stage, i, total, name)
+
+    def generator(self, stage: str, name: str, fraction: float) -> torch.Generator:
+        """A generator seeded from the run seed, stage, layer and strength: replays draw the same."""
+        import hashlib
+
+        digest = hashlib.blake2b(f"{self.seed}|{stage}|{name}|{fraction:.6f}".encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))

@@ -1,0 +1,95 @@
+"""The compressed structure of a model as data, and saving / loading compressed models.
+
+``structure_of`` lists what compression changed in the module tree (split attention, low-rank
+layers and their ranks, mask buffers); ``apply_structure`` re-creates it on a freshly loaded
+model of the same spec, after which the saved ``state_dict`` loads strictly. On disk a
+compressed model is ``model.safetensors`` (factors, masks, weights) + ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV
+from rcc.errors import RccError
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def structure_of(module: nn.Module) -> dict:
+    """Split modules, factorised layers (path → rank) and mask buffers (name → shape)."""
+    split, factorised, masks = [], {}, {}
+    for path, child in module.named_modules():
+        if isinstance(child, (SplitAttention, SplitQKV)):
+            split.append(path)
+        if isinstance(child, LowRankLinear):
+            factorised[path] = child.rank
+        for name, buffer in child.named_buffers(recurse=False):
+            if name.endswith("_mask"):
+                masks[f"{path}.{name}" if path else name] = list(buffer.shape)
+    return {"split": split, "factorised": factorised, "masks": masks}
+
+
+@torch.no_grad()
+def apply_structure(module: nn.Module, structure: dict) -> None:
+    """Give a fresh module the compressed structure (values come from the state dict after)."""
+    for path in structure.get("split", []):
+        child = module.get_submodule(path)
+        module.set_submodule(path, SplitAttention(child) if isinstance(child, nn.MultiheadAttention) else SplitQKV(child))
+    for path, rank in structure.get("factorised", {}).items():
+        child = module.get_submodule(path)
+        up = child.weight.new_zeros(child.out_features, rank)
+        down = child.weight.new_zeros(rank, child.in_features)
+        module.set_submodule(path, LowRankLinear(up, down, child.bias))
+    for name, shape in structure.get("masks", {}).items():
+        holder_path, _, leaf = name.rpartition(".")
+        module.get_submodule(holder_path).register_buffer(leaf, torch.ones(shape, dtype=torch.bool))
+
+
+def save_compressed(model, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write the model's compressed weights and a manifest; returns the weights file."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.module.state_dict().items()}
+    # Masks are stored as uint8 (safetensors has bool, but uint8 is what every reader maps).
+    state = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v) for k, v in state.items()}
+    save_file(state, str(directory / WEIGHTS))
+    manifest = {"format": "rcc-compressed", "version": FORMAT_VERSION, "model": model.spec,
+                "structure": structure_of(model.module), **(extra or {})}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory / WEIGHTS
+
+
+def load_compressed(directory: str | Path, device: str | None = None):
+    """Rebuild a model saved by ``save_compressed``: base spec, structure, then the weights."""
+    from safetensors.torch import load_file
+
+    from rcc.models.registry import load_model
+
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise RccError(f"{str(directory)!r} is not a compressed model: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RccError(f"{str(manifest_path)!r} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != "rcc-compressed" or manifest.get("version") != FORMAT_VERSION:
+        raise RccError(f"{str(manifest_path)!r} has format {manifest.get('format')!r} version "
+                       f"{manifest.get('version')!r}; allowed: rcc-compressed version {FORMAT_VERSION}")
+    model = load_model(manifest["model"])
+    apply_structure(model.module, manifest["structure"])
+    masks = set(manifest["structure"].get("masks", {}))
+    state = {k: (v.to(torch.bool) if k in masks else v) for k, v in load_file(str(directory / WEIGHTS)).items()}
+    model.module.load_state_dict(state, strict=True)
+    if device is not None:
+        model.to(device)
+    return model
