@@ -137,7 +137,7 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     dense = {layer.name: dense_weight(model.module, layer).detach().clone() for layer in layers}
     return StageContext(model=model, plans=plans, stats=stats, preserved=kept, dense=dense, seed=plan.seed,
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,
-                        progress=progress, cancel=cancel)
+                        calibration=calibration, progress=progress, cancel=cancel)
 
 
 def _run_steps(ctx: StageContext, evaluate: Evaluator, config: CascadeConfig, result: CascadeResult,

@@ -6,7 +6,13 @@ inputs K₀ (AlphaEdit: outputs on K₀ do not move) and to the layer's structur
 stay zero; factorised layers update their factors and keep their rank). λ = ridge · tr(C)/n.
 Closed forms throughout, except a masked layer under the null-space constraint, which takes
 ``correction_steps`` of projected gradient descent.
-Inputs come from the dense model, so the targets are the dense layer's outputs on them.
+With ``sequential`` the layers are corrected block by block, each block on the
+inputs that reach it through the already compressed and corrected blocks before it (as
+SparseGPT does), so errors do not pile up along the depth: X is then the compressed model's
+input to the layer and the target is the dense weight applied to it, ‖(W_c + Δ)X − WX‖².
+By default X comes from the dense model and the target is the dense output: on rcc-mini's text
+tower at 50 % sparsity this kept embeddings closer to dense (mean cosine 0.902 vs 0.901 and
+top-10 neighbour overlap 0.685 vs 0.672 sequential; /tmp experiment, see the issue notes).
 Layers no calibration input reaches are left as they are.
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from rcc.compression import alphaedit
+from rcc.compression.calibration import collect_input_stats
 from rcc.compression.layers import dense_weight, get_mask, layer_form, layer_module, reapply_masks, set_dense_weight
 from rcc.compression.prune_stage import LayerChange
 from rcc.compression.stage_context import StageContext
@@ -26,31 +33,48 @@ def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[Layer
     """Correct every planned layer with ``correction`` on; ``fraction`` scales λ up when < 1 (gentler)."""
     todo = [layer for layer in ctx.layers()
             if ctx.plans[layer.name].correction and layer.name in ctx.stats and ctx.stats[layer.name].gram is not None]
+    sequential = ctx.options.sequential and ctx.calibration is not None
     changes = []
-    for i, layer in enumerate(todo):
-        ctx.tick(STAGE, i, len(todo), layer.name)
-        change = _correct(ctx, layer, fraction)
-        if change:
-            changes.append(change)
+    done = 0
+    for group in (_blocks_in_depth_order(todo) if sequential else [todo]):
+        grams = {layer.name: ctx.stats[layer.name].gram for layer in group}
+        if sequential:
+            fresh = collect_input_stats(ctx.model, group, ctx.calibration, gram=True, cancel=ctx.cancel)
+            grams.update({name: stats.gram for name, stats in fresh.items()})
+        for layer in group:
+            ctx.tick(STAGE, done, len(todo), layer.name)
+            done += 1
+            change = _correct(ctx, layer, grams[layer.name], fraction)
+            if change:
+                changes.append(change)
     return changes
 
 
+def _blocks_in_depth_order(layers) -> list[list]:
+    """Layers grouped by (tower, block), in forward order: blocks ascending, projections last."""
+    groups: dict[tuple, list] = {}
+    for layer in layers:
+        groups.setdefault((layer.tower, layer.block is None, layer.block or 0), []).append(layer)
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0] != "vision", k))]
+
+
 @torch.no_grad()
-def _correct(ctx: StageContext, layer, fraction: float) -> LayerChange | None:
+def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> LayerChange | None:
     module = ctx.model.module
     form = layer_form(module, layer)
     if form == "dense":
         return None  # nothing was compressed: nothing to restore
     current = dense_weight(module, layer).detach()
     target = ctx.dense[layer.name].to(current.device)
-    gram = ctx.stats[layer.name].gram.to(current.device)
+    gram = gram.to(current.device)
     lam = ctx.options.ridge * float(torch.diagonal(gram).mean()) / max(fraction, 1e-6)
     projector = _projector(ctx, layer.name, current.device)
     if projector is not None and projector.dim == 0:
         return None  # the preserved inputs span everything: any update would move them
     before = alphaedit.reconstruction_error(target, current, gram)
+    low_rank = layer_module(module, layer) if form == "factorised" else None
+    saved = [t.detach().clone() for t in ((low_rank.up, low_rank.down) if low_rank is not None else (current,))]
     if form == "factorised":
-        low_rank = layer_module(module, layer)
         up, down = alphaedit.lowrank_correction(target, low_rank.up.detach(), low_rank.down.detach(), gram, lam,
                                                 projector)
         low_rank.up.copy_(up)
@@ -66,6 +90,16 @@ def _correct(ctx: StageContext, layer, fraction: float) -> LayerChange | None:
                                               projector=projector, steps=ctx.options.correction_steps).delta
         set_dense_weight(module, layer, current + delta)
     after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram)
+    if after > before:
+        # Only the unconstrained closed forms guarantee f(Δ*) ≤ f(0): re-zeroing pruned factor
+        # entries after the B step, or alternating mask and null-space projections, can overshoot.
+        # Keep the layer as it was rather than make it worse.
+        if low_rank is not None:
+            low_rank.up.copy_(saved[0])
+            low_rank.down.copy_(saved[1])
+        else:
+            set_dense_weight(module, layer, saved[0])
+        return None
     return LayerChange(layer.name, f"reconstruction error {before:.4g} → {after:.4g}")
 
 

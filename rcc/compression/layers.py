@@ -220,6 +220,18 @@ def _mask_name(layer: LayerInfo) -> str:
     return MASK if not layer.transposed else f"{layer.param.rpartition('.')[2]}_mask"
 
 
+def masked_parameter(holder: nn.Module, buffer: str) -> str | None:
+    """The parameter of ``holder`` that its buffer ``buffer`` masks, if it is a compression mask.
+
+    ``weight_mask`` masks ``weight``, ``X_mask`` masks ``X``; other ``*_mask`` buffers (OpenCLIP's
+    causal ``attn_mask``) mask no parameter and are not ours.
+    """
+    if not buffer.endswith("_mask"):
+        return None
+    target = "weight" if buffer == MASK else buffer[: -len("_mask")]
+    return target if target in holder._parameters else None
+
+
 # -- reading and writing ------------------------------------------------------------------
 
 def dense_weight(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
@@ -244,7 +256,7 @@ def set_dense_weight(module: nn.Module, layer: LayerInfo, weight: torch.Tensor) 
     target.copy_(weight.to(target.dtype))
     mask = get_mask(module, layer)
     if mask is not None:
-        target.mul_(mask.t() if layer.transposed else mask)
+        target.mul_(mask)  # both (out, in): read_matrix and get_mask undo the storage transpose
 
 
 def get_mask(module: nn.Module, layer: LayerInfo) -> torch.Tensor | None:
@@ -305,12 +317,10 @@ def set_factor_masks(module: nn.Module, layer: LayerInfo, up_keep: torch.Tensor,
 def reapply_masks(module: nn.Module) -> None:
     """Zero every pruned entry again (after an optimiser step or a correction)."""
     for child in module.modules():
-        buffers = dict(child.named_buffers(recurse=False))
-        for name, mask in buffers.items():
-            if name.endswith("_mask"):
-                target = getattr(child, "weight" if name == MASK else name[: -len("_mask")])
-                if isinstance(target, torch.Tensor):
-                    target.mul_(mask)
+        for name, mask in child.named_buffers(recurse=False):
+            target = masked_parameter(child, name)
+            if target is not None:
+                getattr(child, target).mul_(mask)
 
 
 def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:

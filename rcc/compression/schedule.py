@@ -59,4 +59,7 @@ def next_fraction(kind: str, steps: int, history: Sequence[tuple[float, float]],
     slack = relative - threshold
     rate = (1.0 - relative) / fraction if fraction > 0 else 0.0
     step = 1.0 - fraction if rate <= 1e-9 else _SAFETY * max(slack, 0.0) / rate
-    return min(1.0, fraction + max(step, 1.0 / (4 * steps)))
+    reached = fraction + max(step, 1.0 / (4 * steps))
+    # Sums of 1/(4K) steps can stop a rounding error short of 1 (K = 6: 0.9999999999999996);
+    # the last step must be exactly 1, or N:M patterns (applied only at full strength) never run.
+    return 1.0 if reached >= 1.0 - 1e-9 else reached

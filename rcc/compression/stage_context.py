@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rcc.compression.calibration import InputStats
+from rcc.compression.calibration import CalibrationData, InputStats
 from rcc.compression.plan import LayerPlan
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
@@ -28,6 +28,7 @@ class StageOptions:
     null_threshold: float = 1e-2  # AlphaEdit null space: eigenvalues < this × the largest of K₀K₀ᵀ
     preserve: bool = True  # constrain corrections to the null space of the preserved inputs
     correction_steps: int = 100  # projected gradient steps where no closed form is cheap
+    sequential: bool = False  # correct block by block on inputs that flow through the compressed model
 
 
 @dataclass
@@ -43,6 +44,7 @@ class StageContext:
     budget: float = 1.0  # rank "auto": fraction of the auto layers' parameters to keep
     options: StageOptions = field(default_factory=StageOptions)
     base: dict[str, torch.Tensor] | None = None  # DARE on deltas against a base model
+    calibration: CalibrationData | None = None  # re-run block by block for sequential correction
     progress: LayerProgress | None = None
     cancel: CancelCheck | None = None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV
+from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, masked_parameter
 from rcc.errors import RccError
 
 MANIFEST = "manifest.json"
@@ -31,7 +31,7 @@ def structure_of(module: nn.Module) -> dict:
         if isinstance(child, LowRankLinear):
             factorised[path] = child.rank
         for name, buffer in child.named_buffers(recurse=False):
-            if name.endswith("_mask"):
+            if masked_parameter(child, name) is not None:
                 masks[f"{path}.{name}" if path else name] = list(buffer.shape)
     return {"split": split, "factorised": factorised, "masks": masks}
 
@@ -82,9 +82,17 @@ def load_compressed(directory: str | Path, device: str | None = None):
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise RccError(f"{str(manifest_path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise RccError(f"{str(manifest_path)!r} holds a JSON {type(manifest).__name__}; allowed: an object "
+                       f"written by save_compressed")
     if manifest.get("format") != "rcc-compressed" or manifest.get("version") != FORMAT_VERSION:
         raise RccError(f"{str(manifest_path)!r} has format {manifest.get('format')!r} version "
                        f"{manifest.get('version')!r}; allowed: rcc-compressed version {FORMAT_VERSION}")
+    if not isinstance(manifest.get("model"), str) or not isinstance(manifest.get("structure"), dict):
+        raise RccError(f"{str(manifest_path)!r} lacks a model spec or a structure; allowed: a manifest written by "
+                       f"save_compressed, with 'model' (a spec) and 'structure' (an object)")
+    if not (directory / WEIGHTS).is_file():
+        raise RccError(f"{str(directory)!r} is not a compressed model: {WEIGHTS} is missing")
     model = load_model(manifest["model"])
     apply_structure(model.module, manifest["structure"])
     masks = set(manifest["structure"].get("masks", {}))
