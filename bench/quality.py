@@ -8,6 +8,8 @@ of rcc-mini to exactly that budget (threshold 0: nothing is backed off, so sizes
   magnitude, wanda, dare        pruning alone (DARE stage)
   svd, aa-svd                   low rank alone (Nullu stage; plain / activation-aware, auto ranks)
   rcc                           the cascade: DARE (Wanda) → Nullu → AlphaEdit correction
+  rcc-seq, rcc-preserve         variants (not in the default run): sequential correction, and
+                                correction constrained to the null space of preserved inputs
 Metrics: zero-shot top-1 on the digits test split, and text-embedding fidelity on the
 ``eval`` half of the stdlib docstring corpus (mean cosine to the dense embeddings, and
 top-10 nearest-neighbour overlap). One table per budget; JSON in bench/results/quality.json.
@@ -48,9 +50,9 @@ def method_setup(method: str, budget: float, towers, layers):
         plan = uniform_plan(rank="auto", budget=1 - budget, towers=towers, layers=layers)
         options = replace(StageOptions(), whiten=method == "aa-svd")
         return plan, CascadeConfig(stages=("nullu",), threshold=0.0, options=options)
-    if method == "rcc":
+    if method in ("rcc", "rcc-seq", "rcc-preserve"):
         plan = uniform_plan(sparsity=budget, method="wanda", correction=True, towers=towers, layers=layers)
-        options = replace(StageOptions(), preserve=False)
+        options = replace(StageOptions(), preserve=method == "rcc-preserve", sequential=method == "rcc-seq")
         return plan, CascadeConfig(stages=("dare", "nullu", "alphaedit"), threshold=0.0, options=options)
     raise SystemExit(f"unknown method {method!r}")
 

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from rcc.cli.common import stderr, stdout, table, write_json
     from rcc.compression.calibration_sets import calibration_sets
     from rcc.compression.cascade import CascadeConfig, run_cascade
-    from rcc.compression.plan import load_plan
+    from rcc.compression.plan import load_plan, resolve_plan
     from rcc.compression.stage_context import StageOptions
     from rcc.compression.structure import save_compressed
     from rcc.data.registry import dataset_splits, load_dataset
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     check_data = load_dataset(args.data, eval_split)
     test_data = load_dataset(args.data, args.test_split)
     model = load_model(args.model, device=resolve_device(args.device))
+    resolve_plan(plan, model.layers())  # refuse a plan that does not fit the model before any work
     calibration, preserved = calibration_sets(args.data, per_class=args.calib_per_class, seed=plan.seed)
     test_metric = evaluator(test_data)
     dense_test = test_metric(model)
