@@ -21,3 +21,26 @@ def rcc_mini():
     from rcc.models.registry import load_model
 
     return load_model("rcc-mini", device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny linear algebra runs faster and steadier on one thread when the machine is loaded."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    """A tiny OpenCLIP config file (tests/openclip_tiny.py), loadable as ``open_clip:PATH``."""
+    import json
+
+    from openclip_tiny import TINY_OPEN_CLIP_CONFIG
+
+    path = tmp_path_factory.mktemp("openclip") / "tiny.json"
+    path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    return path

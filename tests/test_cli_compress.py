@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from hf_tiny import random_images, save_tiny_clip
 from rcc.cli.main import main
@@ -12,13 +11,7 @@ from rcc.compression.plan import load_plan
 from rcc.compression.structure import MANIFEST, load_compressed
 from rcc.models.registry import load_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

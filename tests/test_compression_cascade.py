@@ -1,13 +1,11 @@
 """The recursive cascade with a scripted evaluator: backoff, skip, cancel, bad plans and configs."""
 
-import json
 
 import pytest
 import torch
 from torch import nn
 
 from hf_tiny import random_images
-from openclip_tiny import TINY_OPEN_CLIP_CONFIG
 from rcc.compression import dare
 from rcc.compression.calibration import CalibrationData
 from rcc.compression.cascade import CascadeConfig, run_cascade
@@ -16,25 +14,12 @@ from rcc.compression.plan import CompressionPlan, Rule
 from rcc.errors import Cancelled, RccError
 from rcc.models.registry import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CALIBRATION = CalibrationData(images=random_images(8, seed=1),
                               texts=("a photo of a cat", "two dogs on the grass", "a red car", "a small bird"))
 TEXT_HALF = CompressionPlan(rules=(Rule(tower="text", settings={"sparsity": 0.5}),))
 N_TEXT_LAYERS = 13  # 2 blocks × (q, k, v, out, c_fc, c_proj) + text_projection
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("openclip") / "tiny.json"
-    path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    return path
 
 
 @pytest.fixture

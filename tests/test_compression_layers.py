@@ -1,13 +1,11 @@
 """Layer surgery: split attention, low-rank layers, masks, stored counts and snapshots."""
 
-import json
 
 import pytest
 import torch
 from torch import nn
 
 from hf_tiny import random_images, save_tiny_blip
-from openclip_tiny import TINY_OPEN_CLIP_CONFIG
 from rcc.compression.layers import (
     LayerSnapshot, LowRankLinear, SplitAttention, SplitQKV, dense_weight, factorise, get_mask, layer_form,
     layer_module, reapply_masks, set_factor_masks, set_mask, stored_parameters, unfuse,
@@ -15,22 +13,9 @@ from rcc.compression.layers import (
 from rcc.compression.nullu import svd_factors
 from rcc.models.registry import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXTS = ["a photo of a cat", "two dogs on grass", "a red car"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("openclip") / "tiny.json"
-    path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    return path
 
 
 @pytest.fixture

@@ -1,13 +1,11 @@
 """The DARE, Nullu and AlphaEdit stages acting on a real (tiny OpenCLIP) model."""
 
-import json
 import random
 
 import pytest
 import torch
 
 from hf_tiny import random_images
-from openclip_tiny import TINY_OPEN_CLIP_CONFIG
 from rcc.compression import dare, nullu
 from rcc.compression.alphaedit import reconstruction_error
 from rcc.compression.calibration import CalibrationData, collect_input_stats
@@ -21,22 +19,9 @@ from rcc.compression.prune_stage import run_prune_stage
 from rcc.compression.stage_context import StageContext, StageOptions
 from rcc.models.registry import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORDS = "a photo of the red dog small cat two birds on grass large blue car sitting standing".split()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("openclip") / "tiny.json"
-    path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    return path
 
 
 @pytest.fixture

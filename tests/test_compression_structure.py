@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from hf_tiny import random_images, save_tiny_clip
-from openclip_tiny import TINY_OPEN_CLIP_CONFIG
 from rcc.compression.calibration import CalibrationData
 from rcc.compression.cascade import CascadeConfig, run_cascade
 from rcc.compression.layers import SplitAttention, layer_form, stored_parameters
@@ -15,25 +14,17 @@ from rcc.compression.structure import MANIFEST, WEIGHTS, load_compressed, save_c
 from rcc.errors import RccError
 from rcc.models.registry import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CALIBRATION = CalibrationData(images=random_images(8, seed=1),
                               texts=("a photo of a cat", "two dogs on the grass", "a red car", "a small bird"))
 TEXTS = ["a photo of a cat", "three red birds", "a car"]
 ACCEPT_ALL = CascadeConfig(stages=("dare", "nullu"), threshold=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def open_clip_spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("openclip") / "tiny.json"
-    path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    return f"open_clip:{path}"
+def open_clip_spec(config_path):
+    return f"open_clip:{config_path}"
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--steps", type=int, default=1, help="schedule steps (default 1: straight to the plan)")
     parser.add_argument("--calib-per-class", type=int, default=16, help="calibration images per class")
     parser.add_argument("--no-whiten", action="store_true", help="plain SVD instead of activation-aware SVD")
-    parser.add_argument("--no-preserve", action="store_true", help="AlphaEdit without the null-space constraint")
+    parser.add_argument("--preserve", action="store_true",
+                        help="confine AlphaEdit corrections to the null space of preserved inputs (general "
+                             "sentences and other images), so their outputs do not move; slower on pruned layers")
     parser.add_argument("--json", metavar="REPORT", help="also write the report as JSON")
     parser.set_defaults(run=run)
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     config = CascadeConfig(
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), threshold=args.threshold,
         max_attempts=args.max_attempts, schedule=args.schedule, steps=args.steps,
-        options=replace(StageOptions(), whiten=not args.no_whiten, preserve=not args.no_preserve),
+        options=replace(StageOptions(), whiten=not args.no_whiten, preserve=args.preserve),
     )
     config.validate()
     splits = dataset_splits(args.data)

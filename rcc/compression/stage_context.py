@@ -26,7 +26,7 @@ class StageOptions:
     svd_method: str = "auto"
     ridge: float = 1e-2  # AlphaEdit λ, relative to the mean input energy tr(XXᵀ)/n
     null_threshold: float = 1e-2  # AlphaEdit null space: eigenvalues < this × the largest of K₀K₀ᵀ
-    preserve: bool = True  # constrain corrections to the null space of the preserved inputs
+    preserve: bool = False  # confine corrections to the null space of the preserved inputs K₀ (AlphaEdit)
     correction_steps: int = 100  # projected gradient steps where no closed form is cheap
     sequential: bool = False  # correct block by block on inputs that flow through the compressed model
 
