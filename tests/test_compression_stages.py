@@ -359,3 +359,28 @@ def test_alphaedit_leaves_dense_and_uncalibrated_layers_alone(tiny):
     saved = {k: v.clone() for k, v in tiny.module.state_dict().items()}
     assert run_correction_stage(ctx, 1.0) == []  # c_fc is dense; text_projection has no inputs recorded
     assert all(torch.equal(v, saved[k]) for k, v in tiny.module.state_dict().items())
+
+
+def test_dare_against_a_base_model_drops_and_rescales_the_delta(config_path):
+    from rcc.compression.cascade import CascadeConfig, run_cascade
+
+    torch.manual_seed(0)
+    base = load_model(f"open_clip:{config_path}")
+    torch.manual_seed(0)
+    tuned = load_model(f"open_clip:{config_path}")
+    with torch.no_grad():
+        for param in tuned.module.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    name = "transformer.resblocks.0.mlp.c_fc"
+    before = dense_weight(tuned.module, tuned.layer_index[name]).detach().clone()
+    plan = CompressionPlan(rules=(Rule(name=name, settings={"sparsity": 0.5, "method": "dare"}),))
+    run_cascade(tuned, plan, lambda m: 1.0, CalibrationData(images=None, texts=("a cat",)),
+                config=CascadeConfig(stages=("dare",), threshold=0.0), base=base)
+    after = dense_weight(tuned.module, tuned.layer_index[name]).detach()
+    reference = dense_weight(base.module, base.layer_index[name]).detach()
+    delta, new_delta = before - reference, after - reference
+    dropped = new_delta.abs() < 1e-12
+    # Dropped entries fall back to the base exactly; kept deltas are doubled (1 / (1 − 0.5)).
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    torch.testing.assert_close(new_delta[~dropped], 2 * delta[~dropped], rtol=1e-5, atol=1e-7)
+    assert get_mask(tuned.module, tuned.layer_index[name]) is None  # dense: no pruning mask

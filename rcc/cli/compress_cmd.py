@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--preserve", action="store_true",
                         help="confine AlphaEdit corrections to the null space of preserved inputs (general "
                              "sentences and other images), so their outputs do not move; slower on pruned layers")
+    parser.add_argument("--base", metavar="SPEC", default=None,
+                        help="the model this one was fine-tuned from: DARE then drops and rescales the deltas")
     parser.add_argument("--json", metavar="REPORT", help="also write the report as JSON")
     parser.set_defaults(run=run)
 
@@ -80,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
             bar.console.print(f"step {attempt.step} {attempt.stage} attempt {attempt.attempt} "
                               f"(strength {attempt.fraction:.3f}): metric {attempt.metric:.4f}, {verdict}")
 
+        base = load_model(args.base, device=resolve_device(args.device)) if args.base else None
         result = run_cascade(model, plan, evaluator(check_data), calibration, preserved, config,
-                             progress=progress, on_attempt=on_attempt)
+                             progress=progress, on_attempt=on_attempt, base=base)
     final_test = test_metric(model)
     save_compressed(model, args.out, extra={"plan": args.plan, "cascade": result.as_dict()})
     rows = [

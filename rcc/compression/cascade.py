@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from rcc.compression.calibration import CalibrationData, collect_input_stats
 from rcc.compression.correction_stage import run_correction_stage
 from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameters, unfuse
@@ -93,9 +95,13 @@ def run_cascade(
     model: VLModel, plan: CompressionPlan, evaluate: Evaluator, calibration: CalibrationData,
     preserved: CalibrationData | None = None, config: CascadeConfig = CascadeConfig(),
     progress: LayerProgress | None = None, cancel: CancelCheck | None = None,
-    on_attempt: Callable[[Attempt], None] | None = None,
+    on_attempt: Callable[[Attempt], None] | None = None, base: VLModel | None = None,
 ) -> CascadeResult:
-    """Compress ``model`` in place following ``plan``; see the module docstring for the recursion."""
+    """Compress ``model`` in place following ``plan``; see the module docstring for the recursion.
+
+    ``base`` (same architecture, e.g. the pretrained checkpoint a model was fine-tuned from)
+    makes DARE act on the deltas: θ_base + DARE(θ − θ_base).
+    """
     config.validate()
     start = time.perf_counter()
     plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
@@ -108,6 +114,7 @@ def run_cascade(
     try:
         unfuse(module, [index[name] for name in plans])
         ctx = _context(model, plans, plan, calibration, preserved, config, progress, cancel)
+        ctx.base = None if base is None else _base_weights(base, list(plans))
         result = CascadeResult(dense_metric=float(evaluate(model)), threshold=config.threshold,
                                params_before=sum(layer.params for layer in ctx.layers()),
                                model_params_before=model_params_before)
@@ -138,6 +145,16 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     return StageContext(model=model, plans=plans, stats=stats, preserved=kept, dense=dense, seed=plan.seed,
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,
                         calibration=calibration, progress=progress, cancel=cancel)
+
+
+def _base_weights(base: VLModel, names: list[str]) -> dict[str, torch.Tensor]:
+    """The base model's (out, in) weights of the selected layers, by the compressed model's names."""
+    unfuse(base.module, [base.layer_index[name] for name in names if name in base.layer_index])
+    index = base.layer_index
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise RccError(f"base model {base.spec!r} has no layer {missing[0]!r}; it must share the architecture")
+    return {name: dense_weight(base.module, index[name]).detach().clone() for name in names}
 
 
 def _run_steps(ctx: StageContext, evaluate: Evaluator, config: CascadeConfig, result: CascadeResult,

@@ -59,10 +59,16 @@ def _prune_dense(ctx, layer, plan, target: float, generator) -> LayerChange | No
     if target <= current + 1e-9:
         return None
     stats = ctx.stats.get(layer.name)
+    base = None if ctx.base is None or plan.method != "dare" else ctx.base.get(layer.name)
+    if base is not None:
+        # DARE on the delta: the weights stay dense (dropped entries fall back to the base), so
+        # there is no pruning mask to keep; the expected delta is kept at every step.
+        result = dare.prune(weight, target, "dare", plan.pattern, generator=generator, base=base.to(weight.device))
+        set_dense_weight(module, layer, result.weight)
+        return LayerChange(layer.name, f"DARE on the delta to the base, drop rate {target:.3f}")
     if plan.method == "dare":
-        base = None if ctx.base is None else ctx.base.get(layer.name)
         rate = (target - current) / (1 - current)
-        result = dare.prune(weight, rate, "dare", plan.pattern, generator=generator, base=base)
+        result = dare.prune(weight, rate, "dare", plan.pattern, generator=generator)
     else:
         # Wanda needs calibration inputs; a layer none reached (a bare projection) falls back to magnitude.
         norms = stats.norms.to(weight.device) if (plan.method == "wanda" and stats is not None) else None
