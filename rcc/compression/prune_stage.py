@@ -63,7 +63,12 @@ def _prune_dense(ctx, layer, plan, target: float, generator) -> LayerChange | No
     if base is not None:
         # DARE on the delta: the weights stay dense (dropped entries fall back to the base), so
         # there is no pruning mask to keep; the expected delta is kept at every step.
-        result = dare.prune(weight, target, "dare", plan.pattern, generator=generator, base=base.to(weight.device))
+        base = base.to(weight.device)
+        dropped = (weight == base).float().mean().item()  # deltas an earlier step already dropped
+        if target <= dropped + 1e-9:
+            return None
+        rate = (target - dropped) / (1 - dropped)
+        result = dare.prune(weight, rate, "dare", plan.pattern, generator=generator, base=base)
         set_dense_weight(module, layer, result.weight)
         return LayerChange(layer.name, f"DARE on the delta to the base, drop rate {target:.3f}")
     if plan.method == "dare":
