@@ -206,10 +206,13 @@ def lowrank_correction(
     a = A.detach().to(torch.float64)
     b = B.detach().to(torch.float64)
     basis = _basis(projector, c.shape[0], c.device)
-    u = basis if basis is not None else torch.eye(c.shape[0], dtype=torch.float64, device=c.device)
-    rcu = (w - a @ b) @ c @ u
-    e = _sylvester_ridge(a.T @ a, a.T @ rcu, u.T @ c @ u, lam)
-    b_new = b + e @ u.T
+    if basis is None:  # U = I: skip three n³ products with the identity
+        e = _sylvester_ridge(a.T @ a, a.T @ ((w - a @ b) @ c), c, lam)
+        b_new = b + e
+    else:
+        rcu = (w - a @ b) @ c @ basis
+        e = _sylvester_ridge(a.T @ a, a.T @ rcu, basis.T @ c @ basis, lam)
+        b_new = b + e @ basis.T
     a_new = a
     if update_a:
         r2 = w - a @ b_new
