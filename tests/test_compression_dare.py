@@ -331,6 +331,8 @@ def test_semi_structured_is_none_on_cpu():
 # --- CUDA (skipped without a GPU) ---------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+ampere = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                            reason="semi-structured sparse kernels need CUDA compute capability 8.0")
 
 
 @cuda
@@ -360,10 +362,8 @@ def test_score_masks_identical_on_cpu_and_cuda():
     assert torch.equal(nm_mask(weight.abs(), 2, 4), nm_mask(weight.abs().cuda(), 2, 4).cpu())
 
 
-@cuda
+@ampere
 def test_semi_structured_on_cuda():
-    if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("semi-structured sparse kernels need compute capability 8.0")
     weight = torch.randn(128, 128, generator=seeded(1)).half().cuda()
     result = prune(weight, 0.5, "magnitude", "2:4")
     sparse = to_semi_structured(result.weight, result.mask)

@@ -176,7 +176,9 @@ def fused_parent(module: nn.Module, layer: LayerInfo) -> str | None:
     path = module_path(layer)
     if path.endswith(".out_proj"):
         parent = path[: -len(".out_proj")]
-        if isinstance(module.get_submodule(parent), nn.MultiheadAttention):
+        attention = module.get_submodule(parent)
+        # Only same-width attention can be split (CoCa's attentional pooler has other k/v widths).
+        if isinstance(attention, nn.MultiheadAttention) and attention._qkv_same_embed_dim:
             return parent
     return None
 
