@@ -270,6 +270,19 @@ def get_mask(module: nn.Module, layer: LayerInfo) -> torch.Tensor | None:
     return mask.t() if layer.transposed else mask
 
 
+def mask_sparsity(mask: torch.Tensor | None) -> float:
+    """Fraction of pruned entries of a keep-mask (0 when there is no mask)."""
+    return 0.0 if mask is None else 1.0 - mask.float().mean().item()
+
+
+def layer_sparsity(module: nn.Module, layer: LayerInfo) -> float:
+    """How pruned a layer is now: its mask, or for a factorised layer its ``down`` factor's mask."""
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        return mask_sparsity(getattr(child, "down_mask", None))
+    return mask_sparsity(get_mask(module, layer))
+
+
 @torch.no_grad()
 def set_mask(module: nn.Module, layer: LayerInfo, keep: torch.Tensor) -> None:
     """Attach an (out, in) keep-mask to a dense layer and zero its pruned entries."""

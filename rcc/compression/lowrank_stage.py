@@ -16,7 +16,7 @@ import math
 import torch
 
 from rcc.compression import dare, nullu
-from rcc.compression.layers import dense_weight, factorise, get_mask, layer_form, layer_module, set_factor_masks
+from rcc.compression.layers import dense_weight, factorise, layer_form, layer_module, layer_sparsity, set_factor_masks
 from rcc.compression.prune_stage import LayerChange
 from rcc.compression.stage_context import StageContext
 
@@ -76,7 +76,7 @@ def _chosen_ranks(ctx: StageContext, layers, fraction: float) -> dict[str, int]:
 def _factorise(ctx: StageContext, layer, rank: int) -> LayerChange:
     module = ctx.model.module
     weight = dense_weight(module, layer).detach()
-    sparsity = _current_sparsity(module, layer)
+    sparsity = layer_sparsity(module, layer)
     gram = _gram(ctx, layer.name)
     seed = ctx.seed
     if gram is not None:
@@ -92,12 +92,3 @@ def _factorise(ctx: StageContext, layer, rank: int) -> LayerChange:
         set_factor_masks(module, layer, dare.magnitude_mask(up, sparsity), dare.magnitude_mask(down, sparsity))
         what += f", factors at sparsity {sparsity:.3f}"
     return LayerChange(layer.name, what)
-
-
-def _current_sparsity(module, layer) -> float:
-    if layer_form(module, layer) == "factorised":
-        low_rank = layer_module(module, layer)
-        mask = getattr(low_rank, "down_mask", None)
-        return 0.0 if mask is None else 1.0 - mask.float().mean().item()
-    mask = get_mask(module, layer)
-    return 0.0 if mask is None else 1.0 - mask.float().mean().item()

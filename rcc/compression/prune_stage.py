@@ -16,7 +16,7 @@ import torch
 
 from rcc.compression import dare
 from rcc.compression.layers import (
-    dense_weight, get_mask, layer_form, layer_module, set_dense_weight, set_factor_masks, set_mask,
+    dense_weight, get_mask, layer_form, layer_module, mask_sparsity, set_dense_weight, set_factor_masks, set_mask,
 )
 from rcc.compression.stage_context import StageContext
 
@@ -55,7 +55,7 @@ def _prune_dense(ctx, layer, plan, target: float, generator) -> LayerChange | No
     module = ctx.model.module
     weight = dense_weight(module, layer).detach()
     old = get_mask(module, layer)
-    current = 0.0 if old is None else 1.0 - old.float().mean().item()
+    current = mask_sparsity(old)
     if target <= current + 1e-9:
         return None
     stats = ctx.stats.get(layer.name)
@@ -82,7 +82,7 @@ def _prune_dense(ctx, layer, plan, target: float, generator) -> LayerChange | No
     keep = result.mask if old is None else (result.mask & old)
     set_dense_weight(module, layer, result.weight)
     set_mask(module, layer, keep)
-    return LayerChange(layer.name, f"sparsity {1 - keep.float().mean().item():.3f} ({plan.method}, {plan.pattern})")
+    return LayerChange(layer.name, f"sparsity {mask_sparsity(keep):.3f} ({plan.method}, {plan.pattern})")
 
 
 @torch.no_grad()
@@ -93,7 +93,7 @@ def _prune_factors(ctx, layer, plan, target: float, generator) -> LayerChange:
     for factor in (low_rank.up, low_rank.down):
         if plan.method == "dare":
             old = getattr(low_rank, "up_mask" if factor is low_rank.up else "down_mask", None)
-            current = 0.0 if old is None else 1.0 - old.float().mean().item()
+            current = mask_sparsity(old)
             rate = max(0.0, (target - current) / (1 - current))
             result = dare.dare(factor.detach(), rate, generator)
             factor.copy_(result.weight)

@@ -72,13 +72,6 @@ def run_eval(
                       {"examples": result.as_dict()["examples"]})
 
 
-PRIMARY_METRIC = {
-    "zeroshot": "top1",
-    "retrieval": "mean recall@1 (text→image, image→text)",
-    "caption": "cider",
-}
-
-
 def primary_metric(report: EvalReport) -> float:
     """The one number a threshold is checked against: top-1, mean recall@1, or CIDEr."""
     metrics = report.metrics

@@ -9,7 +9,6 @@ file, so the demo opens without training.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -47,12 +46,6 @@ def rcc_mini_config() -> dict:
 
 def weights_path() -> Path:
     return Path(str(resources.files("rcc.models") / "weights" / WEIGHTS_FILE))
-
-
-def model_card() -> dict:
-    """Provenance of the shipped weights: command, seed, accuracy reached, time taken."""
-    path = weights_path().with_name(CARD_FILE)
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def build_rcc_mini(trained: bool = True) -> OpenCLIPModel:
