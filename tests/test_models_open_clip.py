@@ -125,3 +125,17 @@ def test_malformed_config_and_mismatched_weights(tmp_path, tiny_spec):
     save_file({"nope": torch.zeros(2)}, str(wrong))
     with pytest.raises(ModelSpecError, match="do not match"):
         load_model(f"{tiny_spec}@{wrong}")
+
+
+def test_whole_model_fingerprint_covers_zero_dim_tensors(config_path):
+    """logit_scale is a 0-dim tensor: the whole-model fingerprint must read it (and see it change)."""
+    import torch
+
+    from rcc.models.registry import load_model
+
+    model = load_model(f"open_clip:{config_path}")
+    before = model.fingerprint()
+    assert before == model.fingerprint()
+    with torch.no_grad():
+        model.module.logit_scale.add_(1.0)
+    assert model.fingerprint() != before

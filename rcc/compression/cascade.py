@@ -129,6 +129,52 @@ def run_cascade(
     return result
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """What one stage run without back-off did."""
+
+    stage: str
+    fraction: float
+    changed: int
+    params_before: int  # selected layers, as stored before the run
+    params_after: int
+    seconds: float
+
+
+def run_stage(
+    model: VLModel, plan: CompressionPlan, stage: str, fraction: float, calibration: CalibrationData,
+    preserved: CalibrationData | None = None, options: StageOptions = StageOptions(),
+    progress: LayerProgress | None = None, cancel: CancelCheck | None = None, base: VLModel | None = None,
+) -> StageRun:
+    """One stage at strength ``fraction`` of the plan, no evaluation, no back-off (a manual step).
+
+    Like the cascade, a failure or cancel puts every selected layer back as it was.
+    """
+    if stage not in STAGES:
+        raise RccError(f"stage {stage!r} is unknown; allowed: {', '.join(STAGES)}")
+    if not 0 < fraction <= 1:
+        raise RccError(f"fraction {fraction} is out of range; allowed: 0 < fraction ≤ 1")
+    start = time.perf_counter()
+    plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
+    if not plans:
+        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+    module, index = model.module, model.layer_index
+    before_run = LayerSnapshot(module, [index[name] for name in plans])
+    config = CascadeConfig(stages=(stage,), options=options)
+    try:
+        unfuse(module, [index[name] for name in plans])
+        ctx = _context(model, plans, plan, calibration, preserved, config, progress, cancel)
+        ctx.base = None if base is None else _base_weights(base, list(plans))
+        params_before = sum(stored_parameters(module, layer) for layer in ctx.layers())
+        changes = STAGES[stage](ctx, fraction)
+    except BaseException:
+        before_run.restore(module)
+        raise
+    return StageRun(stage=stage, fraction=fraction, changed=len(changes), params_before=params_before,
+                    params_after=sum(stored_parameters(module, layer) for layer in ctx.layers()),
+                    seconds=time.perf_counter() - start)
+
+
 def _selected(p) -> bool:
     return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction)
 

@@ -4,13 +4,17 @@
 layers and their ranks, mask buffers); ``apply_structure`` re-creates it on a freshly loaded
 model of the same spec, after which the saved ``state_dict`` loads strictly. On disk a
 compressed model is ``model.safetensors`` (factors, masks, weights) + ``manifest.json``.
+Version 1 (written here) stores every tensor as is; version 2 (``rcc.session.export``) stores
+each masked tensor as its kept values plus its mask packed 8 entries per byte; both load here.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +24,8 @@ from rcc.errors import RccError
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
+PACKED_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, PACKED_VERSION)
 
 
 def structure_of(module: nn.Module) -> dict:
@@ -85,9 +91,10 @@ def load_compressed(directory: str | Path, device: str | None = None):
     if not isinstance(manifest, dict):
         raise RccError(f"{str(manifest_path)!r} holds a JSON {type(manifest).__name__}; allowed: an object "
                        f"written by save_compressed")
-    if manifest.get("format") != "rcc-compressed" or manifest.get("version") != FORMAT_VERSION:
+    version = manifest.get("version")
+    if manifest.get("format") != "rcc-compressed" or version not in READABLE_VERSIONS:
         raise RccError(f"{str(manifest_path)!r} has format {manifest.get('format')!r} version "
-                       f"{manifest.get('version')!r}; allowed: rcc-compressed version {FORMAT_VERSION}")
+                       f"{version!r}; allowed: rcc-compressed version {FORMAT_VERSION} or {PACKED_VERSION}")
     if not isinstance(manifest.get("model"), str) or not isinstance(manifest.get("structure"), dict):
         raise RccError(f"{str(manifest_path)!r} lacks a model spec or a structure; allowed: a manifest written by "
                        f"save_compressed, with 'model' (a spec) and 'structure' (an object)")
@@ -95,9 +102,31 @@ def load_compressed(directory: str | Path, device: str | None = None):
         raise RccError(f"{str(directory)!r} is not a compressed model: {WEIGHTS} is missing")
     model = load_model(manifest["model"])
     apply_structure(model.module, manifest["structure"])
+    state = load_file(str(directory / WEIGHTS))
+    if version == PACKED_VERSION:
+        unpack_masked(state, manifest.get("packed"), manifest_path)
     masks = set(manifest["structure"].get("masks", {}))
-    state = {k: (v.to(torch.bool) if k in masks else v) for k, v in load_file(str(directory / WEIGHTS)).items()}
+    state = {k: (v.to(torch.bool) if k in masks else v) for k, v in state.items()}
     model.module.load_state_dict(state, strict=True)
     if device is not None:
         model.to(device)
     return model
+
+
+def unpack_masked(state: dict[str, torch.Tensor], packed, manifest_path: Path) -> None:
+    """Expand packed entries in place: W = 0 except W[M] = kept values (row-major), M from its bits."""
+    if not isinstance(packed, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+            and entry.get("tensor") in state and entry.get("mask") in state for entry in packed):
+        raise RccError(f"{str(manifest_path)!r} has a bad 'packed' list; allowed: objects with 'tensor', 'mask' "
+                       f"(keys of {WEIGHTS}) and 'shape', as rcc.session.export writes")
+    for entry in packed:
+        shape, values = entry["shape"], state[entry["tensor"]]
+        bits = np.unpackbits(state[entry["mask"]].numpy(), count=math.prod(shape))
+        keep = torch.from_numpy(bits.astype(bool)).reshape(shape)
+        if int(keep.sum()) != values.numel():
+            raise RccError(f"packed tensor {entry['tensor']!r} holds {values.numel()} values but its mask keeps "
+                           f"{int(keep.sum())}; allowed: one value per kept entry (the export is damaged)")
+        dense = values.new_zeros(shape)
+        dense[keep] = values
+        state[entry["tensor"]], state[entry["mask"]] = dense, keep

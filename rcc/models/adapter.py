@@ -97,7 +97,7 @@ class VLModel(ABC):
                 continue
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())
-            data = tensor.detach().contiguous().cpu()
+            data = tensor.detach().contiguous().cpu().reshape(-1)  # 0-dim tensors cannot change dtype view
             digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
         return digest.hexdigest()
 

@@ -101,14 +101,19 @@ def sort_layers(module: nn.Module, layers: list[LayerInfo]) -> list[LayerInfo]:
 
 
 class OpenCLIPModel(VLModel):
-    """An OpenCLIP ``CLIP`` / ``CustomTextCLIP`` with its tokenizer and eval transform."""
+    """An OpenCLIP ``CLIP`` / ``CustomTextCLIP`` with its tokenizer and eval transform.
+
+    ``config`` is the OpenCLIP model config it was built from (model_configs format, with an
+    optional ``preprocess_cfg``), kept so a dense export can be reloaded by open_clip itself.
+    """
 
     family = "open_clip"
 
-    def __init__(self, spec: str, module: nn.Module, tokenizer, transform):
+    def __init__(self, spec: str, module: nn.Module, tokenizer, transform, config: dict | None = None):
         super().__init__(spec, module)
         self._tokenizer = tokenizer
         self._transform = transform
+        self.config = config
 
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         return {"input_ids": self._tokenizer(list(texts))}
@@ -158,7 +163,9 @@ def _from_registry(spec: str, name: str, pretrained: str | None) -> OpenCLIPMode
         )
     except Exception as exc:  # hub unreachable offline, bad tag, unreadable file
         raise ModelSpecError(f"cannot load {spec!r}: {_short(exc)}; accepted forms: {FORMS}") from exc
-    return OpenCLIPModel(spec, module, open_clip.get_tokenizer(name), transform)
+    config = {**open_clip.get_model_config(name),
+              "preprocess_cfg": dict(open_clip.get_model_preprocess_cfg(module))}
+    return OpenCLIPModel(spec, module, open_clip.get_tokenizer(name), transform, config)
 
 
 def _from_config_file(spec: str, path: Path, weights: str | None) -> OpenCLIPModel:
@@ -171,7 +178,7 @@ def _from_config_file(spec: str, path: Path, weights: str | None) -> OpenCLIPMod
     module, tokenizer, transform = build_from_config(config, base_dir=path.parent, spec=spec)
     if weights:
         load_weights_file(module, Path(weights), spec)
-    return OpenCLIPModel(spec, module, tokenizer, transform)
+    return OpenCLIPModel(spec, module, tokenizer, transform, config)
 
 
 def build_from_config(config: dict, base_dir: Path | None = None, spec: str = "") -> tuple[nn.Module, object, object]:

@@ -50,10 +50,11 @@ def weights_path() -> Path:
 
 def build_rcc_mini(trained: bool = True) -> OpenCLIPModel:
     """rcc-mini with its shipped weights (``trained``) or a fresh image tower (for training)."""
-    module, tokenizer, transform = build_from_config(rcc_mini_config(), spec=SPEC)
+    config = rcc_mini_config()
+    module, tokenizer, transform = build_from_config(config, spec=SPEC)
     if trained:
         load_shipped_weights(module)
-    return OpenCLIPModel(SPEC, module, tokenizer, transform)
+    return OpenCLIPModel(SPEC, module, tokenizer, transform, config)
 
 
 def load_shipped_weights(module, path: Path | None = None) -> None:

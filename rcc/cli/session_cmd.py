@@ -1,0 +1,201 @@
+"""``rcc-tui session new|ls|show|log|graph|apply|gc|export-recipe``: sessions, headless."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from rcc.cli.common import DATA_HELP, MODEL_HELP
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("session", help="create, inspect and maintain sessions (history graph, op log)",
+                            description="Sessions hold every op, node and metric of a workbench session.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    new = actions.add_parser("new", help="create a session with its model loaded as the root node")
+    new.add_argument("session", metavar="DIR", help="a new or empty directory")
+    new.add_argument("--model", default="rcc-mini", metavar="SPEC", help=MODEL_HELP)
+    new.add_argument("--data", default="digits", metavar="SPEC", help=DATA_HELP)
+    new.add_argument("--eval-split", default=None, help="split checked after each stage (default: calib if any)")
+    new.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    new.set_defaults(run=run_new)
+
+    ls = actions.add_parser("ls", help="list the sessions under a directory")
+    ls.add_argument("root", nargs="?", default=None, metavar="DIR", help="default: the sessions home")
+    ls.set_defaults(run=run_ls)
+
+    for name, helptext, func in (("show", "model, data, head and size of a session", run_show),
+                                 ("log", "the op log", run_log),
+                                 ("graph", "the history graph as text lanes, newest on top", run_graph)):
+        action = actions.add_parser(name, help=helptext)
+        action.add_argument("session", metavar="SESSION")
+        action.set_defaults(run=func)
+
+    apply = actions.add_parser("apply", help="apply operations (JSON) to a session, as the app would")
+    apply.add_argument("session", metavar="SESSION")
+    apply.add_argument("ops", metavar="OP_JSON", nargs="+",
+                       help='an op object (e.g. \'{"op": "evaluate", "split": "test"}\') or a file holding '
+                            'one op or a list of ops')
+    apply.add_argument("--device", default="auto")
+    apply.set_defaults(run=run_apply)
+
+    gc = actions.add_parser("gc", help="delete stored tensors that no node references")
+    gc.add_argument("session", metavar="SESSION")
+    gc.set_defaults(run=run_gc)
+
+    recipe = actions.add_parser("export-recipe", help="write the op log alone (no weights) as a recipe")
+    recipe.add_argument("session", metavar="SESSION")
+    recipe.add_argument("recipe", metavar="RECIPE.json")
+    recipe.set_defaults(run=run_export_recipe)
+
+
+def sessions_home() -> Path:
+    """Where sessions live unless told otherwise: $RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions."""
+    import os
+
+    return Path(os.environ.get("RCC_SESSIONS_DIR") or Path.home() / ".local/share/rcc-tui/sessions")
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _metric(node, key: str = "eval/primary") -> str:
+    value = node.metrics.get(key)
+    return "–" if value is None else f"{value:.4f}"
+
+
+def run_new(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.session import Session
+
+    with Session.create(args.session, model=args.model, data=args.data, eval_split=args.eval_split,
+                        device=args.device) as session:
+        root = session.nodes()[0]
+        stdout().print(f"session {args.session}: node {root.id} {root.summary}, "
+                       f"eval {_metric(root)}, {root.params:,} parameters")
+    return 0
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout, table
+    from rcc.session.session import Session, is_session
+
+    root = Path(args.root) if args.root else sessions_home()
+    rows = []
+    for directory in sorted(p for p in root.glob("*") if is_session(p)) if root.is_dir() else []:
+        with Session.open(directory, read_only=True) as session:
+            nodes = session.nodes()
+            head = next((n for n in nodes if n.id == session.head), None)
+            rows.append([directory.name, session.setting("model"), session.setting("data"), len(nodes),
+                         session.head, head and _metric(head), head and head.params,
+                         _when(nodes[-1].created) if nodes else "–"])
+    stdout().print(table(f"sessions in {root}", ["session", "model", "data", "nodes", "head", "eval", "params",
+                                                 "last change"], rows))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout, table
+    from rcc.session.session import Session
+
+    with Session.open(args.session, read_only=True) as session:
+        nodes = session.nodes()
+        head = next((n for n in nodes if n.id == session.head), None)
+        rows = [["model", session.setting("model")], ["data", session.setting("data")],
+                ["eval split", session.setting("eval_split")], ["nodes", len(nodes)], ["ops", len(session.ops())],
+                ["head", f"node {session.head}" if head else "–"],
+                ["head metrics", ", ".join(f"{k} {v:.4g}" for k, v in sorted(head.metrics.items())) if head else "–"],
+                ["plan", json.dumps(json.loads(session.setting("plan") or "{}"), sort_keys=True)],
+                ["disk", f"{session.disk_bytes() / 2**20:.1f} MiB"]]
+        stdout().print(table(f"session {args.session}", ["", "value"], rows))
+    return 0
+
+
+def run_log(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout, table
+    from rcc.session.session import Session
+
+    with Session.open(args.session, read_only=True) as session:
+        rows = [[record.seq, _when(record.created), record.kind,
+                 json.dumps({k: v for k, v in record.body.items() if k != "op"}, sort_keys=True),
+                 record.node_before, record.node_after, f"{record.seconds:.1f}"] for record in session.ops()]
+        stdout().print(table(f"op log of {args.session}", ["#", "when", "op", "parameters", "from", "to", "s"], rows))
+    return 0
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.lanes import graph_rows
+    from rcc.session.session import Session
+
+    with Session.open(args.session, read_only=True) as session:
+        rows = graph_rows(session.nodes(), session.head)
+    width = max((len(row.prefix) for row in rows), default=0)
+    out = stdout()
+    for row in rows:
+        node = row.node
+        label = f" [{node.label}]" if node.label else ""
+        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} eval {_metric(node)}  "
+                  f"{node.params:>12,} params  {node.summary}", markup=False, highlight=False)
+    return 0
+
+
+def _read_ops(items: list[str]) -> list:
+    from rcc.errors import RccError
+    from rcc.session.ops import op_from_dict
+
+    ops = []
+    for item in items:
+        text = item
+        if not item.lstrip().startswith(("{", "[")):
+            try:
+                text = Path(item).read_text()
+            except OSError as exc:
+                raise RccError(f"op {item!r} is neither JSON nor a readable file: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RccError(f"op {item[:60]!r} is not valid JSON: {exc}") from exc
+        ops.extend(op_from_dict(entry) for entry in (data if isinstance(data, list) else [data]))
+    return ops
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.session import Session
+
+    ops = _read_ops(args.ops)  # every op checked before the session is even opened
+    with Session.open(args.session, device=args.device) as session:
+        for op in ops:
+            outcome = session.apply(op)
+            made = f"node {outcome.new_node}" if outcome.new_node else f"head node {outcome.node_after}"
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items()))
+            stdout().print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}")
+    return 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.session import Session
+
+    with Session.open(args.session, load=False) as session:
+        report = session.gc()
+    stdout().print(f"removed {report.removed} unreferenced blobs ({report.freed_bytes / 2**20:.1f} MiB); "
+                   f"kept {report.kept}")
+    return 0
+
+
+def run_export_recipe(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.replay import write_recipe
+    from rcc.session.session import Session
+
+    with Session.open(args.session, read_only=True) as session:
+        path = write_recipe(session, args.recipe)
+        count = len(session.ops())
+    stdout().print(f"wrote {count} ops to {path}")
+    return 0

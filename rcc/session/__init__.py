@@ -1,0 +1,1 @@
+"""Workbench sessions: typed ops, the history graph, the tensor store, replay and export."""

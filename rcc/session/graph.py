@@ -1,0 +1,267 @@
+"""The history graph: nodes, edges, the op log, metrics and labels in one SQLite database.
+
+A node is a model state (a name → blob-hash manifest plus the compressed structure and the
+plan that made it) with its metrics. Every op is recorded with the node it started from and
+the node it left current. An op and the node it made are committed in one transaction, after
+their blobs are on disk, so a crash leaves either the whole node or nothing of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rcc.errors import RccError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL,
+    node_before INTEGER, node_after INTEGER, created REAL NOT NULL, seconds REAL NOT NULL,
+    result TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY, op_seq INTEGER NOT NULL, created REAL NOT NULL,
+    structure TEXT NOT NULL, plan TEXT NOT NULL, summary TEXT NOT NULL DEFAULT '',
+    params INTEGER NOT NULL, label TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS edges (parent INTEGER NOT NULL, child INTEGER NOT NULL, PRIMARY KEY (parent, child));
+CREATE TABLE IF NOT EXISTS tensors (
+    node INTEGER NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL, nbytes INTEGER NOT NULL,
+    PRIMARY KEY (node, name));
+CREATE TABLE IF NOT EXISTS metrics (
+    node INTEGER NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, op_seq INTEGER NOT NULL,
+    PRIMARY KEY (node, key));
+"""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    id: int
+    parent: int | None
+    op_seq: int
+    op_kind: str
+    created: float
+    params: int
+    summary: str = ""
+    label: str = ""
+    note: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    seq: int
+    kind: str
+    body: dict
+    node_before: int | None
+    node_after: int | None
+    created: float
+    seconds: float
+    result: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewNode:
+    """What a model-changing op produced, to be committed with the op."""
+
+    parent: int | None
+    structure: dict
+    plan: dict
+    tensors: Mapping[str, tuple[str, int]]  # state-dict name → (blob hash, bytes)
+    params: int
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node's model state as stored: structure and the name → hash manifest."""
+
+    id: int
+    structure: dict
+    plan: dict
+    tensors: dict[str, str]
+
+
+class _LockedConnection:
+    """A sqlite3 connection whose calls are serialised: the app reads the graph on its main
+    thread while a worker thread commits ops."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self._connection = connection
+        self.lock = threading.RLock()
+
+    def execute(self, *args):
+        with self.lock:
+            return _Rows(self._connection.execute(*args).fetchall(), self._connection)
+
+    def executemany(self, *args):
+        with self.lock:
+            self._connection.executemany(*args)
+
+    def executescript(self, script: str):
+        with self.lock:
+            self._connection.executescript(script)
+
+    def close(self) -> None:
+        with self.lock:
+            self._connection.close()
+
+
+class _Rows(list):
+    """Rows fetched under the lock, with the ``fetchone`` / ``lastrowid`` callers use."""
+
+    def __init__(self, rows, connection):
+        super().__init__(rows)
+        self.lastrowid = connection.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+    def fetchone(self):
+        return self[0] if self else None
+
+
+class HistoryGraph:
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = Path(path)
+        uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        try:
+            self.db = _LockedConnection(sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None,
+                                                        check_same_thread=False))
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(SCHEMA)
+                if self.meta("schema") is None:
+                    self.set_meta({"schema": str(SCHEMA_VERSION)})
+            version = self.meta("schema")
+        except sqlite3.DatabaseError as exc:
+            raise RccError(f"session database {str(self.path)!r} cannot be opened: {exc}") from exc
+        if version != str(SCHEMA_VERSION):
+            raise RccError(f"session database {str(self.path)!r} has schema {version!r}; "
+                           f"allowed: {SCHEMA_VERSION} (written by this rcc-tui)")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta ----------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self._transaction():
+            self._set_meta(values)
+
+    def _set_meta(self, values: Mapping[str, str]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+    @property
+    def head(self) -> int | None:
+        value = self.meta("head")
+        return None if value is None else int(value)
+
+    # -- writing -------------------------------------------------------------------------
+    def _transaction(self):
+        graph = self
+
+        class _Tx:
+            def __enter__(self):
+                graph.db.lock.acquire()  # the whole transaction, not only each statement
+                graph.db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind, value, tb):
+                try:
+                    graph.db.execute("COMMIT" if kind is None else "ROLLBACK")
+                finally:
+                    graph.db.lock.release()
+                return False
+
+        return _Tx()
+
+    def record(self, kind: str, body: dict, node_before: int | None, seconds: float,
+               new_node: NewNode | None = None, head: int | None = None,
+               metrics: Mapping[str, float] | None = None, metrics_node: int | None = None,
+               label: tuple[int, str, str] | None = None, result: dict | None = None,
+               meta: Mapping[str, str] | None = None) -> tuple[int, int | None]:
+        """Commit an op and everything it made in one transaction; returns (op seq, new node id)."""
+        now = time.time()
+        with self._transaction():
+            seq = self.db.execute(
+                "INSERT INTO ops (kind, body, node_before, node_after, created, seconds, result) "
+                "VALUES (?, ?, ?, NULL, ?, ?, ?)",
+                (kind, json.dumps(body, sort_keys=True), node_before, now, seconds, json.dumps(result or {})),
+            ).lastrowid
+            node_id = None
+            if new_node is not None:
+                node_id = self.db.execute(
+                    "INSERT INTO nodes (op_seq, created, structure, plan, summary, params) VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, now, json.dumps(new_node.structure, sort_keys=True), json.dumps(new_node.plan, sort_keys=True),
+                     new_node.summary, new_node.params),
+                ).lastrowid
+                if new_node.parent is not None:
+                    self.db.execute("INSERT INTO edges (parent, child) VALUES (?, ?)", (new_node.parent, node_id))
+                self.db.executemany("INSERT INTO tensors (node, name, hash, nbytes) VALUES (?, ?, ?, ?)",
+                                    [(node_id, name, digest, size) for name, (digest, size) in new_node.tensors.items()])
+            after = node_id if node_id is not None else (head if head is not None else node_before)
+            self.db.execute("UPDATE ops SET node_after = ? WHERE seq = ?", (after, seq))
+            target = node_id if metrics_node is None else metrics_node
+            if metrics and target is not None:
+                self.db.executemany("INSERT OR REPLACE INTO metrics (node, key, value, op_seq) VALUES (?, ?, ?, ?)",
+                                    [(target, k, float(v), seq) for k, v in metrics.items()])
+            if label is not None:
+                self.db.execute("UPDATE nodes SET label = ?, note = ? WHERE id = ?", (label[1], label[2], label[0]))
+            self._set_meta({**(meta or {}), **({"head": str(after)} if after is not None else {})})
+        return seq, node_id
+
+    # -- reading -------------------------------------------------------------------------
+    def has_node(self, node: int) -> bool:
+        return self.db.execute("SELECT 1 FROM nodes WHERE id = ?", (node,)).fetchone() is not None
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every node, oldest first, with its parent, op, label and metrics."""
+        metrics: dict[int, dict[str, float]] = {}
+        for node, key, value in self.db.execute("SELECT node, key, value FROM metrics"):
+            metrics.setdefault(node, {})[key] = value
+        parents = dict(self.db.execute("SELECT child, parent FROM edges"))
+        rows = self.db.execute(
+            "SELECT n.id, n.op_seq, o.kind, n.created, n.params, n.summary, n.label, n.note "
+            "FROM nodes n JOIN ops o ON o.seq = n.op_seq ORDER BY n.id")
+        return [NodeRecord(id=i, parent=parents.get(i), op_seq=seq, op_kind=kind, created=created, params=params,
+                           summary=summary, label=label, note=note, metrics=metrics.get(i, {}))
+                for i, seq, kind, created, params, summary, label, note in rows]
+
+    def node(self, node: int) -> NodeRecord:
+        for record in self.nodes():
+            if record.id == node:
+                return record
+        raise RccError(f"node {node} does not exist; allowed: {self._node_range()}")
+
+    def _node_range(self) -> str:
+        low, high = self.db.execute("SELECT MIN(id), MAX(id) FROM nodes").fetchone()
+        return "no node yet" if low is None else f"a node id from {low} to {high}"
+
+    def state(self, node: int) -> NodeState:
+        row = self.db.execute("SELECT structure, plan FROM nodes WHERE id = ?", (node,)).fetchone()
+        if row is None:
+            raise RccError(f"node {node} does not exist; allowed: {self._node_range()}")
+        tensors = dict(self.db.execute("SELECT name, hash FROM tensors WHERE node = ?", (node,)))
+        return NodeState(node, json.loads(row[0]), json.loads(row[1]), tensors)
+
+    def ops(self) -> list[OpRecord]:
+        rows = self.db.execute("SELECT seq, kind, body, node_before, node_after, created, seconds, result "
+                               "FROM ops ORDER BY seq")
+        return [OpRecord(seq, kind, json.loads(body), before, after, created, seconds, json.loads(result))
+                for seq, kind, body, before, after, created, seconds, result in rows]
+
+    def reachable_hashes(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM tensors")}
+
+    def node_hashes(self, nodes: Iterable[int]) -> dict[int, dict[str, tuple[str, int]]]:
+        out: dict[int, dict[str, tuple[str, int]]] = {}
+        for node in nodes:
+            out[node] = {name: (digest, size) for name, digest, size in
+                         self.db.execute("SELECT name, hash, nbytes FROM tensors WHERE node = ?", (node,))}
+        return out

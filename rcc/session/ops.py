@@ -1,0 +1,289 @@
+"""Session operations: every state change as a small, frozen, validated, JSON-ready record.
+
+An op holds everything needed to redo it (parameters and seeds), never live objects, so a
+session's op log is a recipe: ``op_to_dict`` / ``op_from_dict`` round-trip it, and loading
+refuses an unknown op type, an unknown or missing field, or a value out of range, with a
+one-line error, before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+from rcc.errors import RccError
+
+STAGE_NAMES = ("dare", "nullu", "alphaedit")
+SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
+EXPORT_FORMATS = ("compressed", "dense")
+
+
+class OpError(RccError):
+    """An operation that cannot be loaded or applied as given."""
+
+
+def _fail(op: str, name: str, value: Any, allowed: str) -> OpError:
+    return OpError(f"op {op!r}: {name} {value!r} is invalid; allowed: {allowed}")
+
+
+def _int(op: str, name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
+            or (high is not None and value > high):
+        bounds = f"an integer{f' ≥ {low}' if low is not None else ''}{f' ≤ {high}' if high is not None else ''}"
+        raise _fail(op, name, value, bounds)
+    return value
+
+
+def _float(op: str, name: str, value: Any, low: float, high: float, high_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        raise _fail(op, name, value, f"a number {low} ≤ x {'<' if high_open else '≤'} {high}")
+    return float(value)
+
+
+def _text(op: str, name: str, value: Any, empty: bool = False, limit: int = 4096) -> str:
+    if not isinstance(value, str) or (not empty and not value.strip()) or len(value) > limit:
+        raise _fail(op, name, value, f"a {'' if empty else 'non-empty '}string of at most {limit} characters")
+    return value
+
+
+def _flag(op: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(op, name, value, "true or false")
+    return value
+
+
+def _names(op: str, name: str, value: Any, empty: bool = True) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v
+                                                                                 for v in value):
+        raise _fail(op, name, value, "a list of layer names")
+    if not empty and not value:
+        raise _fail(op, name, value, "a non-empty list of layer names")
+    return tuple(value)
+
+
+def _choice(op: str, name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _fail(op, name, value, ", ".join(allowed))
+    return value
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base of every operation; ``kind`` is its name in the op log."""
+
+    kind: ClassVar[str] = ""
+    changes_model: ClassVar[bool] = False  # whether applying it may change weights (and makes a node)
+
+    def validate(self) -> None:  # overridden; called by __post_init__
+        pass
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+@dataclass(frozen=True)
+class LoadModel(Op):
+    """Load the base model and the dataset; the first op of every session (makes the root node)."""
+
+    kind: ClassVar[str] = "load_model"
+    changes_model: ClassVar[bool] = True
+    model: str = "rcc-mini"
+    data: str = "digits"
+    eval_split: str | None = None  # checked after each stage; default: calib if the dataset has one
+    test_split: str = "test"
+
+    def validate(self) -> None:
+        _text(self.kind, "model", self.model)
+        _text(self.kind, "data", self.data)
+        if self.eval_split is not None:
+            _text(self.kind, "eval_split", self.eval_split)
+        _text(self.kind, "test_split", self.test_split)
+
+
+@dataclass(frozen=True)
+class SetPlan(Op):
+    """Replace the whole compression plan (its JSON form, as ``plan_to_dict`` writes it)."""
+
+    kind: ClassVar[str] = "set_plan"
+    plan: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from rcc.compression.plan import plan_from_dict
+
+        if not isinstance(self.plan, Mapping):
+            raise _fail(self.kind, "plan", self.plan, "a plan object (see `rcc-tui plan --help`)")
+        try:
+            plan_from_dict(dict(self.plan))
+        except RccError as exc:
+            raise OpError(f"op {self.kind!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class EditLayers(Op):
+    """Set (or with ``reset`` remove) per-layer overrides of the plan for some layers."""
+
+    kind: ClassVar[str] = "edit_layers"
+    layers: tuple[str, ...] = ()
+    settings: dict = field(default_factory=dict)
+    reset: bool = False
+
+    def validate(self) -> None:
+        from rcc.compression.plan_rules import normalize_settings
+
+        object.__setattr__(self, "layers", _names(self.kind, "layers", self.layers, empty=False))
+        _flag(self.kind, "reset", self.reset)
+        try:
+            normalize_settings(self.settings)
+        except RccError as exc:
+            raise OpError(f"op {self.kind!r}: {exc}") from exc
+        if not self.reset and not self.settings:
+            raise _fail(self.kind, "settings", self.settings, "at least one setting, or reset: true")
+
+
+@dataclass(frozen=True)
+class _Compress(Op):
+    """Fields shared by one-stage runs and cascades."""
+
+    changes_model: ClassVar[bool] = True
+    layers: tuple[str, ...] = ()  # empty: every layer the plan selects
+    calib_per_class: int = 16
+    whiten: bool = True
+    preserve: bool = False
+
+    def validate(self) -> None:
+        object.__setattr__(self, "layers", _names(self.kind, "layers", self.layers))
+        _int(self.kind, "calib_per_class", self.calib_per_class, 1, 10_000)
+        _flag(self.kind, "whiten", self.whiten)
+        _flag(self.kind, "preserve", self.preserve)
+
+
+@dataclass(frozen=True)
+class RunStage(_Compress):
+    """Run one stage at a strength (a fraction of the plan's target), without back-off."""
+
+    kind: ClassVar[str] = "run_stage"
+    stage: str = "dare"
+    fraction: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        _choice(self.kind, "stage", self.stage, STAGE_NAMES)
+        object.__setattr__(self, "fraction", _float(self.kind, "fraction", self.fraction, 0.0, 1.0))
+        if self.fraction == 0.0:
+            raise _fail(self.kind, "fraction", self.fraction, "a number 0 < x ≤ 1")
+
+
+@dataclass(frozen=True)
+class RunCascade(_Compress):
+    """The RCC cascade: stages in order, each evaluated and backed off below the threshold."""
+
+    kind: ClassVar[str] = "run_cascade"
+    stages: tuple[str, ...] = STAGE_NAMES
+    threshold: float = 0.95
+    max_attempts: int = 3
+    schedule: str = "linear"
+    steps: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        stages = _names(self.kind, "stages", self.stages, empty=False)
+        for stage in stages:
+            _choice(self.kind, "stage", stage, STAGE_NAMES)
+        object.__setattr__(self, "stages", stages)
+        object.__setattr__(self, "threshold", _float(self.kind, "threshold", self.threshold, 0.0, 1.0))
+        _int(self.kind, "max_attempts", self.max_attempts, 1, 20)
+        _choice(self.kind, "schedule", self.schedule, SCHEDULES)
+        _int(self.kind, "steps", self.steps, 1, 100)
+
+
+@dataclass(frozen=True)
+class Evaluate(Op):
+    """Evaluate the current node on a split; the metrics are added to that node."""
+
+    kind: ClassVar[str] = "evaluate"
+    split: str = "test"
+
+    def validate(self) -> None:
+        _text(self.kind, "split", self.split)
+
+
+@dataclass(frozen=True)
+class Checkout(Op):
+    """Make an earlier node current (rollback); the next model-changing op branches from it."""
+
+    kind: ClassVar[str] = "checkout"
+    node: int = 1
+
+    def validate(self) -> None:
+        _int(self.kind, "node", self.node, 1)
+
+
+@dataclass(frozen=True)
+class Label(Op):
+    """Name a node and attach a note (an empty label removes it)."""
+
+    kind: ClassVar[str] = "label"
+    node: int = 1
+    label: str = ""
+    note: str = ""
+
+    def validate(self) -> None:
+        _int(self.kind, "node", self.node, 1)
+        _text(self.kind, "label", self.label, empty=True, limit=80)
+        _text(self.kind, "note", self.note, empty=True)
+
+
+@dataclass(frozen=True)
+class Export(Op):
+    """Write a node as a compressed (factors + packed masks) or dense (original architecture) model."""
+
+    kind: ClassVar[str] = "export"
+    format: str = "compressed"
+    out: str = "export"
+    node: int | None = None  # default: the current node
+
+    def validate(self) -> None:
+        _choice(self.kind, "format", self.format, EXPORT_FORMATS)
+        _text(self.kind, "out", self.out)
+        if self.node is not None:
+            _int(self.kind, "node", self.node, 1)
+
+
+OP_TYPES: dict[str, type[Op]] = {cls.kind: cls for cls in (
+    LoadModel, SetPlan, EditLayers, RunStage, RunCascade, Evaluate, Checkout, Label, Export)}
+
+
+def op_to_dict(op: Op) -> dict[str, Any]:
+    """``{"op": kind, field: value, ...}`` with tuples as lists: ready for ``json.dumps``."""
+    out: dict[str, Any] = {"op": op.kind}
+    for f in fields(op):
+        value = getattr(op, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def op_from_dict(data: Any) -> Op:
+    """The op a dict describes, validated; refuses unknown op types and fields."""
+    if not isinstance(data, Mapping):
+        raise OpError(f"operation {data!r} is not an object; allowed: {{\"op\": KIND, ...fields}}")
+    kind = data.get("op")
+    if kind not in OP_TYPES:
+        raise OpError(f"operation type {kind!r} is unknown; allowed: {', '.join(OP_TYPES)}")
+    cls = OP_TYPES[kind]
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key != "op" and key not in known:
+            raise OpError(f"op {kind!r}: field {key!r} is unknown; allowed: {', '.join(known) or 'none'}")
+    missing = [name for name, f in known.items() if name not in data
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise OpError(f"op {kind!r}: field {missing[0]!r} is missing")
+    kwargs = {key: value for key, value in data.items() if key != "op"}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise OpError(f"op {kind!r}: {exc}") from exc

@@ -1,0 +1,70 @@
+"""Paths inside a recipe may only point under the data roots given on the command line.
+
+A recipe is shared data: a recipe from someone else must not make ``replay`` read (or
+write) anywhere the person replaying it did not allow. Every path in a model or dataset
+spec is resolved against the roots (relative paths are relative to the first root),
+symlinks included, and refused when it lands outside all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rcc.session.ops import OpError
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+
+
+def _inside(path: str, roots: list[Path], what: str) -> str:
+    candidate = Path(path).expanduser()
+    for root in roots:
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        if resolved == root or resolved.is_relative_to(root):
+            return str(resolved)
+    allowed = ", ".join(repr(str(r)) for r in roots)
+    raise OpError(f"{what} path {path!r} escapes the data roots; allowed: a path under {allowed} "
+                  f"(give more with --data-root)")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.endswith(_WEIGHT_SUFFIXES) or ".." in Path(text).parts
+
+
+def confine_model_spec(spec: str, roots: list[Path]) -> str:
+    """The model spec with its file paths resolved under ``roots`` (hub ids and names pass)."""
+    scheme, sep, target = spec.partition(":")
+    if not sep:
+        return spec  # rcc-mini
+    if scheme == "open_clip":
+        name, at, weights = target.partition("@")
+        if _looks_like_path(name):
+            name = _inside(name, roots, "model config")
+        if at and (_looks_like_path(weights) or "/" in weights):
+            weights = _inside(weights, roots, "model weights")
+        return f"{scheme}:{name}{at}{weights}"
+    if _looks_like_path(target):
+        return f"{scheme}:{_inside(target, roots, 'model')}"
+    local = [root / target for root in roots if (root / target).exists()]
+    return f"{scheme}:{_inside(str(local[0]), roots, 'model')}" if local else spec
+
+
+def confine_data_spec(spec: str, roots: list[Path]) -> str:
+    """The dataset spec with its path and path options resolved under ``roots``."""
+    from rcc.data.registry import parse_dataset_spec
+
+    parsed = parse_dataset_spec(spec)
+    if parsed.path is None and not parsed.options:
+        return parsed.text
+    path = _inside(parsed.path, roots, "dataset") if parsed.path is not None else None
+    options = [(key, _inside(value, roots, f"dataset option {key}") if key in ("root", "classnames") else value)
+               for key, value in parsed.options]
+    query = "&".join(f"{k}={v}" for k, v in options)
+    return f"{parsed.kind}{':' + path if path else ''}{'?' + query if query else ''}"
+
+
+def export_name(out: str) -> str:
+    """Where a recipe's export goes in the replayed session: its last path part, never a path."""
+    name = Path(out).name
+    if name in ("", ".", ".."):
+        raise OpError(f"export path {out!r} has no usable name; allowed: a directory name")
+    return name

@@ -1,0 +1,288 @@
+"""``Session``: the one way to change a workbench session, for the app, the CLI and replay alike.
+
+A session is a directory::
+
+    session.db     the history graph: nodes, edges, op log, metrics, labels (SQLite, WAL)
+    store/         content-addressed tensor blobs (rcc.session.store)
+    session.lock   held (flock) by the one process that has the session open for writing
+    exports/       default home of exports
+
+``apply(op)`` runs an op's handler, then commits what it made in one transaction. If the
+handler fails or is cancelled, the model and the plan are put back as they were at the head
+node, and nothing is recorded: the session is exactly as before the op.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict
+from rcc.errors import RccError
+from rcc.eval.encode import CancelCheck
+from rcc.session import ops as O
+from rcc.session.graph import HistoryGraph, NewNode, NodeRecord, NodeState, OpRecord
+from rcc.session.lock import SessionLock
+from rcc.session.progress import OpProgress, ProgressFn
+from rcc.session.store import TensorStore
+
+DATABASE = "session.db"
+STORE = "store"
+EXPORTS = "exports"
+
+
+@dataclass(frozen=True)
+class OpOutcome:
+    seq: int
+    op: O.Op
+    node_before: int | None
+    node_after: int | None
+    new_node: int | None
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    result: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed: int
+    freed_bytes: int
+    kept: int
+
+
+def is_session(directory: str | Path) -> bool:
+    return (Path(directory) / DATABASE).is_file()
+
+
+class Session:
+    """An open session; use ``Session.create`` / ``Session.open`` (and close it, or use ``with``)."""
+
+    def __init__(self, directory: Path, graph: HistoryGraph, store: TensorStore, lock: SessionLock | None,
+                 device: str):
+        self.directory = directory
+        self.graph = graph
+        self.store = store
+        self._lock = lock
+        self.device = device
+        self.workspace = None  # rcc.session.workspace.Workspace once the model is loaded
+        self.plan = CompressionPlan()
+        self._current: tuple[dict, dict] | None = None  # (structure, name → hash) of the live model
+
+    # -- opening and closing -------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str | Path, model: str = "rcc-mini", data: str = "digits",
+               eval_split: str | None = None, test_split: str = "test", device: str = "auto",
+               progress: ProgressFn | None = None,
+               cancel: CancelCheck | None = None) -> Session:
+        """A new session in ``directory`` (new or empty), with its model loaded as the root node."""
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise RccError(f"session directory {str(directory)!r} exists and is not empty; "
+                           f"allowed: a new or empty directory (or `rcc-tui open` it if it is a session)")
+        directory.mkdir(parents=True, exist_ok=True)
+        session = cls._open(directory, device, read_only=False)
+        try:
+            session.apply(O.LoadModel(model=model, data=data, eval_split=eval_split, test_split=test_split),
+                          progress, cancel)
+        except BaseException:
+            session.close()
+            # Nothing the user made lives here yet: leave the directory as empty as we found it.
+            for child in directory.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            raise
+        return session
+
+    @classmethod
+    def open(cls, directory: str | Path, device: str = "auto", read_only: bool = False,
+             load: bool = True, progress: ProgressFn | None = None) -> Session:
+        """An existing session; ``load`` brings the model back at the head node (not for read-only)."""
+        directory = Path(directory)
+        if not is_session(directory):
+            raise RccError(f"{str(directory)!r} is not a session; allowed: a directory made by "
+                           f"`rcc-tui new` (it holds {DATABASE})")
+        session = cls._open(directory, device, read_only)
+        try:
+            if load and not read_only and session.head is not None:
+                session._reload(progress)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    @classmethod
+    def _open(cls, directory: Path, device: str, read_only: bool) -> Session:
+        from rcc.models.registry import resolve_device
+
+        lock = None
+        if not read_only:
+            lock = SessionLock(directory)
+            lock.acquire()
+        try:
+            graph = HistoryGraph(directory / DATABASE, read_only=read_only)
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
+        store = TensorStore(directory / STORE, read_only=read_only)
+        if not read_only:
+            store.clean_temporary()
+        session = cls(directory, graph, store, lock, resolve_device(device))
+        plan = graph.meta("plan")
+        if plan:
+            session.plan = plan_from_dict(json.loads(plan))
+        return session
+
+    def close(self) -> None:
+        self.graph.close()
+        if self._lock:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def read_only(self) -> bool:
+        return self._lock is None
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def head(self) -> int | None:
+        return self.graph.head
+
+    @property
+    def model(self):
+        if self.workspace is None:
+            raise RccError(f"session {str(self.directory)!r} has no model loaded")
+        return self.workspace.model
+
+    def nodes(self) -> list[NodeRecord]:
+        return self.graph.nodes()
+
+    def ops(self) -> list[OpRecord]:
+        return self.graph.ops()
+
+    def setting(self, key: str) -> str | None:
+        return self.graph.meta(key)
+
+    # -- changing ------------------------------------------------------------------------
+    def apply(self, op: O.Op, progress: ProgressFn | None = None, cancel: CancelCheck | None = None) -> OpOutcome:
+        """Run ``op`` and record it; on any error the session stays exactly as before."""
+        from rcc.session.handlers import HANDLERS
+
+        if self.read_only:
+            raise RccError(f"session {str(self.directory)!r} is open read-only; it cannot apply {op.kind!r}")
+        if not isinstance(op, O.Op):
+            raise O.OpError(f"{op!r} is not a session operation; allowed: {', '.join(O.OP_TYPES)}")
+        if self.head is None and not isinstance(op, O.LoadModel):
+            raise O.OpError(f"op {op.kind!r} needs a model; allowed first op: load_model")
+        before, plan_before = self.head, self.plan
+        start = time.perf_counter()
+        try:
+            effect = HANDLERS[op.kind](self, op, progress, cancel)
+            plan = effect.plan or self.plan
+            new_node, captured = None, None
+            if effect.new_node:
+                if progress:
+                    progress(OpProgress(op=op.kind, phase="saving"))
+                from rcc.session.state import capture
+
+                captured = capture(self.model.module, self.store)
+                new_node = NewNode(parent=before, structure=captured.structure, plan=plan_to_dict(plan),
+                                   tensors=captured.tensors, params=int(effect.metrics.get("size/params", 0)),
+                                   summary=effect.summary)
+            meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True)}
+            if isinstance(op, O.LoadModel):
+                meta.update(model=op.model, data=op.data, eval_split=effect.result["eval_split"],
+                            test_split=op.test_split)
+            seconds = time.perf_counter() - start
+            seq, node_id = self.graph.record(
+                op.kind, O.op_to_dict(op), before, seconds, new_node=new_node, head=effect.head,
+                metrics=effect.metrics, metrics_node=effect.metrics_node, label=effect.label,
+                result=_jsonable(effect.result), meta=meta)
+        except BaseException:
+            self.plan = plan_before
+            if op.changes_model or isinstance(op, (O.Checkout, O.Export)):
+                self._resync()
+            raise
+        self.plan = plan
+        if captured is not None:
+            self._current = (captured.structure, {k: v[0] for k, v in captured.tensors.items()})
+        elif effect.state is not None:
+            self._current = effect.state
+        return OpOutcome(seq=seq, op=op, node_before=before, node_after=self.head, new_node=node_id,
+                         seconds=seconds, metrics=effect.metrics, result=effect.result)
+
+    # -- model state ---------------------------------------------------------------------
+    def _load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
+                        progress: ProgressFn | None = None) -> None:
+        from rcc.models.registry import load_model
+        from rcc.session.state import manifest_of
+        from rcc.session.workspace import Workspace
+
+        if progress:
+            progress(OpProgress(op="load_model", phase="loading", detail=model))
+        loaded = load_model(model, device=self.device)
+        self.workspace = Workspace(loaded, data, eval_split, test_split)
+        self._current = manifest_of(loaded.module)
+
+    def _reload(self, progress: ProgressFn | None = None) -> None:
+        """Load the base model from its spec and bring it to the head node (opening a session)."""
+        self._load_workspace(self.graph.meta("model"), self.graph.meta("data"), self.graph.meta("eval_split"),
+                             self.graph.meta("test_split"), progress)
+        if progress:
+            progress(OpProgress(op="open", phase="checkout", detail=f"node {self.head}"))
+        self._restore_to(self.graph.state(self.head))
+
+    def _restore_to(self, target: NodeState) -> int:
+        """Make the live model equal ``target``; returns the bytes loaded from the store."""
+        from rcc.session.state import restore
+
+        structure, tensors = self._current
+        loaded = restore(self.model.module, tensors, structure, target.tensors, target.structure,
+                         self.store, target.id)
+        self._current = (target.structure, dict(target.tensors))
+        return loaded
+
+    def _resync(self) -> None:
+        """After a failed op: put the live model back to the head node, whatever the op left."""
+        if self.workspace is None or self.head is None:
+            return
+        from rcc.session.state import manifest_of
+
+        try:
+            self._current = manifest_of(self.model.module)
+            self._restore_to(self.graph.state(self.head))
+        except Exception:  # the module is in a shape restore cannot follow: start from the base model
+            self._reload()
+
+    # -- paths and housekeeping -----------------------------------------------------------
+    def resolve_export_path(self, out: str) -> Path:
+        """Relative export paths live under the session's ``exports/``."""
+        path = Path(out).expanduser()
+        return path if path.is_absolute() else self.directory / EXPORTS / path
+
+    def gc(self) -> GcReport:
+        """Delete blobs that no node references (never anything a node reaches)."""
+        if self.read_only:
+            raise RccError(f"session {str(self.directory)!r} is open read-only; gc needs write access")
+        reachable = self.graph.reachable_hashes()
+        stored = self.store.all_hashes()
+        garbage = stored - reachable
+        freed = self.store.remove(garbage)
+        self.store.clean_temporary()
+        return GcReport(removed=len(garbage), freed_bytes=freed, kept=len(stored & reachable))
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+
+
+def _jsonable(value):
+    """Round-trip through JSON so results hold only plain types (floats stay exact)."""
+    return json.loads(json.dumps(value, default=str))
