@@ -10,6 +10,11 @@ of rcc-mini to exactly that budget (threshold 0: nothing is backed off, so sizes
   rcc                           the cascade: DARE (Wanda) → Nullu → AlphaEdit correction
   rcc-seq, rcc-preserve         variants (not in the default run): sequential correction, and
                                 correction constrained to the null space of preserved inputs
+With ``--recovery-steps N`` (default 100; 0 skips it) an extra row "RCC + recovery": both
+towers pruned to 50 % by the cascade's DARE stage (random drop-and-rescale, the harshest
+pruning), then recovery training (rcc.training.distill: KL + cosine distillation from the
+dense model on the unlabelled digits training images and prompts, masks kept) for N steps,
+keeping the best calib-split checkpoint.
 Metrics: zero-shot top-1 on the digits test split, and text-embedding fidelity on the
 ``eval`` half of the stdlib docstring corpus (mean cosine to the dense embeddings, and
 top-10 nearest-neighbour overlap). One table per budget; JSON in bench/results/quality.json.
@@ -62,8 +67,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--scopes", default="text,both")
     parser.add_argument("--methods", default="magnitude,wanda,dare,svd,aa-svd,rcc")
+    parser.add_argument("--recovery-steps", type=int, default=100)
     args = parser.parse_args()
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = [float(b) for b in args.budgets.split(",") if b]  # "" runs only the recovery row
     scopes = args.scopes.split(",")
     methods = args.methods.split(",")
 
@@ -78,6 +84,11 @@ def main() -> None:
     print(f"dense rcc-mini: test top-1 {dense_top1:.4f}; fidelity corpus {len(corpus)} sentences", flush=True)
 
     rows, tables = [], {}
+    if args.recovery_steps:
+        recovery = recovery_rows(dense, check, top1, calibration, preserved, dense_text, corpus, args.recovery_steps)
+        report("quality_recovery", ["method", "scope", "top-1", "mean cos", "NN@10 overlap", "removed", "seconds"],
+               [["dense", "-", round(dense_top1, 4), 1.0, 1.0, 0.0, 0.0], *recovery],
+               {"steps": args.recovery_steps})
     for budget in budgets:
         table = [["dense", "-", round(dense_top1, 4), 1.0, 1.0, 0.0, 0.0]]
         for scope in scopes:
@@ -98,7 +109,35 @@ def main() -> None:
     columns = ["method", "scope", "top-1", "mean cos", "NN@10 overlap", "removed", "seconds"]
     for budget, table in tables.items():
         report(f"quality_{int(budget * 100)}", columns, table, {"budget_removed": budget})
-    report("quality", ["budget", *columns], rows, {"dense_top1": dense_top1, "corpus": len(corpus)})
+    if rows:
+        report("quality", ["budget", *columns], rows, {"dense_top1": dense_top1, "corpus": len(corpus)})
+
+
+def recovery_rows(dense, check, top1, calibration, preserved, dense_text, corpus, steps: int) -> list[list]:
+    """Both towers at 50 % by DARE (random drop + rescale), before and after recovery training."""
+    from rcc.training.distill import DistillConfig, distill, distill_data, teacher_targets
+
+    model = copy.deepcopy(dense)
+    plan = uniform_plan(sparsity=0.5, method="dare", layers=model.layers())
+    began = time.perf_counter()
+    result = run_cascade(model, plan, check, calibration, preserved, CascadeConfig(stages=("dare",), threshold=0.0))
+    compress_seconds = time.perf_counter() - began
+
+    def row(name: str, seconds: float) -> list:
+        fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
+        return [name, "both", round(top1(model), 4), round(fidelity.mean_cosine, 4), round(fidelity.knn_overlap, 4),
+                round(result.removed_fraction, 4), round(seconds, 1)]
+
+    rows = [row("RCC (DARE 50 %)", compress_seconds)]
+    print(f"recovery: before {rows[0]}", flush=True)
+    data = distill_data("digits")
+    targets = teacher_targets(dense, data)
+    config = DistillConfig(steps=steps, lr=1e-4, batch_size=32, eval_every=max(1, steps // 4), seed=0)
+    began = time.perf_counter()
+    distill(model, data, targets, config, evaluate=lambda: check(model))
+    rows.append(row(f"RCC + recovery ({steps} steps)", compress_seconds + time.perf_counter() - began))
+    print(f"recovery: after {rows[1]}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -44,3 +44,28 @@ def config_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("openclip") / "tiny.json"
     path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory):
+    """``open_clip:CONFIG@WEIGHTS`` of the tiny OpenCLIP model with fixed (seeded random) weights.
+
+    Loading it twice gives the same model, so sessions on it can be reopened and replayed;
+    both files live in one folder (``Path(spec.split("@")[1]).parent``), usable as a data root.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from openclip_tiny import TINY_OPEN_CLIP_CONFIG
+    from rcc.models.registry import load_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = folder / "tiny.json"
+    config.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    torch.manual_seed(0)
+    model = load_model(f"open_clip:{config}", device="cpu")
+    weights = folder / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.module.state_dict().items()}, str(weights))
+    return f"open_clip:{config}@{weights}"

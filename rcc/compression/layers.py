@@ -351,6 +351,23 @@ def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
     return int(mask.sum()) if mask is not None else layer.params
 
 
+def masks_by_parameter(module: nn.Module) -> dict[int, torch.Tensor]:
+    """id(parameter) → its keep-mask, for every compression mask in ``module``."""
+    masks = {}
+    for holder in module.modules():
+        for name, mask in holder.named_buffers(recurse=False):
+            target = masked_parameter(holder, name)
+            if target is not None:
+                masks[id(getattr(holder, target))] = mask
+    return masks
+
+
+def kept_parameters(module: nn.Module) -> int:
+    """Numbers the module stores: every parameter entry except those its masks prune."""
+    masks = masks_by_parameter(module)
+    return sum(p.numel() if id(p) not in masks else int(masks[id(p)].sum()) for p in module.parameters())
+
+
 # -- snapshots (for backing off a stage) ---------------------------------------------------
 
 class LayerSnapshot:

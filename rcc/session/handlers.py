@@ -38,14 +38,9 @@ def size_metrics(model) -> dict[str, float]:
     A masked parameter stores its kept values plus one bit per entry (the packed mask);
     every other parameter (factors included) is stored whole.
     """
-    from rcc.compression.layers import masked_parameter
+    from rcc.compression.layers import masks_by_parameter
 
-    masks = {}
-    for holder in model.module.modules():
-        for name, mask in holder.named_buffers(recurse=False):
-            target = masked_parameter(holder, name)
-            if target is not None:
-                masks[id(getattr(holder, target))] = mask
+    masks = masks_by_parameter(model.module)
     kept = total = stored = 0
     for param in model.module.parameters():
         total += param.numel()
@@ -143,6 +138,9 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
     calibration, preserved = session.workspace.calibration(op.calib_per_class, plan.seed)
     run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, _options(op),
                         progress=_layer_progress(op.kind, progress), cancel=cancel)
+    if not run.changed:  # a node equal to its parent would only clutter the history
+        what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
+        raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
                   metrics={"eval/primary": metric, **size_metrics(session.model)},
@@ -218,10 +216,49 @@ def export(session: Session, op: O.Export, progress, cancel) -> Effect:
                           "dense_bytes": report.dense_bytes})
 
 
+def train(session: Session, op: O.Train, progress, cancel) -> Effect:
+    from rcc.training.distill import (
+        DistillConfig, distill, distill_data, locked_parameter_names, teacher_targets,
+    )
+
+    teacher_node = op.teacher or min(node.id for node in session.nodes())
+    config = DistillConfig(steps=op.steps, lr=op.lr, batch_size=op.batch_size, temperature=op.temperature,
+                           kl_weight=op.kl_weight, cosine_weight=op.cosine_weight, mse_weight=op.mse_weight,
+                           warmup_steps=op.warmup_steps if op.warmup_steps is not None else min(10, op.steps // 10),
+                           schedule=op.schedule, precision=op.precision,
+                           eval_every=op.eval_every, patience=op.patience, seed=op.seed)
+    config.validate()
+    data = distill_data(session.workspace.data)
+    if progress:
+        progress(OpProgress(op=op.kind, phase="teacher", detail=f"node {teacher_node}"))
+    teacher = session.model_at(teacher_node)
+    targets = teacher_targets(teacher, data, cancel=cancel)
+    del teacher
+    locked = {name for name, plan in resolve_plan(session.plan, session.model.layers()).items() if plan.locked}
+    frozen = locked_parameter_names(session.model, locked)
+    evaluate = session.workspace.evaluator()
+
+    def on_step(report) -> None:
+        if progress:
+            progress(OpProgress(op=op.kind, phase="train", done=report.step + 1, total=report.total,
+                                detail=f"loss {report.loss:.4f}"))
+
+    result = distill(session.model, data, targets, config, frozen=frozen,
+                     evaluate=(lambda: evaluate(session.model)) if op.eval_every else None,
+                     on_step=on_step, cancel=cancel)
+    metric = _primary(session, progress, cancel)
+    return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "
+                                         f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}",
+                  metrics={"eval/primary": metric, **size_metrics(session.model)},
+                  result={"teacher": teacher_node, "losses": result.losses, "evals": result.evals,
+                          "best_step": result.best_step, "params_before": result.params_before,
+                          "params_after": result.params_after, "seconds": result.seconds})
+
+
 HANDLERS = {
     O.LoadModel.kind: load_model, O.SetPlan.kind: set_plan, O.EditLayers.kind: edit_layers,
     O.RunStage.kind: run_stage, O.RunCascade.kind: run_cascade, O.Evaluate.kind: evaluate,
-    O.Checkout.kind: checkout, O.Label.kind: label, O.Export.kind: export,
+    O.Checkout.kind: checkout, O.Label.kind: label, O.Export.kind: export, O.Train.kind: train,
 }
 
 

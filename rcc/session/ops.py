@@ -18,6 +18,8 @@ from rcc.errors import RccError
 STAGE_NAMES = ("dare", "nullu", "alphaedit")
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
 EXPORT_FORMATS = ("compressed", "dense")
+TRAIN_SCHEDULES = ("cosine", "linear", "constant")
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 
 class OpError(RccError):
@@ -253,8 +255,51 @@ class Export(Op):
             _int(self.kind, "node", self.node, 1)
 
 
+@dataclass(frozen=True)
+class Train(Op):
+    """Recovery training: distil the teacher node into the current node, keeping its structure."""
+
+    kind: ClassVar[str] = "train"
+    changes_model: ClassVar[bool] = True
+    teacher: int | None = None  # default: the root node (the dense model)
+    steps: int = 100
+    lr: float = 5e-5
+    batch_size: int = 32
+    temperature: float = 1.0
+    kl_weight: float = 1.0
+    cosine_weight: float = 1.0
+    mse_weight: float = 0.0
+    warmup_steps: int | None = None  # default: min(10, steps // 10)
+    schedule: str = "cosine"
+    precision: str = "fp32"
+    eval_every: int | None = None
+    patience: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.teacher is not None:
+            _int(self.kind, "teacher", self.teacher, 1)
+        _int(self.kind, "steps", self.steps, 1, 1_000_000)
+        object.__setattr__(self, "lr", _float(self.kind, "lr", self.lr, 1e-12, 1.0))
+        _int(self.kind, "batch_size", self.batch_size, 2, 65_536)
+        object.__setattr__(self, "temperature", _float(self.kind, "temperature", self.temperature, 1e-3, 100.0))
+        for name in ("kl_weight", "cosine_weight", "mse_weight"):
+            object.__setattr__(self, name, _float(self.kind, name, getattr(self, name), 0.0, 1000.0))
+        if self.kl_weight + self.cosine_weight + self.mse_weight == 0:
+            raise _fail(self.kind, "kl_weight", self.kl_weight, "loss weights ≥ 0, not all zero")
+        if self.warmup_steps is not None:
+            _int(self.kind, "warmup_steps", self.warmup_steps, 0, self.steps)
+        _choice(self.kind, "schedule", self.schedule, TRAIN_SCHEDULES)
+        _choice(self.kind, "precision", self.precision, PRECISION_NAMES)
+        if self.eval_every is not None:
+            _int(self.kind, "eval_every", self.eval_every, 1)
+        if self.patience is not None:
+            _int(self.kind, "patience", self.patience, 1)
+        _int(self.kind, "seed", self.seed)
+
+
 OP_TYPES: dict[str, type[Op]] = {cls.kind: cls for cls in (
-    LoadModel, SetPlan, EditLayers, RunStage, RunCascade, Evaluate, Checkout, Label, Export)}
+    LoadModel, SetPlan, EditLayers, RunStage, RunCascade, Evaluate, Checkout, Label, Export, Train)}
 
 
 def op_to_dict(op: Op) -> dict[str, Any]:

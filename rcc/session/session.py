@@ -240,6 +240,17 @@ class Session:
             progress(OpProgress(op="open", phase="checkout", detail=f"node {self.head}"))
         self._restore_to(self.graph.state(self.head))
 
+    def model_at(self, node: int):
+        """A second, independent copy of the model at ``node`` (e.g. a teacher for training)."""
+        from rcc.models.registry import load_model
+        from rcc.session.state import manifest_of, restore
+
+        target = self.graph.state(node)
+        model = load_model(self.graph.meta("model"), device=self.device)
+        structure, tensors = manifest_of(model.module)
+        restore(model.module, tensors, structure, target.tensors, target.structure, self.store, node)
+        return model
+
     def _restore_to(self, target: NodeState) -> int:
         """Make the live model equal ``target``; returns the bytes loaded from the store."""
         from rcc.session.state import restore

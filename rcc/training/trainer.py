@@ -73,11 +73,15 @@ def train(
     evaluate: Callable[[], float] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    after_step: Callable[[], None] | None = None,
+    on_best: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Minimise ``loss_fn(batch)`` over ``config.steps`` optimiser steps.
 
     Each step averages ``accumulation`` micro-batches. With ``evaluate`` (higher is better) and
     ``eval_every``, training stops after ``patience`` evaluations without improvement.
+    ``after_step`` runs after every optimiser step (recovery training re-applies pruning
+    masks there); ``on_best(step, metric)`` runs when an evaluation improves on the best.
     """
     config.validate()
     params = [p for p in params if p.requires_grad]
@@ -111,6 +115,8 @@ def train(
             scaler.update()
         else:
             optimizer.step()
+        if after_step:
+            after_step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         result.losses.append(total)
@@ -121,6 +127,8 @@ def train(
             result.evals.append((step + 1, metric))
             if result.best_metric is None or metric > result.best_metric:
                 result.best_metric, result.best_step, since_best = metric, step + 1, 0
+                if on_best:
+                    on_best(step + 1, metric)
             else:
                 since_best += 1
                 if config.patience and since_best >= config.patience:
