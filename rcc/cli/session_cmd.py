@@ -169,7 +169,8 @@ def run_apply(args: argparse.Namespace) -> int:
     from rcc.session.session import Session
 
     ops = _read_ops(args.ops)  # every op checked before the session is even opened
-    with Session.open(args.session, device=args.device) as session:
+    # The model loads with the first op that needs it (so a checkout can leave a corrupt head).
+    with Session.open(args.session, device=args.device, load=False) as session:
         for op in ops:
             outcome = session.apply(op)
             made = f"node {outcome.new_node}" if outcome.new_node else f"head node {outcome.node_after}"

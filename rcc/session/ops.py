@@ -174,9 +174,11 @@ class RunStage(_Compress):
     def validate(self) -> None:
         super().validate()
         _choice(self.kind, "stage", self.stage, STAGE_NAMES)
-        object.__setattr__(self, "fraction", _float(self.kind, "fraction", self.fraction, 0.0, 1.0))
-        if self.fraction == 0.0:
+        ok = isinstance(self.fraction, (int, float)) and not isinstance(self.fraction, bool) \
+            and math.isfinite(self.fraction) and 0 < self.fraction <= 1
+        if not ok:
             raise _fail(self.kind, "fraction", self.fraction, "a number 0 < x ≤ 1")
+        object.__setattr__(self, "fraction", float(self.fraction))
 
 
 @dataclass(frozen=True)
@@ -192,10 +194,11 @@ class RunCascade(_Compress):
 
     def validate(self) -> None:
         super().validate()
-        stages = _names(self.kind, "stages", self.stages, empty=False)
-        for stage in stages:
-            _choice(self.kind, "stage", stage, STAGE_NAMES)
-        object.__setattr__(self, "stages", stages)
+        stages = self.stages
+        if isinstance(stages, str) or not isinstance(stages, (list, tuple)) or not stages \
+                or any(stage not in STAGE_NAMES for stage in stages):
+            raise _fail(self.kind, "stages", stages, f"a non-empty list of {', '.join(STAGE_NAMES)}")
+        object.__setattr__(self, "stages", tuple(stages))
         object.__setattr__(self, "threshold", _float(self.kind, "threshold", self.threshold, 0.0, 1.0))
         _int(self.kind, "max_attempts", self.max_attempts, 1, 20)
         _choice(self.kind, "schedule", self.schedule, SCHEDULES)
@@ -218,7 +221,7 @@ class Checkout(Op):
     """Make an earlier node current (rollback); the next model-changing op branches from it."""
 
     kind: ClassVar[str] = "checkout"
-    node: int = 1
+    node: int
 
     def validate(self) -> None:
         _int(self.kind, "node", self.node, 1)
@@ -229,7 +232,7 @@ class Label(Op):
     """Name a node and attach a note (an empty label removes it)."""
 
     kind: ClassVar[str] = "label"
-    node: int = 1
+    node: int
     label: str = ""
     note: str = ""
 

@@ -16,14 +16,14 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 
 
 def _inside(path: str, roots: list[Path], what: str) -> str:
+    """``path`` resolved (relative: against the first root) and checked to lie under some root."""
     candidate = Path(path).expanduser()
-    for root in roots:
-        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-        if resolved == root or resolved.is_relative_to(root):
-            return str(resolved)
+    resolved = (candidate if candidate.is_absolute() else roots[0] / candidate).resolve()
+    if any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        return str(resolved)
     allowed = ", ".join(repr(str(r)) for r in roots)
     raise OpError(f"{what} path {path!r} escapes the data roots; allowed: a path under {allowed} "
-                  f"(give more with --data-root)")
+                  f"(relative paths are relative to the first; give more with --data-root)")
 
 
 def _looks_like_path(text: str) -> bool:
@@ -42,10 +42,13 @@ def confine_model_spec(spec: str, roots: list[Path]) -> str:
         if at and (_looks_like_path(weights) or "/" in weights):
             weights = _inside(weights, roots, "model weights")
         return f"{scheme}:{name}{at}{weights}"
-    if _looks_like_path(target):
+    if _looks_like_path(target) or (roots[0] / target).exists():
         return f"{scheme}:{_inside(target, roots, 'model')}"
-    local = [root / target for root in roots if (root / target).exists()]
-    return f"{scheme}:{_inside(str(local[0]), roots, 'model')}" if local else spec
+    if Path(target).exists():
+        # transformers would read this folder of the working directory before the hub: refuse.
+        raise OpError(f"model {target!r} names a folder of the working directory, outside the data roots; "
+                      f"allowed: a folder under the first --data-root, or a hub id")
+    return spec
 
 
 def confine_data_spec(spec: str, roots: list[Path]) -> str:

@@ -182,6 +182,13 @@ class Session:
             raise O.OpError(f"{op!r} is not a session operation; allowed: {', '.join(O.OP_TYPES)}")
         if self.head is None and not isinstance(op, O.LoadModel):
             raise O.OpError(f"op {op.kind!r} needs a model; allowed first op: load_model")
+        if self.workspace is None and self.head is not None and not isinstance(op, O.Label):
+            # Opened without its model (load=False): bring it in now. A checkout goes straight to
+            # its target, so a node with a corrupt blob at the head cannot lock the others away.
+            if isinstance(op, O.Checkout):
+                self._load_base()
+            else:
+                self._reload()
         before, plan_before = self.head, self.plan
         start = time.perf_counter()
         try:
@@ -232,13 +239,24 @@ class Session:
         self.workspace = Workspace(loaded, data, eval_split, test_split)
         self._current = manifest_of(loaded.module)
 
-    def _reload(self, progress: ProgressFn | None = None) -> None:
-        """Load the base model from its spec and bring it to the head node (opening a session)."""
+    def _load_base(self, progress: ProgressFn | None = None) -> None:
+        """Load the base model from its spec (the state of the root node's spec, not of any node)."""
         self._load_workspace(self.graph.meta("model"), self.graph.meta("data"), self.graph.meta("eval_split"),
                              self.graph.meta("test_split"), progress)
+
+    def _reload(self, progress: ProgressFn | None = None) -> None:
+        """Load the base model from its spec and bring it to the head node (opening a session)."""
+        from rcc.session.state import RestoreError
+
+        self._load_base(progress)
         if progress:
             progress(OpProgress(op="open", phase="checkout", detail=f"node {self.head}"))
-        self._restore_to(self.graph.state(self.head))
+        try:
+            self._restore_to(self.graph.state(self.head))
+        except RestoreError as exc:
+            self.workspace, self._current = None, None
+            raise RestoreError(f"{exc}; the other nodes are intact: check one out with `rcc-tui session apply "
+                               f"{self.directory} '{{\"op\": \"checkout\", \"node\": N}}'`") from exc
 
     def model_at(self, node: int):
         """A second, independent copy of the model at ``node`` (e.g. a teacher for training)."""
@@ -271,7 +289,10 @@ class Session:
             self._current = manifest_of(self.model.module)
             self._restore_to(self.graph.state(self.head))
         except Exception:  # the module is in a shape restore cannot follow: start from the base model
-            self._reload()
+            try:
+                self._reload()
+            except Exception:  # not even that (a corrupt head): the next op loads the model again
+                self.workspace, self._current = None, None
 
     # -- paths and housekeeping -----------------------------------------------------------
     def resolve_export_path(self, out: str) -> Path:
