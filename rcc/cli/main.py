@@ -10,11 +10,11 @@ import argparse
 import os
 import sys
 
-from rcc.cli import (compress_cmd, eval_cmd, export_cmd, layers_cmd, plan_cmd, replay_cmd, session_cmd,
+from rcc.cli import (compress_cmd, eval_cmd, export_cmd, layers_cmd, plan_cmd, replay_cmd, search_cmd, session_cmd,
                      train_cmd, train_demo_cmd)
 
 COMMANDS = (eval_cmd, layers_cmd, plan_cmd, compress_cmd, session_cmd, replay_cmd, export_cmd, train_cmd,
-            train_demo_cmd)
+            train_demo_cmd, search_cmd)
 EXIT_USER_ERROR = 2
 
 

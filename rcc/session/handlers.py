@@ -264,3 +264,39 @@ HANDLERS = {
 
 def plan_json(plan: CompressionPlan) -> dict:
     return plan_to_dict(plan)
+
+
+def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
+    from rcc.search.record import compress, record_from_dict
+
+    if op.record:
+        record = record_from_dict(dict(op.record))
+    else:
+        from rcc.search.storage import resolve_url
+        from rcc.search.trials import load_record
+
+        record = load_record(resolve_url(op.storage, session.directory), op.study, op.trial)
+        # Filled in before the op is logged: the log holds the trial itself, so replay never reads the storage.
+        object.__setattr__(op, "record", record.as_dict())
+    if session.head != record.node:
+        raise O.OpError(f"op 'apply_trial': trial {op.trial} of study {op.study!r} was searched from node "
+                        f"{record.node}, but the head is node {session.head}; allowed: checkout node {record.node} "
+                        f"first (`rcc-tui search apply` does)")
+    plan = record.compression_plan()
+    resolve_plan(plan, session.model.layers())
+    calibration, preserved = session.workspace.calibration(record.calib_per_class, plan.seed)
+    result = compress(session.model, record, calibration, preserved, progress=_layer_progress(op.kind, progress),
+                      cancel=cancel)
+    if result is None:
+        raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
+                       f"allowed: a trial whose plan gives some layer a sparsity or a rank")
+    metric = _primary(session, progress, cancel)
+    return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
+                                         f"{result.removed_fraction:.0%} removed",
+                  metrics={"eval/primary": metric, **size_metrics(session.model)}, plan=plan,
+                  result={"study": op.study, "trial": op.trial, "record": record.as_dict(),
+                          "params_before": result.params_before, "params_after": result.params_after,
+                          "removed_fraction": result.removed_fraction, "seconds": result.seconds})
+
+
+HANDLERS[O.ApplyTrial.kind] = apply_trial

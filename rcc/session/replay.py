@@ -132,6 +132,10 @@ def confine(recipe: Recipe, roots: list[Path]) -> Recipe:
             op = replace(op, model=confine_model_spec(op.model, roots), data=confine_data_spec(op.data, roots))
         elif isinstance(op, O.Export):
             op = replace(op, out=export_name(op.out))
+        elif isinstance(op, O.ApplyTrial) and not op.record:
+            # Without its stored record the op would read a study storage the recipe names.
+            raise RccError(f"recipe op apply_trial (study {op.study!r}, trial {op.trial}) carries no trial record; "
+                           f"allowed: apply_trial ops as rcc writes them, with their record")
         out.append(op)
     return replace(recipe, ops=tuple(out))
 
