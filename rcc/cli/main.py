@@ -1,5 +1,7 @@
 """Entry point of ``rcc-tui``: parse, dispatch to one command module, turn user errors into exit 2.
 
+``rcc-tui`` alone opens the workbench app on a new rcc-mini session (rcc_tui.cli).
+
 Heavy libraries (torch, transformers, open_clip) are imported inside the commands, so
 ``rcc-tui --help`` and argument errors answer at once.
 """
@@ -11,10 +13,10 @@ import os
 import sys
 
 from rcc.cli import (compress_cmd, eval_cmd, export_cmd, layers_cmd, plan_cmd, replay_cmd, search_cmd, session_cmd,
-                     train_cmd, train_demo_cmd)
+                     train_cmd, train_demo_cmd, analyze_cmd)
 
 COMMANDS = (eval_cmd, layers_cmd, plan_cmd, compress_cmd, session_cmd, replay_cmd, export_cmd, train_cmd,
-            train_demo_cmd, search_cmd)
+            train_demo_cmd, search_cmd, analyze_cmd)
 EXIT_USER_ERROR = 2
 
 
@@ -25,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(DARE → Nullu → AlphaEdit).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # The app commands (open, new, serve) first: they are what most people type. rcc_tui.cli
+    # imports Textual only when one of them runs, so the engine stays free of it.
+    from rcc_tui.cli import add_parsers as add_app_parsers
+
+    add_app_parsers(sub)
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
@@ -36,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        # The Textual app arrives with the workbench issue; until then the demo is the headless eval.
-        args = parser.parse_args(["eval", *(argv or [])])
+        # No command: the workbench app on a new session (rcc-mini on digits).
+        from rcc_tui.cli import run_default
+
+        args.run = run_default
     try:
         return int(args.run(args) or 0)
     except RccError as exc:

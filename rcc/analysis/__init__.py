@@ -1,0 +1,1 @@
+"""Analysis: which layers hurt when compressed, what changed, what each stage did, and whether it matters."""

@@ -1,0 +1,1 @@
+"""rcc-tui screens."""

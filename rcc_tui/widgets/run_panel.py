@@ -1,0 +1,194 @@
+"""The run panel: one stage or the cascade, on the targets or the whole model, with progress.
+
+The panel builds the op (``RunStage`` / ``RunCascade``) and asks for it to run; it never runs
+anything itself. While work runs it shows a progress bar with ETA over the layers of the
+current stage, the stage / attempt / layer, and a Cancel button: the engine stops at the
+next layer or batch and the session stays as it was before the op.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
+
+if TYPE_CHECKING:
+    from rcc.session.ops import Op
+    from rcc.session.progress import OpProgress
+
+STAGES = ("dare", "nullu", "alphaedit")  # rcc.session.ops.STAGE_NAMES
+SCHEDULES = ("linear", "cosine", "exponential", "adaptive")  # rcc.session.ops.SCHEDULES
+
+
+def _number(text: str, kind: type) -> Any:
+    clean = text.strip()
+    try:
+        return kind(clean)
+    except ValueError:
+        return clean  # the op refuses it, naming the value and what is allowed
+
+
+class RunPanel(Vertical):
+    """Run a stage or the cascade; shows the progress of whatever runs."""
+
+    class RunRequested(Message):
+        def __init__(self, op: Op) -> None:
+            super().__init__()
+            self.op = op
+
+    class CancelRequested(Message):
+        pass
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.targets: tuple[str, ...] = ()
+        self.targets_description = "no layer"
+        self.error = ""
+        self._step = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("Run", id="run-title", markup=False)
+        with Horizontal(classes="field-row"):
+            yield Label("stage", classes="field-label")
+            yield Select([(s, s) for s in STAGES], value="dare", allow_blank=False, id="stage", compact=True,
+                         classes="field")
+            yield Label("fraction", classes="field-label second")
+            yield Input("1.0", id="fraction", compact=True, classes="field")
+        with Horizontal(classes="field-row"):
+            yield Label("threshold", classes="field-label")
+            yield Input("0.95", id="threshold", compact=True, classes="field")
+            yield Label("schedule", classes="field-label second")
+            yield Select([(s, s) for s in SCHEDULES], value="linear", allow_blank=False, id="schedule",
+                         compact=True, classes="field")
+        with Horizontal(classes="field-row"):
+            yield Label("steps", classes="field-label")
+            yield Input("1", id="steps", compact=True, classes="field")
+            yield Label("attempts", classes="field-label second")
+            yield Input("3", id="attempts", compact=True, classes="field")
+        yield Checkbox("only the targets (else the whole model)", value=True, id="scope", compact=True)
+        with Horizontal(classes="button-row"):
+            yield Button("Stage", id="run-stage", compact=True, tooltip="run one stage (r)")
+            yield Button("Cascade", id="run-cascade", variant="primary", compact=True, tooltip="run the cascade (c)")
+            yield Button("Cancel", id="cancel", variant="error", compact=True, disabled=True,
+                         tooltip="stop between layers; the session stays as before (x)")
+        yield Static("", id="run-error", markup=False)
+        yield ProgressBar(total=None, show_eta=True, id="run-progress")
+        yield Static("idle", id="run-status", markup=False)
+
+    # -- building ops ----------------------------------------------------------------------
+    def set_targets(self, names: tuple[str, ...], description: str) -> None:
+        self.targets, self.targets_description = tuple(names), description
+        self._update_scope()
+
+    def _update_scope(self) -> None:
+        scope = self.query_one("#scope", Checkbox)
+        scope.label = (f"only {self.targets_description} (else the whole model)" if self.targets
+                       else "whole model (no targets)")
+
+    def _layers(self) -> tuple[str, ...]:
+        return self.targets if self.query_one("#scope", Checkbox).value else ()
+
+    def stage_op(self) -> Op:
+        from rcc.session.ops import RunStage
+
+        return RunStage(stage=self.query_one("#stage", Select).value,
+                        fraction=_number(self.query_one("#fraction", Input).value, float), layers=self._layers())
+
+    def cascade_op(self) -> Op:
+        from rcc.session.ops import RunCascade
+
+        return RunCascade(threshold=_number(self.query_one("#threshold", Input).value, float),
+                          schedule=self.query_one("#schedule", Select).value,
+                          steps=_number(self.query_one("#steps", Input).value, int),
+                          max_attempts=_number(self.query_one("#attempts", Input).value, int),
+                          layers=self._layers())
+
+    def request(self, kind: str) -> bool:
+        """Build the stage or cascade op from the fields and ask for it to run; False if refused."""
+        from rcc.errors import RccError
+
+        try:
+            op = self.stage_op() if kind == "stage" else self.cascade_op()
+        except RccError as error:
+            self.show_error(str(error))
+            self.app.bell()
+            return False
+        self.show_error("")
+        self.post_message(self.RunRequested(op).set_sender(self))
+        return True
+
+    def show_error(self, message: str) -> None:
+        self.error = message
+        line = self.query_one("#run-error", Static)
+        line.update(Text(f"✗ {message}", style="bold") if message else "")
+        line.set_class(bool(message), "error")
+
+    @on(Button.Pressed, "#run-stage")
+    def _stage_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.request("stage")
+
+    @on(Button.Pressed, "#run-cascade")
+    def _cascade_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.request("cascade")
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(self.CancelRequested().set_sender(self))
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.request("stage" if event.input.id == "fraction" else "cascade")
+
+    # -- progress --------------------------------------------------------------------------
+    def set_running(self, title: str | None) -> None:
+        """``title`` of the work that started, or None when it ended."""
+        running = title is not None
+        self.query_one("#cancel", Button).disabled = not running
+        self.query_one("#run-stage", Button).disabled = running
+        self.query_one("#run-cascade", Button).disabled = running
+        bar = self.query_one("#run-progress", ProgressBar)
+        if running:
+            self._step = 0
+            bar.update(total=None, progress=0)
+            self.set_status(f"{title}…")
+        else:
+            bar.update(total=1, progress=1)
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#run-status", Static).update(text)
+
+    def show_progress(self, event: OpProgress) -> None:
+        bar = self.query_one("#run-progress", ProgressBar)
+        if event.total:
+            if bar.total != event.total or event.done < bar.progress:
+                bar.update(total=event.total, progress=0)  # a new stage: its own count (and ETA)
+            bar.update(progress=event.done)
+        elif event.metric is None:
+            bar.update(total=None)
+        self.set_status(describe_progress(event))
+
+
+def describe_progress(event: OpProgress) -> str:
+    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc`` and the like."""
+    if event.metric is not None:
+        verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
+        params = f" · {event.params:,} params" if event.params is not None else ""
+        return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}{params}"
+    if event.total:
+        return f"{event.phase} · layer {event.done}/{event.total} · {event.detail}"
+    if event.phase == "evaluate":
+        return f"evaluating on {event.detail}…" if event.detail else "evaluating…"
+    if event.phase == "saving":
+        return "saving the new node…"
+    if event.phase == "loading":
+        return f"loading {event.detail}…"
+    return f"{event.phase} {event.detail}".strip()
