@@ -26,6 +26,7 @@ import fcntl
 import os
 import pty
 import select
+import shutil
 import signal
 import statistics
 import struct
@@ -150,6 +151,31 @@ def cursor_latencies(term: Terminal, presses: int, blocks: int, timeout: float =
     return latencies, timeouts
 
 
+def latencies(work: Path, presses: int):
+    """Cursor latencies idle, then while a cascade runs: (idle, timeouts, busy, timeouts, finished early)."""
+    term = Terminal(app_command("open", str(work / "cascade-session"), "--device", "cpu"), app_env(work))
+    try:
+        if term.wait_for(b"ready", 180) is None:
+            raise RuntimeError("the session did not open:\n" + term.output[-2000:].decode(errors="replace"))
+        time.sleep(0.5)
+        mark = term.press(b"\r")  # expand the vision tower
+        term.wait_for(b"block 0", 5, mark)
+        idle, idle_timeouts = cursor_latencies(term, presses, blocks=10)
+
+        term.press(b"\x1b[D")  # left: the cursor back on the vision tower, the cascade's targets
+        time.sleep(0.3)
+        mark = term.press(b"c")
+        if term.wait_for(b"x cancels", 30, mark) is None:
+            raise RuntimeError("the cascade did not start:\n" + term.output[-3000:].decode(errors="replace"))
+        time.sleep(2.0)  # into calibration / the first evaluation
+        started = len(term.output)
+        busy, busy_timeouts = cursor_latencies(term, presses, blocks=10)
+        finished_early = b"done:" in term.output[started:]
+    finally:
+        term.kill()  # the cascade is abandoned mid-way; the whole work directory goes next
+    return idle, idle_timeouts, busy, busy_timeouts, finished_early
+
+
 def summary(values: list[float]) -> tuple[float, float]:
     return (statistics.median(values), max(values)) if values else (float("nan"), float("nan"))
 
@@ -163,30 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="rcc-bench-tui-"))
-    first = first_frame_seconds(work, args.runs)
-
-    session = work / "cascade-session"
-    layers = prepare_session(session, args.model, args.layers)
-    term = Terminal(app_command("open", str(session), "--device", "cpu"), app_env(work))
     try:
-        if term.wait_for(b"ready", 180) is None:
-            raise RuntimeError("the session did not open:\n" + term.output[-2000:].decode(errors="replace"))
-        time.sleep(0.5)
-        mark = term.press(b"\r")  # expand the vision tower
-        term.wait_for(b"block 0", 5, mark)
-        idle, idle_timeouts = cursor_latencies(term, args.presses, blocks=10)
-
-        term.press(b"\x1b[D")  # left: the cursor back on the vision tower, the cascade's targets
-        time.sleep(0.3)
-        mark = term.press(b"c")
-        if term.wait_for(b"x cancels", 30, mark) is None:
-            raise RuntimeError("the cascade did not start:\n" + term.output[-3000:].decode(errors="replace"))
-        time.sleep(2.0)  # into calibration / the first evaluation
-        started = len(term.output)
-        busy, busy_timeouts = cursor_latencies(term, args.presses, blocks=10)
-        finished_early = b"done:" in term.output[started:]
+        first = first_frame_seconds(work, args.runs)
+        layers = prepare_session(work / "cascade-session", args.model, args.layers)
+        idle, idle_timeouts, busy, busy_timeouts, finished_early = latencies(work, args.presses)
     finally:
-        term.kill()  # the cascade is abandoned mid-way (the session stays at its last node)
+        shutil.rmtree(work, ignore_errors=True)
 
     rows = [
         ["time to first frame (rcc-tui new, rcc-mini)", *summary(first), len(first), "≤ 1 s"],

@@ -47,7 +47,7 @@ def add_parsers(sub) -> None:
                                        "its own app process. Bound to 127.0.0.1 unless --host says otherwise.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--command", default=None, metavar="CMD",
+    serve.add_argument("--command", dest="serve_command", default=None, metavar="CMD",
                        help="the command each browser tab runs (default: `rcc-tui new` with this Python)")
     serve.set_defaults(run=run_serve)
 
@@ -106,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise RccError(f"port {args.port} is out of range; allowed: 1 to 65535")
     from textual_serve.server import Server
 
-    command = args.command or serve_command()
+    command = args.serve_command or serve_command()
     print(f"rcc-tui: serving `{command}` on http://{args.host}:{args.port} (ctrl+c stops)")
     Server(command, host=args.host, port=args.port, title="rcc-tui").serve()
     return 0

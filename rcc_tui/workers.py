@@ -176,6 +176,8 @@ class OpRunner:
         self._timer: Timer | None = None
         self.title = ""
         self.op: Op | None = None
+        self._close_after: Session | None = None
+        self._abandoned = False  # the screen is gone: whatever the work returns is closed, not shown
 
     # -- state seen from the main thread --
     @property
@@ -214,12 +216,37 @@ class OpRunner:
             await asyncio.sleep(poll)
 
     def drop(self) -> None:
-        """Forget undelivered messages (the screen is going away) and stop the timer."""
+        """Forget undelivered messages (the screen is going away) and stop the timer.
+
+        A session opened for a screen that no longer wants it is closed here (its lock released).
+        """
         with self._lock:
+            dropped = list(self._queue)
             self._queue.clear()
             self._latest = None
+        for message in dropped:
+            if isinstance(message, SessionOpened):
+                message.session.close()
         if self._timer is not None:
             self._timer.pause()
+
+    def close_when_done(self, session: Session | None) -> None:
+        """The screen is gone: cancel, and close ``session`` (and any session the work opens) when it returns."""
+        self._close_after = session
+        self._abandoned = True
+        self._cancel.set()
+        if not self.running:
+            self._close_pending()
+
+    def _close_pending(self) -> None:
+        with self._lock:
+            session, self._close_after = self._close_after, None
+            dropped = [m for m in self._queue if isinstance(m, SessionOpened)]
+            self._queue.clear()
+            self._latest = None
+        for item in [session, *(m.session for m in dropped)]:
+            if item is not None:
+                item.close()
 
     # -- starting work (main thread) --
     def open(self, title: str, open_session: Callable[[Callable, Callable], Session]):
@@ -280,6 +307,8 @@ class OpRunner:
                 self._push(message)
             finally:
                 self._done.set()
+                if self._abandoned:
+                    self._close_pending()
 
         return self.target.run_worker(work, name=title, group=WORKER_GROUP, thread=True, exclusive=True,
                                       exit_on_error=False)

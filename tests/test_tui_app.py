@@ -26,6 +26,12 @@ SIZE = (120, 40)
 
 
 
+@pytest.fixture(autouse=True)
+def _private_sessions_home(tmp_path_factory, monkeypatch):
+    # A test that starts a new session without a directory must never write into the real home.
+    monkeypatch.setenv("RCC_SESSIONS_DIR", str(tmp_path_factory.mktemp("sessions-home")))
+
+
 @pytest.fixture(scope="module")
 def demo_session(tmp_path_factory) -> Path:
     """A fresh rcc-mini + digits session (root node only), made once, never opened for writing."""
@@ -652,7 +658,7 @@ def test_the_app_commands_parse():
     args = parser.parse_args(["new"])
     assert (args.model, args.data, args.session, args.device, args.theme) == ("rcc-mini", "digits", None, "auto", None)
     args = parser.parse_args(["serve"])
-    assert (args.host, args.port, args.command) == ("127.0.0.1", 8000, None)
+    assert (args.command, args.host, args.port, args.serve_command) == ("serve", "127.0.0.1", 8000, None)
 
 
 def test_no_command_opens_a_new_demo_session_and_options_pass_through(monkeypatch, tmp_path):

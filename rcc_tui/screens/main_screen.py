@@ -64,6 +64,7 @@ class MainScreen(Screen):
         self._step = 0
         self._started = 0.0
         self._shutting_down = False
+        self._busy = False  # between OpStarted and its end, as the screen has seen it (for the footer)
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -137,9 +138,9 @@ class MainScreen(Screen):
 
     def on_unmount(self) -> None:
         # The app is going away without shut_down (e.g. a test ending): never leave the lock held.
-        self.runner.cancel()
-        if not self.runner.running:
-            self.close_session()
+        session, self.session = self.session, None
+        self._shutting_down = True
+        self.runner.close_when_done(session)
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -207,10 +208,17 @@ class MainScreen(Screen):
                                          self._model_total())
         self.query_one(RunPanel).set_targets(self.targets, self.targets_description)
 
+    def _refresh_keys(self) -> None:
+        """The footer's enabled keys, now and once the worker thread has surely returned."""
+        self.refresh_bindings()
+        self.set_timer(0.3, self.refresh_bindings)
+
     # -- worker messages -------------------------------------------------------------------
     @on(OpStarted)
     def _op_started(self, event: OpStarted) -> None:
         self._started = time.perf_counter()
+        self._busy = True
+        self.refresh_bindings()  # Cancel on, Stage / Cascade / Apply dimmed
         self.query_one(RunPanel).set_running(event.title)
         self.set_status(f"{event.title}… (x cancels)")
         self.app.sub_title = event.title
@@ -239,12 +247,12 @@ class MainScreen(Screen):
             self._step += 1
             self.query_one(MetricChart).add_point(self._step, progress.metric, progress.params)
             self.log_line(f"  {text}")
-        if self.view is None and progress.phase in ("loading", "evaluate", "checkout", "saving"):
-            self.query_one("#layers").loading = True
         self.set_status(f"{self.runner.title}: {text} · x cancels")
 
     @on(SessionOpened)
     def _session_opened(self, event: SessionOpened) -> None:
+        self._busy = False
+        self._refresh_keys()
         self.query_one(RunPanel).set_running(None)
         self.app.sub_title = ""
         if self._shutting_down:  # the app quit while the session was opening
@@ -264,6 +272,8 @@ class MainScreen(Screen):
 
     @on(OpFinished)
     def _op_finished(self, event: OpFinished) -> None:
+        self._busy = False
+        self._refresh_keys()
         self.query_one(RunPanel).set_running(None)
         self.app.sub_title = ""
         outcome = event.outcome
@@ -299,6 +309,8 @@ class MainScreen(Screen):
 
     @on(OpFailed)
     def _op_failed(self, event: OpFailed) -> None:
+        self._busy = False
+        self._refresh_keys()
         self.query_one(RunPanel).set_running(None)
         self.app.sub_title = ""
         message = event.message
@@ -414,10 +426,11 @@ class MainScreen(Screen):
 
     # -- actions ---------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        running = self._busy or self.runner.running
         if action == "cancel":
-            return True if self.runner.running else None  # shown dimmed when nothing runs
+            return True if running else None  # shown dimmed when nothing runs
         if action in ("run_stage", "run_cascade", "evaluate", "apply_edit"):
-            return None if self.runner.running or self.session is None else True
+            return None if running or self.session is None else True
         return True
 
     def action_run_stage(self) -> None:
