@@ -70,7 +70,13 @@ class SessionView:
 
 def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
     """Form, sparsity, rank and stored numbers of every layer, from the live model."""
-    from rcc.compression.layers import LowRankLinear, layer_form, layer_module, layer_sparsity, stored_parameters
+    from rcc.compression.layers import (
+        LowRankLinear,
+        layer_form,
+        layer_module,
+        layer_sparsity,
+        stored_parameters,
+    )
 
     module = session.model.module
     state = {}
@@ -81,7 +87,7 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
                 form=layer_form(module, layer), sparsity=layer_sparsity(module, layer),
                 rank=child.rank if isinstance(child, LowRankLinear) else None,
                 stored=stored_parameters(module, layer))
-        except Exception:  # a layer in a form the readers do not know: show it as dense
+        except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
             state[layer.name] = LayerState("dense", 0.0, None, layer.params)
     return state
 
@@ -296,7 +302,7 @@ class OpRunner:
             try:
                 try:
                     message = job(self._progress(op), self._cancel.is_set)
-                except BaseException as error:  # the session is as before; say why, never raise here
+                except BaseException as error:  # noqa: BLE001  (the session is as before; say why, never raise)
                     from rcc.errors import Cancelled, RccError
 
                     cancelled = isinstance(error, Cancelled)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from test_tui_app import C_FC, demo_session, ready, select_by_pattern, type_into  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow

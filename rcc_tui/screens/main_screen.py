@@ -9,12 +9,12 @@ never read on the main thread while an op may be running.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
@@ -24,7 +24,15 @@ from rcc_tui.widgets.history_view import HistoryView
 from rcc_tui.widgets.layer_editor import LayerEditor
 from rcc_tui.widgets.layer_tree import LayerPanel, LayerTree, short_number
 from rcc_tui.widgets.run_panel import RunPanel, describe_progress
-from rcc_tui.workers import OpFailed, OpFinished, OpProgressed, OpRunner, OpStarted, SessionOpened, SessionView
+from rcc_tui.workers import (
+    OpFailed,
+    OpFinished,
+    OpProgressed,
+    OpRunner,
+    OpStarted,
+    SessionOpened,
+    SessionView,
+)
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
@@ -36,10 +44,10 @@ TABS = {"compress": "tab-compress", "history": "tab-history", "charts": "tab-cha
 class MainScreen(Screen):
     """The workbench."""
 
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (34, "-tall")]
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "run_stage", "Stage", id="rcc.run_stage"),
         Binding("c", "run_cascade", "Cascade", id="rcc.run_cascade"),
         Binding("x", "cancel", "Cancel", id="rcc.cancel"),
@@ -73,17 +81,15 @@ class MainScreen(Screen):
             yield LayerPanel(id="layers")
             with Vertical(id="right"):
                 with TabbedContent(id="tabs", initial=TABS["compress"]):
-                    with TabPane("Compress", id=TABS["compress"]):
-                        with VerticalScroll(id="compress"):
-                            yield LayerEditor(id="editor")
-                            yield RunPanel(id="run")
-                    with TabPane("History", id=TABS["history"]):
-                        with Horizontal(id="history-pane"):
-                            yield HistoryView(id="history")
-                            yield ParetoChart(id="pareto")
+                    with TabPane("Compress", id=TABS["compress"]), VerticalScroll(id="compress"):
+                        yield LayerEditor(id="editor")
+                        yield RunPanel(id="run")
+                    with TabPane("History", id=TABS["history"]), Horizontal(id="history-pane"):
+                        yield HistoryView(id="history")
+                        yield ParetoChart(id="pareto")
                     with TabPane("Charts", id=TABS["charts"]):
                         yield MetricChart(id="metric-chart")
-                yield RichLog(id="log", wrap=True, markup=False, highlight=False, max_lines=2000)
+                yield RichLog(id="log", wrap=False, markup=False, highlight=False, max_lines=2000)
         yield Static("starting…", id="status", markup=False)
         yield Footer()
 

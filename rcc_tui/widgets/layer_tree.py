@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Static, Tree
@@ -128,7 +128,7 @@ def match_layers(pattern: str, layers: Sequence[LayerInfo]) -> list[str]:
 class LayerTree(Tree[NodeData]):
     """Towers → blocks → layers; space selects, enter opens, the targets follow the cursor."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "toggle_select", "Select", id="rcc.tree.select"),
         Binding("enter", "select_cursor", "Open", show=False),
         Binding("right", "expand_node", "Expand", show=False),
