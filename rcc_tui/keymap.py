@@ -16,7 +16,7 @@ Binding ids defined by the widgets and screens of rcc_tui (the app's own ids are
     history.clear_mark   escape    forget the mark
     history.cursor_up    up,k      previous (newer) node
     history.cursor_down  down,j    next (older) node
-    label.save           ctrl+s    save the label (label dialog; enter in a field saves too)
+    label.save           ctrl+o    save the label (label dialog; enter in a field saves too)
     label.cancel         escape    close the label dialog without saving
     compare.close        escape,q  close the comparison
     help.close           escape,q,question_mark,f1   close the help screen

@@ -1,6 +1,6 @@
 """The label dialog: name a node (at most 80 characters) and attach a note.
 
-Enter in either field (or ctrl+s) saves: ``dismiss((label, note))``; escape cancels:
+Enter in either field (or ctrl+o) saves: ``dismiss((label, note))``; escape cancels:
 ``dismiss(None)``. An empty label removes the node's label. A label that is too long is
 refused inline, and nothing is saved until it fits.
 """
@@ -59,7 +59,7 @@ class LabelScreen(ModalScreen[tuple[str, str] | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="label.cancel"),
-        Binding("ctrl+s", "save", "Save", id="label.save"),
+        Binding("ctrl+o", "save", "Save", id="label.save"),  # not ctrl+s: terminals take it for XOFF
     ]
 
     def __init__(self, node: int, label: str = "", note: str = "", *, name: str | None = None,

@@ -65,29 +65,23 @@ class HistoryView(DataTable):
         Binding("down,j", "cursor_down", "Down", show=False, id="history.cursor_down"),
     ]
 
-    class CheckoutRequested(Message):
+    class NodeRequest(Message):
+        """Something the user asked to do to one ``node``."""
+
+        def __init__(self, history: HistoryView, node: int) -> None:
+            super().__init__()
+            self.history = history
+            self.node = node
+
+        @property
+        def control(self) -> HistoryView:
+            return self.history
+
+    class CheckoutRequested(NodeRequest):
         """The user asked to make ``node`` the current node."""
 
-        def __init__(self, history: HistoryView, node: int) -> None:
-            super().__init__()
-            self.history = history
-            self.node = node
-
-        @property
-        def control(self) -> HistoryView:
-            return self.history
-
-    class LabelRequested(Message):
+    class LabelRequested(NodeRequest):
         """The user asked to label (and annotate) ``node``."""
-
-        def __init__(self, history: HistoryView, node: int) -> None:
-            super().__init__()
-            self.history = history
-            self.node = node
-
-        @property
-        def control(self) -> HistoryView:
-            return self.history
 
     class CompareRequested(Message):
         """The user marked node ``a`` and then asked to compare it with node ``b``."""
