@@ -252,6 +252,31 @@ def test_masked_correction_solves_each_row_restricted_problem():
     assert torch.allclose(found.delta, delta, atol=1e-8)
 
 
+@pytest.mark.parametrize("sparsity", [0.1, 0.4, 0.7])
+def test_every_masked_solver_gives_the_per_row_solutions_of_random_masks(sparsity):
+    # DARE-like masks: each row keeps a different number of columns; one row keeps all, one none.
+    from rcc.compression.alphaedit import _masked_rows_batched, _masked_rows_cg, _masked_rows_complement
+
+    c = _gram(_correlated_inputs())
+    w, _ = _weights()
+    mask = torch.rand(w.shape, generator=_gen(11)) >= sparsity
+    mask[0] = True
+    mask[1] = False
+    w_c = w * mask
+    lam = 0.05 * float(torch.diagonal(c).mean())
+    rc = (w - w_c) @ c
+    direct = _masked_rows_batched(c, rc, mask, lam, torch.zeros_like(rc))
+    for i in (2, 3, M - 1):  # the batched solver is the per-row definition
+        j = mask[i].nonzero().squeeze(1)
+        expected = torch.linalg.solve(c[j][:, j] + lam * torch.eye(len(j), dtype=torch.float64), rc[i, j])
+        assert torch.allclose(direct[i, j], expected, atol=1e-10)
+    complement = _masked_rows_complement(c, rc, mask, lam)
+    assert bool((complement[~mask] == 0).all()) and bool((complement[1] == 0).all())
+    assert torch.allclose(complement, direct, atol=1e-9)
+    assert _rel(_masked_rows_cg(c, rc, mask, lam) - direct, direct) < 1e-5  # CG stops at a relative residual
+    assert torch.allclose(masked_correction(w, w_c, mask, c, lam), direct, atol=1e-9)
+
+
 def test_shared_patterns_and_full_mask_match_the_per_row_and_dense_forms():
     c = _gram(_iid_inputs())
     w, w_c = _weights()
@@ -338,16 +363,47 @@ def test_lowrank_b_step_cannot_improve_the_plain_svd_of_w_but_the_a_step_can():
 
 @pytest.mark.parametrize("lam", [0.0, 5.0])
 def test_lowrank_b_step_is_the_exact_minimiser(lam):
-    # Brute force over vec(ΔB): (C ⊗ AᵀA + λI) vec(ΔB) = vec(Aᵀ R C), column-major vec.
+    # The weight change is AΔB, regularised as such: ‖AΔB X − R X‖² + λ‖AΔB‖² is stationary at
+    # AᵀA ΔB (C + λI) = Aᵀ R C. Brute force over vec(ΔB), column-major: ((C + λI) ⊗ AᵀA) vec(ΔB).
+    # Factors from a pruned W (else Aᵀ R = 0 and ΔB = 0 would pass trivially).
     c = _gram(_iid_inputs())
-    w, _ = _weights()
-    a, b = _rank_factors(w, 4)
+    w, w_c = _nearly_low_rank_weights()
+    a, b = _rank_factors(w_c, 4)
     r = w - a @ b
-    lhs = torch.kron(c, a.T @ a) + lam * torch.eye(4 * N_IN, dtype=torch.float64)
+    lhs = torch.kron(c + lam * torch.eye(N_IN, dtype=torch.float64), a.T @ a)
     rhs = (a.T @ r @ c).T.reshape(-1)
     expected = torch.linalg.solve(lhs, rhs).reshape(N_IN, 4).T
     _, b1 = lowrank_correction(w, a, b, c, lam)
     assert torch.allclose(b1 - b, expected, atol=1e-8)
+
+
+def test_lowrank_b_step_with_a_projector_is_the_exact_minimiser_in_the_null_space():
+    # ΔB = E Uᵀ (U: the null-space basis): ((UᵀCU + λI) ⊗ AᵀA) vec(E) = vec(Aᵀ R C U).
+    lam = 0.5
+    c, k0 = _gram(_correlated_inputs()), _preserved()
+    w, w_c = _nearly_low_rank_weights()
+    a, b = _rank_factors(w_c, 4)
+    ns = null_space_projector(_gram(k0))
+    u = ns.basis
+    r = w - a @ b
+    g = u.T @ c @ u
+    lhs = torch.kron(g + lam * torch.eye(g.shape[0], dtype=torch.float64), a.T @ a)
+    expected = torch.linalg.solve(lhs, (a.T @ r @ c @ u).T.reshape(-1)).reshape(g.shape[0], 4).T @ u.T
+    _, b1 = lowrank_correction(w, a, b, c, lam, projector=ns)
+    assert torch.allclose(b1 - b, expected, atol=1e-8)
+
+
+def test_lowrank_b_step_with_a_rank_deficient_a_takes_the_minimum_norm_change():
+    c = _gram(_iid_inputs())
+    w, w_c = _nearly_low_rank_weights()
+    a, b = _rank_factors(w_c, 4)
+    a[:, 3] = 0.0  # a dead factor column: its row of B cannot change the outputs
+    _, b1 = lowrank_correction(w, a, b, c, lam=1e-3)
+    assert torch.isfinite(b1).all()
+    assert torch.allclose(b1[3], b[3], atol=1e-10)  # minimum norm: no change where it does nothing
+    _, live = lowrank_correction(w, a[:, :3], b[:3], c, lam=1e-3)  # the same problem without the dead column
+    assert torch.allclose(b1[:3], live, atol=1e-9)
+    assert reconstruction_error(w, a @ b1, c) < reconstruction_error(w, a @ b, c)
 
 
 def test_lowrank_correction_with_projector_keeps_preserved_outputs():
