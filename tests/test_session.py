@@ -287,6 +287,26 @@ def test_a_cancelled_cascade_leaves_the_session_exactly_as_before(tiny, calls):
     assert outcome.new_node == 3 and outcome.node_before == 2
 
 
+def test_a_cascade_cancelled_during_an_evaluation_stops_inside_it(tiny):
+    # The cascade's evaluations check cancel between batches: the first check that says stop
+    # must come from the evaluation code, not from the next layer after a whole evaluation.
+    import traceback
+
+    tiny.apply(O.SetPlan(plan=plan_to_dict(SPLIT)))
+    before, weights = _picture(tiny), _state(tiny)
+    callers = []
+
+    def cancel() -> bool:
+        callers.append("".join(traceback.format_stack(limit=6)))
+        return True
+
+    with pytest.raises(Cancelled):
+        tiny.apply(O.RunCascade(stages=("dare", "nullu", "alphaedit"), threshold=0.5), cancel=cancel)
+    assert len(callers) == 1 and "rcc/eval/" in callers[0].replace("\\", "/")
+    assert _picture(tiny) == before
+    _assert_state(tiny, weights)
+
+
 def test_a_cancelled_stage_leaves_the_session_exactly_as_before(tiny):
     tiny.apply(O.SetPlan(plan=plan_to_dict(SPLIT)))
     before, weights = _picture(tiny), _state(tiny)

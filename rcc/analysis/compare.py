@@ -17,6 +17,7 @@ from rcc.analysis.statistics import (
     compare_outcomes,
 )
 from rcc.data.types import Dataset
+from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.eval.per_example import ExampleOutcomes, example_outcomes
 from rcc.models.adapter import VLModel
 
@@ -91,11 +92,12 @@ def comparison_of(a: ExampleOutcomes, b: ExampleOutcomes, names: tuple[str, str]
 def compare_nodes_stats(
     session_dir: str | Path, node_a: int, node_b: int, split: str | None = None,
     confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    device: str = "cpu",
+    device: str = "cpu", cancel: CancelCheck | None = None,
 ) -> ModelsComparison:
     """Nodes ``node_a`` and ``node_b`` of a session on ``split`` (default: the session's test split).
 
-    Opens the session read-only and loads an independent model per node (seconds each).
+    Opens the session read-only and loads an independent model per node (seconds each); ``cancel``
+    is checked between the two models and between batches (the app drops a comparison it left).
     """
     from rcc.analysis.session_inputs import model_at_node
     from rcc.data.registry import load_dataset
@@ -104,9 +106,10 @@ def compare_nodes_stats(
     first = model_at_node(session_dir, node_a, device)
     split = check_split(first.data, split or first.test_split)
     dataset = load_dataset(first.data, split)
-    outcomes_a = example_outcomes(first.model, dataset)
+    outcomes_a = example_outcomes(first.model, dataset, cancel=cancel)
     del first
+    check_cancel(cancel)
     second = model_at_node(session_dir, node_b, device)
-    outcomes_b = example_outcomes(second.model, dataset)
+    outcomes_b = example_outcomes(second.model, dataset, cancel=cancel)
     return comparison_of(outcomes_a, outcomes_b, (f"node {node_a}", f"node {node_b}"), dataset.spec, split,
                          confidence, resamples, seed)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import reduce
 from pathlib import Path
 
@@ -380,3 +380,17 @@ def load_sensitivity(session_dir: str | Path, node: int) -> dict[str, float] | N
     if not path.is_file():
         return None
     return read_sensitivity(path).scores()
+
+
+def nearest_sensitivity(session_dir: str | Path, chain: Sequence[int]) -> SensitivityResult | None:
+    """The stored scan of the first node of ``chain`` (a node, then its ancestors) that has one, or None.
+
+    ``result.node`` says which node it is: a scan of an ancestor describes the model before the
+    changes since, so a caller that shows it must say where it comes from.
+    """
+    for node in chain:
+        path = sensitivity_path(session_dir, node)
+        if path.is_file():
+            result = read_sensitivity(path)
+            return result if result.node == node else replace(result, node=node)
+    return None

@@ -83,11 +83,15 @@ def primary_metric(report: EvalReport) -> float:
 
 
 def evaluator(dataset: Dataset, task: str | None = None, templates: Sequence[str] | None = None,
-              precision: str = "fp32", batch_size: int = 128):
-    """A function model → primary metric on ``dataset`` (what the cascade checks after each stage)."""
+              precision: str = "fp32", batch_size: int = 128, cancel: CancelCheck | None = None):
+    """A function model → primary metric on ``dataset`` (what the cascade checks after each stage).
+
+    ``cancel`` is checked between batches, so a cancelled cascade stops inside an evaluation
+    rather than after it.
+    """
 
     def evaluate(model: VLModel) -> float:
         return primary_metric(run_eval(model, dataset, task=task, templates=templates, precision=precision,
-                                       batch_size=batch_size))
+                                       batch_size=batch_size, cancel=cancel))
 
     return evaluate

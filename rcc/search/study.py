@@ -243,8 +243,12 @@ def make_pruner(settings: StudySettings):
 
 
 def load_context(source: SearchSource, settings: StudySettings, device: str = "auto", worker: int = 0,
-                 seed: int = 0, dense_accuracy: float | None = None) -> SearchContext:
-    """Load the model at the source node (an independent copy), the eval split and calibration data."""
+                 seed: int = 0, dense_accuracy: float | None = None,
+                 cancel: Callable[[], bool] | None = None) -> SearchContext:
+    """Load the model at the source node (an independent copy), the eval split and calibration data.
+
+    ``cancel`` is checked between the dense evaluation's batches, the longest wait before a first trial.
+    """
     from rcc.compression.calibration_sets import calibration_sets
     from rcc.data.registry import load_dataset
     from rcc.eval.suite import default_task, primary_metric, run_eval
@@ -258,7 +262,7 @@ def load_context(source: SearchSource, settings: StudySettings, device: str = "a
                                               seed=source.plan.seed)
     task = default_task(model, eval_data)
     if dense_accuracy is None:
-        dense_accuracy = primary_metric(run_eval(model, eval_data, task=task))
+        dense_accuracy = primary_metric(run_eval(model, eval_data, task=task, cancel=cancel))
     return SearchContext(model=model, space=space, objective=settings.objective, pruning=settings.pruning,
                          eval_data=eval_data, calibration=calibration, preserved=preserved,
                          dense_accuracy=float(dense_accuracy), node=source.node, task=task, worker=worker,
@@ -392,7 +396,7 @@ def run_search(session_dir: str | Path, study_name: str, settings: StudySettings
     study.sampler = make_sampler(settings, seed)
     source = study_source(study, session_dir)  # a joined study keeps its own node and base plan
     ctx = load_context(source, settings, device=device, worker=0, seed=seed,
-                       dense_accuracy=study.user_attrs.get(DENSE_ATTR))
+                       dense_accuracy=study.user_attrs.get(DENSE_ATTR), cancel=cancel)
     if DENSE_ATTR not in study.user_attrs:
         from rcc.search.objective import size_of
 

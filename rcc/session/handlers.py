@@ -104,7 +104,8 @@ def edit_layers(session: Session, op: O.EditLayers, progress, cancel) -> Effect:
             overrides.pop(name, None)
         if op.settings:
             overrides[name] = {**overrides.get(name, {}), **normalize_settings(op.settings)}
-    plan = replace(session.plan, overrides={n: settings_to_json(s) for n, s in overrides.items()})
+    budget = op.budget if op.budget is not None else session.plan.budget
+    plan = replace(session.plan, overrides={n: settings_to_json(s) for n, s in overrides.items()}, budget=budget)
     resolve_plan(plan, session.model.layers())  # locked layers, ranks out of range, N:M that does not divide
     return Effect(plan=plan)
 
@@ -163,7 +164,7 @@ def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
                                 f"{attempt.attempt}", metric=attempt.metric, params=attempt.params,
                                 accepted=attempt.accepted))
 
-    result = cascade(session.model, plan, session.workspace.evaluator(), calibration, preserved, config,
+    result = cascade(session.model, plan, session.workspace.evaluator(cancel), calibration, preserved, config,
                      progress=_layer_progress(op.kind, progress), cancel=cancel, on_attempt=on_attempt)
     kept = sum(a.accepted for a in result.attempts)
     return Effect(new_node=True, summary=f"cascade {'→'.join(op.stages)} ≥{op.threshold:g}: "
@@ -236,15 +237,25 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     del teacher
     locked = {name for name, plan in resolve_plan(session.plan, session.model.layers()).items() if plan.locked}
     frozen = locked_parameter_names(session.model, locked)
-    evaluate = session.workspace.evaluator()
+    evaluate = session.workspace.evaluator(cancel)
+    last_step = 0  # the trainer evaluates right after reporting a step: that step is the eval's x
 
     def on_step(report) -> None:
+        nonlocal last_step
+        last_step = report.step + 1
         if progress:
-            progress(OpProgress(op=op.kind, phase="train", done=report.step + 1, total=report.total,
-                                detail=f"loss {report.loss:.4f}"))
+            progress(OpProgress(op=op.kind, phase="train", done=last_step, total=report.total,
+                                detail=f"loss {report.loss:.4f}", loss=report.loss))
+
+    def evaluate_during_training() -> float:
+        metric = float(evaluate(session.model))
+        if progress:
+            progress(OpProgress(op=op.kind, phase="train", done=last_step, total=op.steps,
+                                detail=f"eval at step {last_step}", metric=metric))
+        return metric
 
     result = distill(session.model, data, targets, config, frozen=frozen,
-                     evaluate=(lambda: evaluate(session.model)) if op.eval_every else None,
+                     evaluate=evaluate_during_training if op.eval_every else None,
                      on_step=on_step, cancel=cancel)
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "

@@ -126,12 +126,17 @@ class SetPlan(Op):
 
 @dataclass(frozen=True)
 class EditLayers(Op):
-    """Set (or with ``reset`` remove) per-layer overrides of the plan for some layers."""
+    """Set (or with ``reset`` remove) per-layer overrides of the plan for some layers.
+
+    ``budget`` also sets the plan's global budget (the fraction of the ``auto``-ranked layers'
+    parameters kept), so that giving layers ``rank: auto`` and the budget it needs is one step.
+    """
 
     kind: ClassVar[str] = "edit_layers"
     layers: tuple[str, ...] = ()
     settings: dict = field(default_factory=dict)
     reset: bool = False
+    budget: float | None = None
 
     def validate(self) -> None:
         from rcc.compression.plan_rules import normalize_settings
@@ -142,8 +147,15 @@ class EditLayers(Op):
             normalize_settings(self.settings)
         except RccError as exc:
             raise OpError(f"op {self.kind!r}: {exc}") from exc
-        if not self.reset and not self.settings:
-            raise _fail(self.kind, "settings", self.settings, "at least one setting, or reset: true")
+        if self.budget is not None:
+            ok = isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool) \
+                and 0 < self.budget < 1  # NaN fails too
+            if not ok:
+                raise _fail(self.kind, "budget", self.budget,
+                            "a number 0 < budget < 1 (the fraction of the auto-ranked layers' parameters kept)")
+            object.__setattr__(self, "budget", float(self.budget))
+        if not self.reset and not self.settings and self.budget is None:
+            raise _fail(self.kind, "settings", self.settings, "at least one setting, a budget, or reset: true")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class OpProgress:
-    """``done`` of ``total`` units (layers, batches) of ``phase``; ``metric`` when a step was evaluated."""
+    """``done`` of ``total`` units (layers, batches, steps) of ``phase``; ``metric`` when a step was evaluated.
+
+    ``loss`` is set on each training step (``done`` is then the step, counted from 1): like
+    ``metric`` it is a chart point, so a front end keeps every one of them.
+    """
 
     op: str
     phase: str
@@ -18,6 +22,7 @@ class OpProgress:
     metric: float | None = None  # the eval metric of an attempt that just finished
     params: int | None = None  # numbers stored by the selected layers after that attempt
     accepted: bool | None = None
+    loss: float | None = None  # the training loss of the step that just finished
 
 
 ProgressFn = Callable[[OpProgress], None]
