@@ -108,10 +108,14 @@ class RccApp(App):
 
     async def action_quit(self) -> None:
         """Quit; while an op runs, ask first (quitting cancels it, the session stays as before)."""
+        from rcc_tui.screens.search_screen import searches_running
+
         runner = self.main.runner
         if runner.running and runner.op is not None:
             await self._ask_to_quit(f"{runner.title} is running.\nCancel it and quit? "
                                     f"The session stays as it was before it.")
+        elif searches_running():
+            await self._ask_to_quit("A search is running.\nStop it and quit? Finished trials stay in its study.")
         else:
             await self.shut_down()
 
@@ -139,10 +143,19 @@ class RccApp(App):
         if self._quitting:
             return
         self._quitting = True
+        from rcc_tui.screens.search_screen import cancel_searches, stop_searches
+
+        # Ask everything to stop at once, then wait: a search and an op stop side by side.
+        if cancel_searches():
+            self.main.set_status("quitting: stopping the search (at its next trial or batch)…")
+        self.main.runner.cancel()
         await self.main.shut_down()
+        await stop_searches()  # a search thread must not outlive the app
         self.exit()
 
     def notify(self, message: str, *args, **kwargs) -> None:
+        # Messages carry user input, paths and error text: "[x]" must show as typed, not as markup.
+        kwargs.setdefault("markup", False)
         if not self._quitting:  # no toasts for what the cancelled op reports while the app exits
             super().notify(message, *args, **kwargs)
 
@@ -152,11 +165,13 @@ def binding_ids() -> set[str]:
     from rcc_tui.screens.compare_screen import CompareScreen
     from rcc_tui.screens.help_screen import HelpScreen
     from rcc_tui.screens.label_screen import LabelScreen
+    from rcc_tui.screens.search_screen import SearchScreen
     from rcc_tui.widgets.history_view import HistoryView
     from rcc_tui.widgets.layer_tree import LayerTree
 
     ids = set()
-    for cls in (RccApp, MainScreen, QuitScreen, LayerTree, HistoryView, LabelScreen, CompareScreen, HelpScreen):
+    for cls in (RccApp, MainScreen, QuitScreen, LayerTree, HistoryView, LabelScreen, CompareScreen, HelpScreen,
+                SearchScreen):
         for klass in cls.__mro__:
             for binding in vars(klass).get("BINDINGS", []):
                 if isinstance(binding, Binding) and binding.id:

@@ -20,6 +20,10 @@ Binding ids defined by the widgets and screens of rcc_tui (the app's own ids are
     label.cancel         escape    close the label dialog without saving
     compare.close        escape,q  close the comparison
     help.close           escape,q,question_mark,f1   close the help screen
+    search.start         s         start (or resume) the study with the form's settings
+    search.stop          x         stop the search (running trials are recorded as failed)
+    search.apply         a         apply the trial under the cursor as a new node
+    search.close         escape    close the search screen (stops a running search)
 
 Key names are Textual's: ``ctrl+p``, ``f1``, ``question_mark`` or ``?``, ``enter``, a letter.
 """
@@ -39,6 +43,7 @@ from rcc.errors import RccError
 WIDGET_BINDING_IDS = (
     "history.checkout", "history.label", "history.mark", "history.clear_mark", "history.cursor_up",
     "history.cursor_down", "label.save", "label.cancel", "compare.close", "help.close",
+    "search.start", "search.stop", "search.apply", "search.close",
 )
 KEY = re.compile(r"^[^\s,]+$")
 BINDING_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

@@ -4,8 +4,10 @@ Every blocking call (opening a session, applying an op) runs in a Textual thread
 worker never touches a widget: it leaves events in a queue that a timer on the main thread
 drains every ``PROGRESS_INTERVAL`` seconds and turns into messages. Layer progress is
 coalesced (only the newest event of a tick is delivered), so a fast stage cannot flood the
-UI; events that carry a ``metric`` (chart points) and the start / end of an op are never
-dropped, and always arrive in order.
+UI; events that carry a ``metric`` or a ``loss`` (chart points) and the start / end of an op
+are never dropped, and always arrive in order. Consecutive loss events of one tick arrive as
+one ``OpProgressed`` (``events`` holds them all), so a fast training run costs one message
+and one chart redraw per tick, not one per step.
 
 After an op the worker also reads what the screen shows (nodes, plan, layer inventory and
 per-layer state) into a ``SessionView``, so the main thread never reads the live model while
@@ -119,10 +121,16 @@ class OpStarted(Message):
 
 
 class OpProgressed(Message):
-    def __init__(self, op: Op | None, progress: OpProgress) -> None:
+    """Progress of the running op: ``progress`` is the newest event, ``events`` every event carried.
+
+    ``events`` has more than one event only for a batch of training steps (each with a ``loss``).
+    """
+
+    def __init__(self, op: Op | None, progress: OpProgress, events: tuple[OpProgress, ...] = ()) -> None:
         super().__init__()
         self.op = op
         self.progress = progress
+        self.events = events or (progress,)
 
 
 class OpFinished(Message):
@@ -324,7 +332,8 @@ class OpRunner:
         def report(event: OpProgress) -> None:
             message = OpProgressed(op, event)
             with self._lock:
-                if event.metric is not None:  # a chart point: keep it, after the layer progress before it
+                if event.metric is not None or event.loss is not None:  # a chart point: keep it,
+                    # after the layer progress that came before it
                     if self._latest is not None:
                         self._queue.append(self._latest)
                         self._latest = None
@@ -347,6 +356,7 @@ class OpRunner:
                 messages.append(self._latest)
                 self._latest = None
             idle = not messages and not self.running
+        messages = batch_losses(messages)
         for message in messages:
             self.target.post_message(message)
         if idle and self._timer is not None:
@@ -355,6 +365,34 @@ class OpRunner:
     def deliver_now(self) -> None:
         """Deliver whatever is pending at once (used when the app shuts down)."""
         self._flush()
+
+
+def _is_loss_step(message: Message) -> bool:
+    return (isinstance(message, OpProgressed) and message.progress.loss is not None
+            and message.progress.metric is None)
+
+
+def batch_losses(messages: list[Message]) -> list[Message]:
+    """``messages`` with each run of consecutive loss-only progress merged into one message, in order."""
+    out: list[Message] = []
+    run: list[OpProgressed] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            events = tuple(event for message in run for event in message.events)
+            out.append(OpProgressed(run[-1].op, events[-1], events))
+        run.clear()
+
+    for message in messages:
+        if _is_loss_step(message):
+            run.append(message)  # type: ignore[arg-type]
+        else:
+            close_run()
+            out.append(message)
+    close_run()
+    return out
 
 
 def describe_error(error: Any) -> str:

@@ -8,6 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# The app's Pilot fixtures (demo_session, session_dir, a private sessions home): tests/tui_pilot.py.
+pytest_plugins = ["tui_pilot"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -56,9 +59,9 @@ def tiny_spec(tmp_path_factory):
     import json
 
     import torch
+    from openclip_tiny import TINY_OPEN_CLIP_CONFIG
     from safetensors.torch import save_file
 
-    from openclip_tiny import TINY_OPEN_CLIP_CONFIG
     from rcc.models.registry import load_model
 
     folder = tmp_path_factory.mktemp("tiny-model")

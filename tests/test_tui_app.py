@@ -9,13 +9,22 @@ at the end.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from tui_pilot import (
+    make_app,
+    op_kinds,
+    ready,
+    select_by_pattern,
+    settle,
+    state_of,
+    tap,
+    type_into,
+    wait_until,
+)
 
 from rcc.session import ops as O
 from rcc.session.session import Session
@@ -24,91 +33,6 @@ C_FC = "visual.transformer.resblocks.0.mlp.c_fc"
 C_PROJ = "visual.transformer.resblocks.0.mlp.c_proj"
 SIZE = (120, 40)
 
-
-
-@pytest.fixture(autouse=True)
-def _private_sessions_home(tmp_path_factory, monkeypatch):
-    # A test that starts a new session without a directory must never write into the real home.
-    monkeypatch.setenv("RCC_SESSIONS_DIR", str(tmp_path_factory.mktemp("sessions-home")))
-
-
-@pytest.fixture(scope="module")
-def demo_session(tmp_path_factory) -> Path:
-    """A fresh rcc-mini + digits session (root node only), made once, never opened for writing."""
-    directory = tmp_path_factory.mktemp("demo") / "session"
-    Session.create(directory, device="cpu").close()
-    return directory
-
-
-@pytest.fixture
-def session_dir(demo_session, tmp_path) -> Path:
-    """A private copy of the demo session for one test."""
-    target = tmp_path / "session"
-    shutil.copytree(demo_session, target)
-    return target
-
-
-def make_app(session_dir: Path | None, new: bool = False, **kwargs):
-    from rcc_tui.app import RccApp
-
-    return RccApp(session_dir=None if session_dir is None else str(session_dir), new=new, device="cpu", **kwargs)
-
-
-async def wait_until(pilot, condition, timeout: float = 120.0, what: str = "condition") -> None:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
-async def ready(pilot, timeout: float = 120.0) -> None:
-    """Until the session is open and no work is running or undelivered."""
-    main = pilot.app.main
-    await wait_until(pilot, lambda: main.view is not None and not main.runner.busy, timeout, "the session")
-    await pilot.pause()
-
-
-async def settle(pilot, timeout: float = 180.0) -> None:
-    """Until the running op ended and its messages reached the screen."""
-    await asyncio.wait_for(pilot.app.main.runner.wait(), timeout)
-    await pilot.pause()
-    await pilot.pause()
-
-
-async def type_into(pilot, selector: str, text: str) -> None:
-    widget = pilot.app.main.query_one(selector)
-    widget.focus()
-    widget.value = ""
-    await pilot.pause()
-    await pilot.press(*text)
-
-
-async def select_by_pattern(pilot, pattern: str) -> None:
-    await pilot.press("escape", "slash")  # out of any field, into the pattern input
-    await pilot.press(*pattern, "enter")
-    await pilot.pause()
-
-
-async def tap(pilot, *keys: str) -> None:
-    """Press keys without waiting for the process to go idle (it is busy while an op runs)."""
-    from textual import events
-
-    for key in keys:
-        pilot.app.post_message(events.Key(key, key if len(key) == 1 else None))
-        await asyncio.sleep(0.05)
-
-
-def op_kinds(session) -> list[str]:
-    return [record.kind for record in session.ops()]
-
-
-def state_of(session) -> tuple:
-    """Everything an op could change: ops, nodes (with metrics and labels), head, plan."""
-    from rcc.compression.plan import plan_to_dict
-
-    return (tuple((r.seq, r.kind) for r in session.ops()), tuple(session.nodes()), session.head,
-            plan_to_dict(session.plan))
 
 
 # -- opening ------------------------------------------------------------------------------------
@@ -283,6 +207,50 @@ async def test_a_bad_value_is_refused_inline_and_nothing_is_applied(session_dir)
         await pilot.pause(0.3)
         assert "fraction 1.5 is invalid" in app.main.query_one("#run").error
         assert state_of(app.session) == before
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_rank_auto_takes_its_budget_from_the_editor_in_one_op(session_dir):
+    from rcc.compression.plan import summarize_plan
+
+    app = make_app(session_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        editor = app.main.query_one("#editor")
+        before = state_of(app.session)
+        await select_by_pattern(pilot, "visual.transformer.resblocks.*.mlp.*")
+        targets = editor.targets
+        assert len(targets) >= 2 and all(".mlp." in name for name in targets)
+        await type_into(pilot, "#rank", "auto")
+        await pilot.pause()
+        assert "rank 'auto' needs the plan's budget" in editor.error  # auto without a budget is refused inline
+        await type_into(pilot, "#budget", "1.5")
+        await pilot.pause()
+        assert editor.error.startswith("budget 1.5 is invalid; allowed: a number 0 < budget < 1")
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert state_of(app.session) == before  # refused: nothing recorded
+
+        await type_into(pilot, "#budget", "40%")
+        await pilot.pause()
+        assert editor.error == ""
+        counts = str(app.main.query_one("#editor-counts").render())
+        assert "≈" in counts  # the auto ranks are the budget's estimate until the SVD runs
+        await pilot.press("enter")
+        await settle(pilot)
+        ops = app.session.ops()
+        assert ops[-1].kind == "edit_layers" and len(ops) == len(before[0]) + 1
+        assert ops[-1].body["budget"] == 0.4 and ops[-1].body["settings"] == {"rank": "auto"}
+        plan = app.session.plan
+        assert plan.budget == 0.4
+        assert {name: str(plan.overrides[name]["rank"]) for name in targets} == dict.fromkeys(targets, "auto")
+        # What the editor promised is what the engine's summary of the recorded plan says.
+        summary = summarize_plan(plan, app.main.view.layers)
+        chosen = [c for c in summary.layers if c.name in set(targets)]
+        kept = sum(c.after for c in chosen) / sum(c.before for c in chosen)
+        assert kept == pytest.approx(0.4, abs=0.02)
+        assert app.main.query_one("#budget").value == "0.4"  # the field shows the plan's budget now
 
 
 # -- running ------------------------------------------------------------------------------------

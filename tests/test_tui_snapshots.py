@@ -11,13 +11,14 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_tui_app import C_FC, demo_session, ready, select_by_pattern, type_into  # noqa: F401  (fixture)
+from test_tui_app import C_FC
+from tui_pilot import ready, select_by_pattern, type_into
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def snapshot_app(demo_session, tmp_path):  # noqa: F811
+def snapshot_app(demo_session, tmp_path):
     from rcc_tui.app import RccApp
 
     target = tmp_path / "session"

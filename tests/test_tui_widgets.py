@@ -19,7 +19,13 @@ from rcc_tui.keymap import KeymapError, load_keymap
 from rcc_tui.screens.compare_screen import CompareScreen
 from rcc_tui.screens.help_screen import HelpScreen
 from rcc_tui.screens.label_screen import LabelScreen
-from rcc_tui.themes import BUILTIN_DIRECTORY, ThemeError, load_themes, parse_theme, theme_names
+from rcc_tui.themes import (
+    BUILTIN_DIRECTORY,
+    ThemeError,
+    load_themes,
+    parse_theme,
+    theme_names,
+)
 from rcc_tui.widgets.charts import MetricChart, ParetoChart, pareto_front
 from rcc_tui.widgets.history_view import HistoryView, human_count
 
@@ -550,8 +556,9 @@ def test_a_keymap_that_is_not_toml_missing_or_naming_an_unknown_id_is_refused(tm
 
 def test_the_documented_widget_binding_ids_are_the_ones_the_widgets_define():
     from rcc_tui import keymap
+    from rcc_tui.screens.search_screen import SearchScreen
 
-    classes = (HistoryView, LabelScreen, CompareScreen, HelpScreen)
+    classes = (HistoryView, LabelScreen, CompareScreen, HelpScreen, SearchScreen)
     defined = {b.id for cls in classes for b in cls.BINDINGS}
     assert defined == set(keymap.WIDGET_BINDING_IDS)
     assert all(f"    {binding_id} " in keymap.__doc__ for binding_id in defined)

@@ -17,7 +17,6 @@ kernels (scaled_dot_product_attention) do not expose attention maps.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 

@@ -1,8 +1,12 @@
-"""Two nodes side by side: metrics (with b − a) and the layers whose tensors differ.
+"""Two nodes side by side: metrics (with b − a), their statistics, and the layers whose tensors differ.
 
 The session is opened read-only in a thread worker (the app holds the write lock; a read-only
 open does not take it, and importing the engine stays off the main thread); the comparison
-itself (``rcc.session.compare.compare_nodes``) reads only the history graph.
+itself (``rcc.session.compare.compare_nodes``) reads only the history graph. Once it shows, a
+second worker evaluates both nodes per example (``rcc.analysis.compare.compare_nodes_stats``,
+as ``rcc-tui analyze compare`` with its defaults: seconds) for each one's bootstrap interval,
+the difference B − A with its interval and the paired test's p-value. Leaving the screen
+cancels that worker between batches and drops its result.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from textual.color import Color, ColorParseError
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
 
 from rcc_tui.widgets.history_view import metric_text
 
 if TYPE_CHECKING:
+    from rcc.analysis.compare import ModelsComparison
+    from rcc.analysis.statistics import Interval
     from rcc.session.compare import MetricDiff, NodeComparison
 
 
@@ -40,11 +47,39 @@ def _lower_is_better(key: str) -> bool:
 def metric_cells(metric: MetricDiff) -> tuple[str, str, str]:
     """(a, b, b − a) as text: sizes as exact counts, everything else with four decimals."""
     if metric.key.startswith("size/"):
-        value = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
+        value = lambda v: "—" if v is None else f"{v:,.0f}"
         diff = metric.difference
         return value(metric.a), value(metric.b), "—" if diff is None else f"{diff:+,.0f}"
     diff = metric.difference
     return metric_text(metric.a), metric_text(metric.b), "—" if diff is None else f"{diff:+.4f}"
+
+
+def interval_text(interval: Interval, signed: bool = False) -> str:
+    """``0.9611 [0.9417, 0.9778]`` (with signs for a difference)."""
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"{f.format(interval.estimate)} [{f.format(interval.low)}, {f.format(interval.high)}]"
+
+
+def statistics_text(result: ModelsComparison, a: int, b: int, better: Style, worse: Style) -> Text:
+    """The Statistics section: A and B with their intervals, B − A with its interval and p-value."""
+    paired = result.paired
+    diff = paired.difference
+    about = (f"{paired.measure} on {result.data}/{result.split}, n = {paired.n}; "
+             f"{diff.confidence:.0%} bootstrap intervals ({diff.resamples} resamples, seed {result.seed})\n")
+    text = Text.assemble(
+        (about, "dim"),
+        ("A", "bold"), f" #{a}   {interval_text(result.interval_a)}\n",
+        ("B", "bold"), f" #{b}   {interval_text(result.interval_b)}\n")
+    significant = diff.low > 0 or diff.high < 0  # the interval excludes 0
+    style = (better if diff.estimate > 0 else worse) if significant else Style()
+    text.append("B − A", style="bold")
+    text.append("  ")
+    text.append(interval_text(diff, signed=True), style=style)
+    detail = ""
+    if paired.discordant is not None:
+        detail = f"; {paired.discordant[0]} only A right, {paired.discordant[1]} only B right"
+    text.append(f"   p = {paired.p_value:.3g} ({paired.test}{detail})")
+    return text
 
 
 class CompareScreen(Screen[None]):
@@ -73,6 +108,11 @@ class CompareScreen(Screen[None]):
         max-height: 40%;
         margin-bottom: 1;
     }
+    CompareScreen #compare-stats {
+        height: auto;
+        min-height: 3;
+        margin-bottom: 1;
+    }
     CompareScreen #compare-layers {
         height: 1fr;
     }
@@ -82,13 +122,17 @@ class CompareScreen(Screen[None]):
         Binding("escape,q", "close", "Close", id="compare.close"),
     ]
 
-    def __init__(self, session_dir: str, a: int, b: int, comparison: NodeComparison | None = None, *,
+    def __init__(self, session_dir: str, a: int, b: int, comparison: NodeComparison | None = None,
+                 statistics: ModelsComparison | None = None, *, device: str = "cpu",
                  name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.session_dir = str(session_dir)
+        self.device = device  # where the two nodes are evaluated for the statistics (the app's --device)
         self.a, self.b = a, b
         self.comparison: NodeComparison | None = comparison
         self.error: str | None = None
+        self.statistics: ModelsComparison | None = statistics  # given: shown as is, nothing is evaluated
+        self.statistics_error: str | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-body"):
@@ -96,11 +140,20 @@ class CompareScreen(Screen[None]):
             yield Static("reading the session…", id="compare-summary")
             yield Static("Metrics", classes="compare-heading")
             yield DataTable(id="compare-metrics", cursor_type="row")
+            yield Static("Statistics", classes="compare-heading")
+            yield Static("", id="compare-stats")
             yield Static("Layers that differ", classes="compare-heading")
             yield DataTable(id="compare-layers", cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:
+        stats = self.query("#compare-stats")
+        if not stats:  # closed (escape) before its widgets were mounted: nothing to load
+            return
+        if self.statistics is not None:
+            self._show_statistics(self.statistics)
+        else:
+            stats.first(Static).loading = True
         if self.comparison is not None:
             self._show(self.comparison)
         else:
@@ -117,16 +170,66 @@ class CompareScreen(Screen[None]):
             with Session.open(self.session_dir, read_only=True) as session:
                 comparison = compare_nodes(session.graph, self.a, self.b)
         except RccError as exc:
-            self.app.call_from_thread(self._fail, str(exc))
+            self._deliver(self._fail, str(exc))
             return
-        except Exception as exc:  # a bug, but the app keeps running
-            self.app.call_from_thread(self._fail, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001  (a bug, but the app keeps running)
+            self._deliver(self._fail, f"{type(exc).__name__}: {exc}")
             return
-        self.app.call_from_thread(self._show, comparison)
+        self._deliver(self._show, comparison)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="statistics")
+    def _load_statistics(self) -> None:
+        from rcc.analysis.compare import compare_nodes_stats
+        from rcc.errors import Cancelled, RccError
+
+        worker = get_current_worker()
+        try:
+            # The CLI's defaults (test split, 95 %, 2000 resamples, seed 0): the app shows what it prints.
+            result = compare_nodes_stats(self.session_dir, self.a, self.b, device=self.device,
+                                         cancel=lambda: worker.is_cancelled)
+        except Cancelled:
+            return  # the screen was left
+        except RccError as exc:
+            self._deliver(self._statistics_failed, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001  (a bug, but the app keeps running)
+            self._deliver(self._statistics_failed, f"{type(exc).__name__}: {exc}")
+            return
+        self._deliver(self._show_statistics, result)
+
+    def _deliver(self, callback, value) -> None:
+        """Hand a worker's result to the main thread, unless the screen was left (then it is dropped)."""
+        if get_current_worker().is_cancelled:
+            return
+        try:
+            self.app.call_from_thread(callback, value)
+        except RuntimeError:  # the app is shutting down
+            pass
+
+    def _statistics_failed(self, message: str) -> None:
+        if not self.is_attached:
+            return
+        self.statistics_error = message
+        stats = self.query_one("#compare-stats", Static)
+        stats.loading = False
+        stats.update(Text(f"no statistics: {message}", style="bold"))
+
+    def _show_statistics(self, result: ModelsComparison) -> None:
+        if not self.is_attached:
+            return
+        self.statistics = result
+        stats = self.query_one("#compare-stats", Static)
+        stats.loading = False
+        stats.update(statistics_text(result, self.a, self.b, self._style("success"), self._style("error")))
 
     def _fail(self, message: str) -> None:
+        if not self.is_attached:
+            return
         self.error = message
         self.query_one("#compare-layers", DataTable).loading = False
+        stats = self.query_one("#compare-stats", Static)
+        stats.loading = False
+        stats.update("")
         self.query_one("#compare-summary", Static).update(Text(f"cannot compare: {message}", style="bold"))
         self.notify(message, title="Compare", severity="error")
 
@@ -142,6 +245,8 @@ class CompareScreen(Screen[None]):
         return f"#{node.id}{label} {node.op_kind}" + (f" ({node.summary})" if node.summary else "")
 
     def _show(self, comparison: NodeComparison) -> None:
+        if not self.is_attached:
+            return
         self.comparison = comparison
         a, b = comparison.node_a, comparison.node_b
         self.query_one("#compare-title", Static).update(
@@ -190,6 +295,8 @@ class CompareScreen(Screen[None]):
             layers.add_row(Text("no tensor differs: the two nodes hold the same weights", style="italic"),
                            "", "", "", "")
         metrics.focus()
+        if self.statistics is None and self.statistics_error is None:
+            self._load_statistics()
 
     def action_close(self) -> None:
         self.dismiss(None)

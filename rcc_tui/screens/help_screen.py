@@ -28,6 +28,11 @@ GUIDE = "\n".join((
     "and live charts. Cancel stops between layers and leaves the session as it was before the run.",
     " 4. [b]History[/b]: every run makes a node. Check out any node to roll back; the next run branches from "
     "it. Label nodes; mark one with [b]m[/b], press [b]m[/b] on another to compare them.",
+    " 5. [b]Sensitivity[/b] ([b]v[/b]): compress each target layer alone and colour the tree by how far the "
+    "predictions drift (green → red); the compare screen shows intervals and p-values.",
+    " 6. [b]Train[/b] ([b]T[/b], tab [b]5[/b]): distil the dense root into the current node, keeping its "
+    "masks and ranks; loss and accuracy go on the chart. [b]Search[/b] ([b]s[/b]): an Optuna study of "
+    "per-layer settings, trials live with the Pareto front; apply a trial as a node.",
     "",
     "Everything you do is a session op: [b]rcc-tui replay SESSION[/b] redoes it headlessly. Keys can be "
     "changed in ~/.config/rcc-tui/keymap.toml, by the binding ids listed above.",

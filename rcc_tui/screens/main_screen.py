@@ -19,11 +19,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
 
+from rcc_tui.sensitivity import SensitivityScanned, TreeSensitivity
 from rcc_tui.widgets.charts import MetricChart, ParetoChart
 from rcc_tui.widgets.history_view import HistoryView
 from rcc_tui.widgets.layer_editor import LayerEditor
 from rcc_tui.widgets.layer_tree import LayerPanel, LayerTree, short_number
 from rcc_tui.widgets.run_panel import RunPanel, describe_progress
+from rcc_tui.widgets.train_panel import TrainPanel
 from rcc_tui.workers import (
     OpFailed,
     OpFinished,
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from rcc.session.ops import Op
     from rcc.session.session import Session
 
-TABS = {"compress": "tab-compress", "history": "tab-history", "charts": "tab-charts"}
+TABS = {"compress": "tab-compress", "history": "tab-history", "charts": "tab-charts", "train": "tab-train"}
 
 
 class MainScreen(Screen):
@@ -60,6 +62,11 @@ class MainScreen(Screen):
         Binding("2", "show_tab('history')", "History", id="rcc.tab_history", show=False),
         Binding("3", "show_tab('charts')", "Charts", id="rcc.tab_charts", show=False),
         Binding("4", "focus_log", "Log", id="rcc.focus_log", show=False),
+        Binding("5", "show_tab('train')", "Train tab", id="rcc.tab_train", show=False),
+        Binding("T", "train", "Train", id="rcc.train"),  # shift+t: t is the tree, l labels in the history
+        # v: "view sensitivity"; s is left free (search), ctrl+s is XOFF in terminals.
+        Binding("v", "scan_sensitivity", "Sensitivity", id="rcc.sensitivity", show=False),
+        Binding("s", "search", "Search", id="rcc.search"),  # the Optuna search screen
     ]
 
     def __init__(self) -> None:
@@ -73,6 +80,7 @@ class MainScreen(Screen):
         self._started = 0.0
         self._shutting_down = False
         self._busy = False  # between OpStarted and its end, as the screen has seen it (for the footer)
+        self.sensitivity: TreeSensitivity | None = None  # what the tree's colours show
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -89,6 +97,8 @@ class MainScreen(Screen):
                         yield ParetoChart(id="pareto")
                     with TabPane("Charts", id=TABS["charts"]):
                         yield MetricChart(id="metric-chart")
+                    with TabPane("Train", id=TABS["train"]), VerticalScroll(id="train-pane"):
+                        yield TrainPanel(id="train-panel")
                 yield RichLog(id="log", wrap=False, markup=False, highlight=False, max_lines=2000)
         yield Static("starting…", id="status", markup=False)
         yield Footer()
@@ -199,7 +209,10 @@ class MainScreen(Screen):
         history.show(view.nodes, view.head)
         if moved and view.head is not None:
             history.select_node(view.head)  # the cursor follows a new or checked-out node
+        if moved:
+            self._load_sensitivity(view)
         self.query_one(ParetoChart).show(view.nodes, view.head)
+        self.query_one(TrainPanel).set_nodes(tuple(node.id for node in view.nodes), view.head)
         self._load_editor()
         self.idle_status()
 
@@ -226,6 +239,7 @@ class MainScreen(Screen):
         self._busy = True
         self.refresh_bindings()  # Cancel on, Stage / Cascade / Apply dimmed
         self.query_one(RunPanel).set_running(event.title)
+        self.query_one(TrainPanel).set_running(event.title)
         self.set_status(f"{event.title}… (x cancels)")
         self.app.sub_title = event.title
         kind = event.op.kind if event.op is not None else None
@@ -241,6 +255,8 @@ class MainScreen(Screen):
                 chart.set_threshold(threshold * head.metrics["eval/primary"])
             else:
                 chart.set_threshold(None)
+        elif kind == "train":
+            self._start_training_chart(event.title)
         if event.op is not None:
             self.log_line(f"▶ {event.title}")
 
@@ -248,11 +264,15 @@ class MainScreen(Screen):
     def _op_progressed(self, event: OpProgressed) -> None:
         progress = event.progress
         self.query_one(RunPanel).show_progress(progress)
+        self.query_one(TrainPanel).show_progress(progress)
         text = describe_progress(progress)
         if progress.metric is not None:
-            self._step += 1
+            training = event.op is not None and event.op.kind == "train"
+            self._step = progress.done if training else self._step + 1  # training: the step it evaluated after
             self.query_one(MetricChart).add_point(self._step, progress.metric, progress.params)
             self.log_line(f"  {text}")
+        elif progress.loss is not None:  # a tick's batch of training steps: one chart redraw for all
+            self.query_one(MetricChart).add_second_points((e.done, e.loss) for e in event.events)
         self.set_status(f"{self.runner.title}: {text} · x cancels")
 
     @on(SessionOpened)
@@ -260,6 +280,7 @@ class MainScreen(Screen):
         self._busy = False
         self._refresh_keys()
         self.query_one(RunPanel).set_running(None)
+        self.query_one(TrainPanel).set_running(None)
         self.app.sub_title = ""
         if self._shutting_down:  # the app quit while the session was opening
             event.session.close()
@@ -267,6 +288,7 @@ class MainScreen(Screen):
         self.session = event.session
         self.query_one("#layers").loading = False
         self.query_one(RunPanel).set_status("ready")
+        self.query_one(TrainPanel).set_status("ready")
         self.refresh_view(event.view)
         view = event.view
         self.app.title = f"rcc-tui · {_session_name(view.directory)}"
@@ -281,6 +303,7 @@ class MainScreen(Screen):
         self._busy = False
         self._refresh_keys()
         self.query_one(RunPanel).set_running(None)
+        self.query_one(TrainPanel).set_running(None)
         self.app.sub_title = ""
         outcome = event.outcome
         self.refresh_view(event.view)
@@ -299,6 +322,7 @@ class MainScreen(Screen):
         timing = "" if self._deterministic else f" ({seconds:.1f} s)"
         self.log_line(f"✓ #{outcome.seq} {event.op.kind}{where}{timing}")
         run_panel.set_status(f"done: {self.runner.title}{where}")
+        self.query_one(TrainPanel).set_status(f"done: {self.runner.title}{where}")
         if outcome.metrics and outcome.new_node is None and event.op.kind == "evaluate":
             primary = next((v for k, v in outcome.metrics.items() if k.endswith("/primary")), None)
             if primary is not None:
@@ -309,6 +333,8 @@ class MainScreen(Screen):
                 self.query_one(MetricChart).add_point(self._step, node.metrics["eval/primary"],
                                                       node.metrics.get("size/params"))
             self.app.notify(f"{self.runner.title} done{where}", title="done")
+        elif event.op.kind == "train":
+            self._training_finished(outcome, node, where)
         elif event.op.kind == "export":
             self.app.notify(f"exported to {outcome.result.get('out')}", title="export")
             self.log_line(f"  wrote {outcome.result.get('out')}")
@@ -318,10 +344,12 @@ class MainScreen(Screen):
         self._busy = False
         self._refresh_keys()
         self.query_one(RunPanel).set_running(None)
+        self.query_one(TrainPanel).set_running(None)
         self.app.sub_title = ""
         message = event.message
         self.query_one(RunPanel).set_status(("cancelled: " if event.cancelled else "failed: ") + self.runner.title)
-        if event.op is None:  # opening the session failed: nothing to show, the app stays up
+        self.query_one(TrainPanel).set_status(("cancelled: " if event.cancelled else "failed: ") + self.runner.title)
+        if event.op is None and self.session is None:  # opening the session failed: the app stays up
             self.query_one("#layers").loading = False
             self.set_status(f"no session: {message}")
             if self._shutting_down:
@@ -336,6 +364,59 @@ class MainScreen(Screen):
                         severity="warning" if event.cancelled else "error", timeout=8)
         if event.op is not None and event.op.kind == "edit_layers":
             self.query_one(LayerEditor).show_error(message.removeprefix("op 'edit_layers': "))
+        if event.op is not None and event.op.kind == "train" and not event.cancelled:
+            self.query_one(TrainPanel).show_error(message)
+
+    @on(SensitivityScanned)
+    def _sensitivity_scanned(self, event: SensitivityScanned) -> None:
+        self._busy = False
+        self._refresh_keys()
+        self.query_one(RunPanel).set_running(None)
+        self.query_one(TrainPanel).set_running(None)
+        self.app.sub_title = ""
+        result = event.result
+        top = result.ranked()[0] if result.units else None
+        seconds = "" if self._deterministic else f" ({result.seconds:.1f} s)"
+        self.log_line(f"✓ sensitivity of node {result.node}: {len(result.units)} layers, "
+                      f"{result.setting.describe()}{seconds}"
+                      + (f"; most sensitive {top.name} (drift {top.drift:.3g})" if top else ""))
+        self.log_line(f"  stored in {self._path(event.path)}")
+        self.query_one(RunPanel).set_status(f"done: {self.runner.title}")
+        self.query_one(TrainPanel).set_status(f"done: {self.runner.title}")
+        if self.view is not None and result.node == self.view.head:
+            self._show_sensitivity(TreeSensitivity(node=result.node, head=self.view.head, scores=result.scores(),
+                                                   setting=result.setting.describe()))
+        self.idle_status()
+
+    def _show_sensitivity(self, found: TreeSensitivity | None) -> None:
+        self.sensitivity = found
+        self.query_one(LayerPanel).show_sensitivity(found.scores if found else None, found.legend() if found else "")
+
+    def _load_sensitivity(self, view: SessionView) -> None:
+        """Read the head's stored scan (or its nearest scanned ancestor's) off the main thread."""
+        from rcc_tui.sensitivity import read_tree_sensitivity
+
+        directory, nodes, head = view.directory, view.nodes, view.head
+
+        def read() -> None:
+            from rcc.errors import RccError
+
+            try:
+                found, error = read_tree_sensitivity(directory, nodes, head), None
+            except RccError as exc:  # a damaged file: say so, show no colours
+                found, error = None, str(exc)
+            self.app.call_from_thread(self._sensitivity_loaded, head, found, error)
+
+        # Only reads analysis files, never the session: safe beside a running op; a newer read replaces it.
+        self.run_worker(read, name="read sensitivity", group="sensitivity", thread=True, exclusive=True,
+                        exit_on_error=False)
+
+    def _sensitivity_loaded(self, head: int | None, found: TreeSensitivity | None, error: str | None) -> None:
+        if not self.is_attached or self.view is None or self.view.head != head:
+            return  # the head moved on while the file was read: its own read is on the way
+        if error:
+            self.log_line(f"✗ sensitivity: {error}")
+        self._show_sensitivity(found)
 
     # -- widget requests -------------------------------------------------------------------
     @on(LayerTree.TargetsChanged)
@@ -349,11 +430,13 @@ class MainScreen(Screen):
         from rcc.session.ops import EditLayers
 
         try:
-            op = EditLayers(layers=event.layers, settings=event.settings, reset=event.reset)
+            op = EditLayers(layers=event.layers, settings=event.settings, reset=event.reset, budget=event.budget)
         except RccError as error:
             self.query_one(LayerEditor).show_error(str(error))
             return
         what = "reset" if event.reset else ", ".join(f"{k} {v}" for k, v in event.settings.items())
+        if event.budget is not None:
+            what = ", ".join(filter(None, (what, f"budget {event.budget:g}")))
         self.start(op, f"edit {len(event.layers)} layer{'s' if len(event.layers) != 1 else ''}: {what}")
 
     @on(RunPanel.RunRequested)
@@ -367,6 +450,46 @@ class MainScreen(Screen):
     @on(RunPanel.CancelRequested)
     def _cancel_requested(self) -> None:
         self.action_cancel()
+
+    @on(TrainPanel.TrainRequested)
+    def _train_requested(self, event: TrainPanel.TrainRequested) -> None:
+        op = event.op
+        head = self.view.head if self.view else None
+        teacher = f"node {op.teacher}" if op.teacher is not None else "the root"
+        self.start(op, f"train node {head} from {teacher}, {op.steps} steps")
+
+    @on(TrainPanel.CancelRequested)
+    def _train_cancel_requested(self) -> None:
+        self.action_cancel()
+
+    # -- training on the chart ---------------------------------------------------------------
+    def _start_training_chart(self, title: str) -> None:
+        """Accuracy on the left axis (the current node's eval at step 0), the loss per step on the right."""
+        chart = self.query_one(MetricChart)
+        chart.start_run(title, second_label="loss")
+        chart.set_threshold(None)
+        self._step = 0
+        head = self.view.head_node if self.view else None
+        if head is not None and "eval/primary" in head.metrics:
+            chart.add_point(0, head.metrics["eval/primary"])
+
+    def _training_finished(self, outcome: Any, node: Any, where: str) -> None:
+        """Log the loss first → last and the eval before → after, as a stage's end is logged."""
+        result = outcome.result
+        losses = result.get("losses") or []
+        if losses:
+            self.log_line(f"  loss {losses[0]:.4f} → {losses[-1]:.4f} over {len(losses)} steps "
+                          f"(teacher node {result.get('teacher')})")
+        parent = next((n for n in self.view.nodes if node is not None and n.id == node.parent), None) \
+            if self.view else None
+        before = parent.metrics.get("eval/primary") if parent is not None else None
+        after = node.metrics.get("eval/primary") if node is not None else None
+        if before is not None and after is not None:
+            self.log_line(f"  eval {before:.2%} → {after:.2%}")
+        best = result.get("best_step")
+        if best is not None and losses and best != len(losses):
+            self.log_line(f"  kept the best evaluated state, step {best}")
+        self.app.notify(f"{self.runner.title} done{where}", title="done")
 
     @on(HistoryView.CheckoutRequested)
     def _checkout(self, event: HistoryView.CheckoutRequested) -> None:
@@ -420,7 +543,17 @@ class MainScreen(Screen):
 
         if self.view is None:
             return
-        self.app.push_screen(CompareScreen(self.view.directory, a, b))
+        self.app.push_screen(CompareScreen(self.view.directory, a, b,
+                                           device=self.app.config.device))  # type: ignore[attr-defined]
+
+    def action_search(self) -> None:
+        """Open the search screen on this session (it reads the session, never its lock)."""
+        from rcc_tui.screens.search_screen import SearchScreen
+
+        if self.view is None:
+            self.app.notify("the session is not open yet", severity="warning")
+            return
+        self.app.push_screen(SearchScreen(self.view.directory, device=self.app.config.device))  # type: ignore[attr-defined]
 
     def export(self, format: str = "compressed") -> bool:
         from rcc.session.ops import Export
@@ -435,7 +568,7 @@ class MainScreen(Screen):
         running = self._busy or self.runner.running
         if action == "cancel":
             return True if running else None  # shown dimmed when nothing runs
-        if action in ("run_stage", "run_cascade", "evaluate", "apply_edit"):
+        if action in ("run_stage", "run_cascade", "evaluate", "apply_edit", "scan_sensitivity", "train"):
             return None if running or self.session is None else True
         return True
 
@@ -446,6 +579,10 @@ class MainScreen(Screen):
     def action_run_cascade(self) -> None:
         self.action_show_tab("compress")
         self.query_one(RunPanel).request("cascade")
+
+    def action_train(self) -> None:
+        self.action_show_tab("train")
+        self.query_one(TrainPanel).request()
 
     def action_cancel(self) -> None:
         if self.runner.cancel():
@@ -468,6 +605,29 @@ class MainScreen(Screen):
             return
         split = split or (self.session.setting("test_split") if self.session else None) or "test"
         self.start(Evaluate(split=split), f"evaluate node {self.view.head} on {split}")
+
+    def action_scan_sensitivity(self, rank: float | None = None, sparsity: float = 0.0) -> bool:
+        """Scan the targets (all layers when none) of the current node; an analysis, so no op is recorded."""
+        from rcc.errors import RccError
+        from rcc_tui.sensitivity import DEFAULT_RANK, scan_job, scan_setting
+
+        if self.session is None or self.view is None or self.view.head is None:
+            self.app.notify("the session is not open yet", severity="warning")
+            return False
+        if self.runner.running:
+            self.app.notify(f"{self.runner.title} is running; wait for it, or cancel it (x)", severity="warning")
+            return False
+        try:
+            setting = scan_setting(DEFAULT_RANK if rank is None and not sparsity else rank, sparsity)
+        except RccError as error:
+            self.app.notify(str(error), severity="error")
+            return False
+        names = self.targets or tuple(layer.name for layer in self.view.layers)
+        head = self.view.head
+        title = f"sensitivity of {len(names)} layer{'s' if len(names) != 1 else ''} ({setting.describe()})"
+        self.log_line(f"▶ {title} on node {head}")
+        self.runner.run(title, scan_job(self.session, self.view.directory, head, names, setting))
+        return True
 
     def action_select_pattern(self) -> None:
         self.query_one("#pattern").focus()
@@ -498,6 +658,8 @@ class MainScreen(Screen):
             ("Apply the layer edit", "apply the editor's changed fields to the targets (a)", self.action_apply_edit),
             ("Reset the targets' overrides", "remove per-layer plan overrides of the targets", self.action_reset_edit),
             ("Evaluate on the test split", "add test metrics to the current node (e)", self.action_evaluate),
+            ("Scan sensitivity", "each target layer alone at 50% rank: how far predictions drift (v)",
+             self.action_scan_sensitivity),
             ("Export compressed", "write the current node with factors and packed masks",
              lambda: self.export("compressed")),
             ("Export dense", "write the current node in the original architecture", lambda: self.export("dense")),
@@ -508,6 +670,11 @@ class MainScreen(Screen):
             ("Show the history graph", "the History tab (2)", lambda: self.action_show_tab("history")),
             ("Show the charts", "the Charts tab (3)", lambda: self.action_show_tab("charts")),
             ("Show the log", "focus the log pane (4)", self.action_focus_log),
+            ("Search compression plans", "Optuna study: trials live, the Pareto front, apply a trial (s)",
+             self.action_search),
+            ("Train (recovery)", "distil the root (or the panel's teacher) into the current node (T)",
+             self.action_train),
+            ("Show the train panel", "the Train tab (5)", lambda: self.action_show_tab("train")),
         ]
         if self.view is not None:
             for node in reversed(self.view.nodes):

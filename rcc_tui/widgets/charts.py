@@ -1,5 +1,8 @@
 """Live charts: accuracy against step while work runs, and size against accuracy for every node.
 
+The run chart has a second series on the right axis: parameters during a stage or cascade,
+the training loss during recovery training.
+
 Both draw with plotext (textual-plotext's ``PlotextPlot``) on the main thread only: the app
 calls ``add_point`` / ``show`` from message handlers, and the plot is rebuilt in ``render``.
 Series colours come from the current Textual theme (primary, accent, success, warning); on an
@@ -9,7 +12,7 @@ ANSI theme they are the terminal's own colour names and the canvas is left to th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from rich.text import Text
 from textual.app import RenderResult
@@ -117,6 +120,15 @@ class MetricChart(_ThemedPlot):
         return list(zip(self._steps, self._values))
 
     @property
+    def second_points(self) -> list[tuple[int, float]]:
+        """The right-axis series (parameters, or the training loss)."""
+        return list(self._second)
+
+    @property
+    def second_label(self) -> str | None:
+        return self._second_label
+
+    @property
     def threshold(self) -> float | None:
         return self._threshold
 
@@ -139,6 +151,13 @@ class MetricChart(_ThemedPlot):
             del self._second[0]
         self.refresh()
 
+    def add_second_points(self, points: Iterable[tuple[int, float]]) -> None:
+        """Points of the right-axis series only (a batch of training losses): one redraw for all."""
+        self._second.extend((int(step), float(value)) for step, value in points)
+        if len(self._second) > MAX_POINTS:
+            del self._second[: len(self._second) - MAX_POINTS]
+        self.refresh()
+
     def clear(self) -> None:
         self._title = "accuracy"
         self._steps, self._values, self._second = [], [], []
@@ -154,7 +173,7 @@ class MetricChart(_ThemedPlot):
         title = self._title
         if self._threshold is not None:
             title += f"  (threshold {self._threshold:.4g})"
-        if not self._steps:
+        if not self._steps and not self._second:
             title += "  (no points yet)"
         plt.title(title)
         plt.xlabel("step")
@@ -166,9 +185,11 @@ class MetricChart(_ThemedPlot):
             low, high = min(ys), max(ys)
             pad = max((high - low) * 0.1, 0.005)
             plt.ylim(low - pad, high + pad)
-        if self._steps:
-            low, high = min(self._steps), max(self._steps)
+        xs = self._steps + [step for step, _ in self._second]  # both series share the step axis
+        if xs:
+            low, high = min(xs), max(xs)
             plt.xlim(low - 0.5, high + 0.5) if low == high else plt.xlim(low, high)
+        if self._steps:
             plt.plot(self._steps, self._values, marker="braille", color=self._colour("primary", "blue"),
                      label="accuracy")
             plt.scatter(self._steps[-1:], self._values[-1:], marker="●", color=self._colour("primary", "blue"))

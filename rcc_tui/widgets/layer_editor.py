@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rcc.models.inventory import LayerInfo
 
 METHODS = ("dare", "magnitude", "wanda")  # rcc.compression.plan_rules.METHODS, without importing torch
+BUDGET_HINT = "0<b<1 (auto)"
 FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked")
 
 
@@ -41,8 +42,8 @@ def parse_sparsity(text: str) -> Any:
 
 
 def would_be_plan(plan: CompressionPlan, names: Sequence[str], settings: Mapping[str, Any],
-                  reset: bool = False) -> CompressionPlan:
-    """The plan after ``EditLayers(names, settings, reset)``, as the engine's handler builds it."""
+                  reset: bool = False, budget: float | None = None) -> CompressionPlan:
+    """The plan after ``EditLayers(names, settings, reset, budget)``, as the engine's handler builds it."""
     from rcc.compression.plan_rules import normalize_settings, settings_to_json
 
     overrides = {name: dict(s) for name, s in plan.overrides.items()}
@@ -52,7 +53,8 @@ def would_be_plan(plan: CompressionPlan, names: Sequence[str], settings: Mapping
             overrides.pop(name, None)
         if clean:
             overrides[name] = {**overrides.get(name, {}), **clean}
-    return replace(plan, overrides={n: settings_to_json(s) for n, s in overrides.items()})
+    return replace(plan, overrides={n: settings_to_json(s) for n, s in overrides.items()},
+                   budget=plan.budget if budget is None else budget)
 
 
 def count_line(summary: PlanSummary, names: Sequence[str], model_total: float | None) -> str:
@@ -82,11 +84,13 @@ class LayerEditor(Vertical):
     class ApplyRequested(Message):
         """Apply ``settings`` (only the changed fields) to ``layers`` as one EditLayers op."""
 
-        def __init__(self, layers: tuple[str, ...], settings: dict[str, Any], reset: bool = False) -> None:
+        def __init__(self, layers: tuple[str, ...], settings: dict[str, Any], reset: bool = False,
+                     budget: float | None = None) -> None:
             super().__init__()
             self.layers = layers
             self.settings = settings
             self.reset = reset
+            self.budget = budget  # the plan's budget for auto ranks, when changed
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -114,6 +118,9 @@ class LayerEditor(Vertical):
         with Horizontal(classes="field-row"):
             yield Checkbox("correction", id="correction", compact=True)
             yield Checkbox("locked", id="locked", compact=True)
+            yield Label("budget", classes="field-label second")
+            yield Input(placeholder=BUDGET_HINT, id="budget", compact=True, classes="field",
+                        tooltip="plan-wide: the fraction of the auto-ranked layers' parameters kept")
         yield Static("", id="editor-counts", markup=False)
         yield Static("", id="editor-error", markup=False)
         with Horizontal(classes="button-row"):
@@ -151,6 +158,7 @@ class LayerEditor(Vertical):
             self.query_one("#rank", Input).value = loaded["rank"] or ""
             self.query_one("#correction", Checkbox).value = bool(loaded["correction"])
             self.query_one("#locked", Checkbox).value = bool(loaded["locked"])
+            self.query_one("#budget", Input).value = self._loaded_budget()
         finally:
             self._loading = False
         self.disabled = not self.targets
@@ -175,7 +183,20 @@ class LayerEditor(Vertical):
                 out[key] = values.pop()
         return out
 
+    def _loaded_budget(self) -> str:
+        return "" if self.plan is None or self.plan.budget is None else f"{self.plan.budget:g}"
+
     # -- reading the fields ----------------------------------------------------------------
+    def changed_budget(self) -> Any:
+        """The budget as typed when the user changed it (a number, or the text for the op to refuse), else None.
+
+        Clearing the field changes nothing: layers ranked ``auto`` always need a budget.
+        """
+        text = self.query_one("#budget", Input).value.strip()
+        if not text or text == self._loaded_budget():
+            return None
+        return parse_sparsity(text)  # the same forms: 0.4 or 40%
+
     def _field_values(self) -> dict[str, Any]:
         method = self.query_one("#method", Select).value
         return {
@@ -212,7 +233,8 @@ class LayerEditor(Vertical):
                 settings[key] = value
         return settings
 
-    def check(self, settings: Mapping[str, Any], reset: bool = False) -> tuple[str, PlanSummary | None]:
+    def check(self, settings: Mapping[str, Any], reset: bool = False,
+              budget: Any = None) -> tuple[str, PlanSummary | None]:
         """(error message or "", summary of the would-be plan); nothing is applied."""
         from rcc.compression.plan import summarize_plan
         from rcc.errors import RccError
@@ -221,9 +243,9 @@ class LayerEditor(Vertical):
         if self.plan is None or not self.targets:
             return "", None
         try:
-            if settings or reset:
-                EditLayers(layers=self.targets, settings=dict(settings), reset=reset)
-            plan = would_be_plan(self.plan, self.targets, settings, reset)
+            if settings or reset or budget is not None:
+                budget = EditLayers(layers=self.targets, settings=dict(settings), reset=reset, budget=budget).budget
+            plan = would_be_plan(self.plan, self.targets, settings, reset, budget)
             return "", summarize_plan(plan, self.inventory)
         except RccError as error:
             return str(error).removeprefix("op 'edit_layers': "), None
@@ -232,7 +254,7 @@ class LayerEditor(Vertical):
         """Re-check the fields and update the counts and the error line."""
         if self._loading or not self.is_mounted:
             return
-        error, summary = self.check(self.changed_settings())
+        error, summary = self.check(self.changed_settings(), budget=self.changed_budget())
         self.show_error(error)
         counts = self.query_one("#editor-counts", Static)
         counts.update(count_line(summary, self.targets, self.model_total) if summary is not None else "")
@@ -271,16 +293,16 @@ class LayerEditor(Vertical):
         if not self.targets:
             self.show_error("no layer to edit; allowed: select layers in the tree (space) or move the cursor")
             return False
-        settings = self.changed_settings()
-        if not settings:
+        settings, budget = self.changed_settings(), self.changed_budget()
+        if not settings and budget is None:
             self.show_error("nothing changed; allowed: change a field, then apply")
             return False
-        error, _ = self.check(settings)
+        error, _ = self.check(settings, budget=budget)
         if error:
             self.show_error(error)
             self.app.bell()
             return False
-        self.post_message(self.ApplyRequested(self.targets, settings).set_sender(self))
+        self.post_message(self.ApplyRequested(self.targets, settings, budget=budget).set_sender(self))
         return True
 
     def action_reset(self) -> bool:

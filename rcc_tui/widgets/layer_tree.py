@@ -8,6 +8,7 @@ the *targets* the editor and the run panel act on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 SELECTED, UNSELECTED, PARTIAL = "■", "□", "◧"
 DETAIL_WIDTH = 40  # narrower trees leave shapes and sizes to the editor
+HEAT_STEPS = 5  # sensitivity colours, from the theme's success (least) to its error (most sensitive)
 PATTERN_HELP = "glob over names, or tower:vision kind:mlp_in block:0-3 (all must match); +… adds"
 
 
@@ -97,6 +99,42 @@ def applied(state: LayerState | None, setting) -> bool:
     return state.rank is not None and (setting.rank.mode != "fixed" or state.rank == setting.rank.value)
 
 
+def heat_step(score: float, top: float) -> int:
+    """Which of HEAT_STEPS equal bins of [0, top] ``score`` falls in (top itself: the last).
+
+    A stored scan can hold NaN or infinite drifts (a KL that blew up): infinity is the hottest,
+    NaN the coolest; neither may reach ``int()``.
+    """
+    if score == math.inf:
+        return HEAT_STEPS - 1
+    if not (math.isfinite(score) and math.isfinite(top)) or top <= 0 or score <= 0:
+        return 0
+    return min(HEAT_STEPS - 1, int(HEAT_STEPS * score / top))
+
+
+def score_text(score: float) -> str:
+    """A sensitivity score in at most 6 characters: ``0.049``, ``1.2``, ``<.001`` (colour tells the rest)."""
+    if score == 0:
+        return "0"
+    return "<.001" if 0 < score < 1e-3 else f"{score:.2g}"
+
+
+def heat_colour(step: int, cool: str, middle: str, hot: str) -> str:
+    """Step ``step`` of HEAT_STEPS on cool → middle → hot (each half blended linearly), as #rrggbb."""
+    from textual.color import Color, ColorParseError
+
+    def parse(value: str, fallback: str) -> Color:
+        try:
+            return Color.parse(value.split()[0])
+        except (ColorParseError, IndexError):  # a theme without the variable (or an odd value)
+            return Color.parse(fallback)
+
+    stops = [parse(cool, "green"), parse(middle, "yellow"), parse(hot, "red")]
+    position = 2 * step / (HEAT_STEPS - 1)  # 0 … 2 over the two halves
+    half = min(int(position), 1)
+    return stops[half].blend(stops[half + 1], position - half).hex
+
+
 def match_layers(pattern: str, layers: Sequence[LayerInfo]) -> list[str]:
     """Names of the layers matching every term of ``pattern``.
 
@@ -153,6 +191,7 @@ class LayerTree(Tree[NodeData]):
         self.state: Mapping[str, LayerState] = {}
         self.planned: Mapping[str, object] = {}
         self.sensitivity: Mapping[str, float] | None = None
+        self._top_score = 0.0  # the highest finite score of ``sensitivity``
         self.selection: set[str] = set()
         self._by_tower: dict[str, list[LayerInfo]] = {}
         self._built: set[int] = set()  # ids of nodes whose children exist
@@ -166,7 +205,8 @@ class LayerTree(Tree[NodeData]):
         same = tuple(layer.name for layer in layers) == tuple(layer.name for layer in self.inventory)
         self.inventory = tuple(layers)
         self.state = dict(state or {})
-        self.sensitivity = sensitivity if sensitivity is not None else self.sensitivity
+        if sensitivity is not None:
+            self._keep_scores(sensitivity)
         self.planned = self._resolve(plan)
         self.selection &= {layer.name for layer in layers}
         if same and self.root.children:
@@ -184,8 +224,18 @@ class LayerTree(Tree[NodeData]):
         self._post_targets()
 
     def set_sensitivity(self, scores: Mapping[str, float] | None) -> None:
-        self.sensitivity = scores
+        """Colour the scanned layers by their score (None: no colours)."""
+        self._keep_scores(scores)
         self._relabel(self.root)
+
+    def _keep_scores(self, scores: Mapping[str, float] | None) -> None:
+        self.sensitivity = dict(scores) if scores else None
+        finite = [v for v in (scores or {}).values() if math.isfinite(v)]
+        self._top_score = max(finite, default=0.0)  # once, not per label
+
+    def on_mount(self) -> None:
+        # The heat colours are the theme's: redraw them when the theme changes.
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._relabel(self.root))
 
     def _resolve(self, plan: CompressionPlan | None) -> Mapping[str, object]:
         if plan is None or not self.inventory:
@@ -267,11 +317,29 @@ class LayerTree(Tree[NodeData]):
         chosen = sum(name in self.selection for name in names)
         return SELECTED if names and chosen == len(names) else PARTIAL if chosen else UNSELECTED
 
-    def _colour(self, score: float, top: float) -> str | None:
+    def heat(self, name: str) -> int | None:
+        """The sensitivity step of layer ``name`` (0 coolest … HEAT_STEPS − 1 hottest), None if not scanned."""
+        scores = self.sensitivity
+        if not scores or name not in scores:
+            return None
+        return heat_step(scores[name], self._top_score)
+
+    def _colour(self, step: int) -> str:
+        """The theme's success → warning → error, in HEAT_STEPS steps (read now: themes change)."""
         variables = self.app.theme_variables if self.is_attached else {}
-        level = score / top if top > 0 else 0.0
-        key = "error" if level >= 2 / 3 else "warning" if level >= 1 / 3 else "success"
-        return variables.get(key)
+        return heat_colour(step, variables.get("success", ""), variables.get("warning", ""),
+                           variables.get("error", ""))
+
+    def _heat_text(self, names: Iterable[str]) -> Text:
+        """`` ● 0.012`` for a layer (its score when wide enough), `` ●`` (the hottest inside) for a group."""
+        steps = [(step, name) for name in names if (step := self.heat(name)) is not None]
+        if not steps:
+            return Text()
+        step, name = max(steps)
+        text = Text(" ●", style=self._colour(step))
+        if len(steps) == 1 and self._detailed and self.sensitivity:
+            text.append(f" {score_text(self.sensitivity[name])}", style=self._colour(step))
+        return text
 
     def _label(self, data: NodeData) -> Text:
         layers = self.layers_of(data)
@@ -279,10 +347,8 @@ class LayerTree(Tree[NodeData]):
         text.append(self._mark(layer.name for layer in layers) + " ", style="bold")
         if data.kind == "layer" and layers:
             layer = layers[0]
-            style = ""
-            if self.sensitivity and layer.name in self.sensitivity:
-                style = self._colour(self.sensitivity[layer.name], max(self.sensitivity.values())) or ""
-            text.append(short_name(layer), style=style)
+            step = self.heat(layer.name)
+            text.append(short_name(layer), style="" if step is None else self._colour(step))
             if self._detailed:
                 text.append(f" {layer.shape[0]}×{layer.shape[1]} {short_number(layer.params)}", style="dim")
             state = self.state.get(layer.name)
@@ -292,6 +358,7 @@ class LayerTree(Tree[NodeData]):
             planned = "" if applied(state, self.planned.get(layer.name)) else planned_text(self.planned.get(layer.name))
             if planned:
                 text.append(f" {planned}", style="italic")
+            text.append_text(self._heat_text([layer.name]))
             return text
         title = data.tower if data.kind == "tower" else f"block {data.block}"
         params = sum(layer.params for layer in layers)
@@ -301,6 +368,7 @@ class LayerTree(Tree[NodeData]):
                     else f" ·{len(layers)} {short_number(params)}", style="dim")
         if stored < params:
             text.append(f" −{1 - stored / params:.0%}", style="bold")
+        text.append_text(self._heat_text(layer.name for layer in layers))
         return text
 
     def _relabel(self, node: TreeNode[NodeData]) -> None:
@@ -406,10 +474,28 @@ class LayerPanel(Vertical):
         yield LayerTree(id="layer-tree")
         yield Input(placeholder="/ select: glob tower:… kind:… block:…", id="pattern", compact=True)
         yield Static("", id="selection-info", markup=False)
+        legend = Static("", id="sensitivity-legend", markup=False)
+        legend.display = False  # until a scan is shown: the panel keeps its lines for the tree
+        yield legend
 
     @property
     def tree(self) -> LayerTree:
         return self.query_one(LayerTree)
+
+    def show_sensitivity(self, scores: Mapping[str, float] | None, legend: str = "") -> None:
+        """Colour the tree by ``scores`` and say where they come from, with the colour scale (None: clear)."""
+        self.tree.set_sensitivity(scores)
+        widget = self.query_one("#sensitivity-legend", Static)
+        widget.display = bool(scores)
+        if not scores:
+            widget.update("")
+            return
+        text = Text()
+        for step in range(HEAT_STEPS):
+            text.append("●", style=self.tree._colour(step))
+        text.append(" low→high  ", style="dim")
+        text.append(legend)
+        widget.update(text)
 
     @on(Input.Submitted, "#pattern")
     def _select_pattern(self, event: Input.Submitted) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
+
+from rcc_tui.widgets.op_feedback import advance, show_inline_error
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
@@ -124,9 +125,7 @@ class RunPanel(Vertical):
 
     def show_error(self, message: str) -> None:
         self.error = message
-        line = self.query_one("#run-error", Static)
-        line.update(Text(f"✗ {message}", style="bold") if message else "")
-        line.set_class(bool(message), "error")
+        show_inline_error(self.query_one("#run-error", Static), message)
 
     @on(Button.Pressed, "#run-stage")
     def _stage_pressed(self, event: Button.Pressed) -> None:
@@ -167,13 +166,7 @@ class RunPanel(Vertical):
         self.query_one("#run-status", Static).update(text)
 
     def show_progress(self, event: OpProgress) -> None:
-        bar = self.query_one("#run-progress", ProgressBar)
-        if event.total:
-            if bar.total != event.total or event.done < bar.progress:
-                bar.update(total=event.total, progress=0)  # a new stage: its own count (and ETA)
-            bar.update(progress=event.done)
-        elif event.metric is None:
-            bar.update(total=None)
+        advance(self.query_one("#run-progress", ProgressBar), event)
         self.set_status(describe_progress(event))
 
 
@@ -183,6 +176,8 @@ def describe_progress(event: OpProgress) -> str:
         verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
         params = f" · {event.params:,} params" if event.params is not None else ""
         return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}{params}"
+    if event.loss is not None:
+        return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
     if event.total:
         return f"{event.phase} · layer {event.done}/{event.total} · {event.detail}"
     if event.phase == "evaluate":

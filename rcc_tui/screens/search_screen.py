@@ -1,0 +1,573 @@
+"""The search screen: run an Optuna study on the session's head node, watch its trials live, apply one.
+
+``rcc.search.study.run_search`` runs in a thread worker. It only reads the session (a read-only
+open: SQLite in WAL mode and content-addressed blobs written by rename, so an op the main screen
+commits meanwhile is simply not seen; the search starts from the head committed when it starts),
+so it runs while the main screen holds the session. The worker never touches a widget: its
+progress callback leaves the newest event in a ``SearchRun`` and a timer on the main thread
+takes it (fast trials are coalesced to one update per tick). The table and the chart are read
+back from the study's storage in a short thread worker (``list_trials``), so they show RUNNING
+trials and every trial's current front mark, not just the one that finished.
+
+Stop, leaving the screen and quitting the app set the run's cancel event: the search stops
+between layers or batches (a trial cut short is recorded FAIL by Optuna) and the app's shutdown
+waits for it (``stop_searches``), so nothing keeps running after the app exits.
+
+Applying a trial is an ``ApplyTrial`` op the main screen runs through its own runner; when the
+head has moved off the node the study searched from, the main screen checks that node out first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
+
+from rcc_tui.widgets.history_view import human_count
+from rcc_tui.widgets.trial_chart import TrialChart
+
+if TYPE_CHECKING:
+    from rcc.search.study import SearchProgress, SearchReport, StudySettings
+    from rcc.search.trials import StudyInfo, TrialRow
+    from rcc_tui.screens.main_screen import MainScreen
+
+DEFAULT_STUDY = "app"
+DEFAULT_TRIALS = 20  # as `rcc-tui search` without --trials
+MAX_TRIALS = 10_000
+TICK = 0.25  # seconds between two looks at the running search
+REREAD = 2.0  # seconds between two reads of the storage while a trial runs (to show it RUNNING)
+COLUMNS = (("trial", "trial"), ("state", "state"), ("size", "size"), ("of dense", "kept"),
+           ("accuracy", "accuracy"), ("front", "front"), ("note", "note"))
+FRONT_MARK = "◆"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What the form asks for, checked."""
+
+    study: str
+    trials: int
+    mode: str  # pareto | min-size
+    level: str  # global | group | layer
+
+
+def parse_request(study: str, trials: str, mode: Any, level: Any) -> SearchRequest:
+    """The form's fields as a request; a bad value raises RccError naming it and what is allowed."""
+    from rcc.errors import RccError
+    from rcc.search.objective import MODES
+    from rcc.search.space import LEVELS
+
+    name = study.strip()
+    if not name or len(name) > 512:
+        raise RccError(f"study name {study!r} is invalid; allowed: 1 to 512 characters, e.g. {DEFAULT_STUDY!r}")
+    try:
+        count = int(trials.strip())
+    except ValueError:
+        count = None
+    if count is None or not 1 <= count <= MAX_TRIALS:
+        raise RccError(f"trials {trials!r} is invalid; allowed: an integer from 1 to {MAX_TRIALS}")
+    if mode not in MODES:
+        raise RccError(f"objective {mode!r} is unknown; allowed: {', '.join(MODES)}")
+    if level not in LEVELS:
+        raise RccError(f"search level {level!r} is unknown; allowed: {', '.join(LEVELS)}")
+    return SearchRequest(study=name, trials=count, mode=mode, level=level)
+
+
+# -- the running search (shared by the worker thread and the screen) ---------------------------
+
+@dataclass(eq=False)
+class SearchRun:
+    """One run of ``run_search``: its cancel flag, its newest progress, and how it ended."""
+
+    request: SearchRequest
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    began: float = field(default_factory=time.perf_counter)
+    report: SearchReport | None = None
+    error: BaseException | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _latest: SearchProgress | None = None
+    _fresh: bool = False  # a trial finished since the screen last read the storage
+
+    def progress(self, event: SearchProgress) -> None:
+        """Worker thread: keep only the newest event (the screen shows one per tick)."""
+        with self._lock:
+            self._latest, self._fresh = event, True
+
+    def take(self) -> tuple[SearchProgress | None, bool]:
+        """Main thread: the newest undelivered event, and whether a trial finished since the last take."""
+        with self._lock:
+            event, fresh = self._latest, self._fresh
+            self._latest, self._fresh = None, False
+        return event, fresh
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+
+_ACTIVE: set[SearchRun] = set()  # runs whose thread has not returned (the app waits for them on exit)
+_ACTIVE_LOCK = threading.Lock()  # worker threads remove their run; the main thread reads the set
+
+
+def searches_running() -> bool:
+    with _ACTIVE_LOCK:
+        return any(run.running for run in _ACTIVE)
+
+
+def cancel_searches() -> list[SearchRun]:
+    """Ask every running search to stop (at its next trial or batch); the runs asked."""
+    with _ACTIVE_LOCK:
+        runs = list(_ACTIVE)
+    for run in runs:
+        run.cancel.set()
+    return runs
+
+
+async def stop_searches(timeout: float = 120.0, poll: float = 0.05) -> None:
+    """Cancel every running search and wait (up to ``timeout`` s) until their threads return."""
+    runs = cancel_searches()
+    deadline = time.monotonic() + timeout
+    while any(run.running for run in runs) and time.monotonic() < deadline:
+        await asyncio.sleep(poll)
+
+
+def search_in_thread(run: SearchRun, session_dir: str, base: StudySettings | None, device: str) -> None:
+    """Worker thread: create or join the study and run it; the outcome is left in ``run``."""
+    try:
+        from rcc.errors import Cancelled
+        from rcc.search.seeds import session_sensitivity
+        from rcc.search.storage import resolve_url
+        from rcc.search.study import (
+            Limits,
+            StudySettings,
+            existing_settings,
+            read_source,
+            run_search,
+        )
+
+        request = run.request
+        stored = existing_settings(resolve_url(None, session_dir), request.study)
+        start = stored or base or StudySettings()
+        settings = replace(start, objective=replace(start.objective, mode=request.mode),
+                           space=replace(start.space, level=request.level))
+        sensitivity = None
+        if stored is None:  # a new study starts from the session's scan of its node, as the CLI does
+            found = session_sensitivity(session_dir, read_source(session_dir).node)
+            sensitivity = found[1] if found else None
+        if run.cancel.is_set():
+            raise Cancelled("the search was stopped before its first trial")
+        run.report = run_search(session_dir, request.study, settings, Limits(trials=request.trials),
+                                sensitivity=sensitivity, device=device, progress=run.progress,
+                                cancel=run.cancel.is_set)
+    except BaseException as error:  # noqa: BLE001  (the screen says why; the app never crashes)
+        run.error = error
+    finally:
+        run.done.set()
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(run)
+
+
+# -- applying a trial through the main screen ---------------------------------------------------
+
+def apply_trial(main: MainScreen, study: str, trial: int, node: int | None) -> bool:
+    """Make trial ``trial`` of ``study`` a node: the main screen applies ``ApplyTrial`` (after a checkout of ``node``)."""
+    from rcc.session.ops import ApplyTrial, Checkout
+
+    if main.session is None or main.view is None:
+        main.app.notify("the session is not open yet", severity="warning")
+        return False
+    op = ApplyTrial(study=study, trial=trial)  # the handler fills in the trial's record from search.db
+    title = f"apply trial {trial} of {study}"
+    if node is None or main.view.head == node:
+        return main.start(op, title)
+    if not main.start(Checkout(node=node), f"check out node {node} (study {study!r} searched from it)"):
+        return False
+    main.run_worker(_apply_after_checkout(main, op, title, node), group="apply-trial", exit_on_error=False)
+    return True
+
+
+async def _apply_after_checkout(main: MainScreen, op, title: str, node: int, patience: float = 5.0) -> None:
+    await main.runner.wait()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:  # the main screen handles OpFinished on its own queue
+        if main.view is not None and main.view.head == node and not main.runner.busy:
+            main.start(op, title)
+            return
+        await asyncio.sleep(0.02)
+    # The checkout failed (the main screen said why) or never landed: nothing to apply on.
+
+
+# -- the screen ---------------------------------------------------------------------------------
+
+class SearchScreen(Screen[None]):
+    """A study of the session in ``session_dir``: form, trials table, size-vs-accuracy chart, status."""
+
+    DEFAULT_CSS = """
+    SearchScreen #search-form {
+        height: auto;
+        padding: 0 1;
+    }
+    SearchScreen #search-form Label {
+        padding: 0 1 0 0;
+    }
+    SearchScreen #search-study {
+        width: 16;
+        margin-right: 1;
+    }
+    SearchScreen #search-trials {
+        width: 8;
+        margin-right: 1;
+    }
+    SearchScreen #search-form Select {
+        width: 14;
+        margin-right: 1;
+    }
+    SearchScreen #search-form Button {
+        margin-right: 1;
+        min-width: 8;
+    }
+    SearchScreen #search-main {
+        height: 1fr;
+    }
+    SearchScreen #search-table {
+        width: 1fr;
+        height: 1fr;
+    }
+    SearchScreen #search-chart {
+        width: 1fr;
+        height: 1fr;
+    }
+    SearchScreen #search-status {
+        height: 1;
+        padding: 0 1;
+        color: $text-muted;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close", id="search.close"),
+        Binding("s", "start", "Start", id="search.start"),
+        Binding("x", "stop", "Stop", id="search.stop"),
+        Binding("a", "apply", "Apply trial", id="search.apply"),
+    ]
+
+    def __init__(self, session_dir: str, study: str = DEFAULT_STUDY, *, device: str = "auto",
+                 settings: StudySettings | None = None, name: str | None = None, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.session_dir = str(session_dir)
+        self.initial_study = study
+        self.device = device
+        self.base_settings = settings  # a new study's settings before the form's choices (None: the CLI's)
+        self.rows: list[TrialRow] = []  # the trials of ``self.listed``, as last read
+        self.info: StudyInfo | None = None
+        self.listed: str | None = None  # the study the table shows
+        self.job: SearchRun | None = None
+        self._reading = False
+        self._read_again: str | None = None  # a read asked for while another ran: done when that one lands
+        self._last_read = 0.0
+        self._storage = None  # an opened storage for listings, reused (one connection pool)
+        self._outcome: str | None = None  # how the last search of the listed study ended (kept in the status)
+
+    # -- layout ----------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        from rcc.search.objective import MODES
+        from rcc.search.space import LEVELS
+        from rcc.search.study import StudySettings
+
+        defaults = self.base_settings or StudySettings()
+        with Vertical(id="search-body"):
+            with Horizontal(id="search-form"):
+                yield Label("study")
+                yield Input(self.initial_study, id="search-study", compact=True)
+                yield Label("trials")
+                yield Input(str(DEFAULT_TRIALS), id="search-trials", compact=True)
+                yield Select([(m, m) for m in MODES], value=defaults.objective.mode, allow_blank=False,
+                             id="search-objective", compact=True)
+                yield Select([(level, level) for level in LEVELS], value=defaults.space.level, allow_blank=False,
+                             id="search-space", compact=True)
+                yield Button("Start", id="search-start", variant="primary", compact=True)
+                yield Button("Stop", id="search-stop", variant="error", compact=True, disabled=True)
+                yield Button("Apply trial", id="search-apply", compact=True)
+            with Horizontal(id="search-main"):
+                yield DataTable(id="search-table", cursor_type="row", zebra_stripes=True)
+                yield TrialChart(id="search-chart")
+            yield Static("reading the study…", id="search-status", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#search-table", DataTable)
+        for label, key in COLUMNS:
+            justify = "right" if key in ("trial", "size", "kept", "accuracy") else "left"
+            table.add_column(Text(label, justify=justify), key=key)
+        table.focus()
+        self.set_interval(TICK, self._tick, name="search-tick")
+        self._read(self.initial_study)  # an existing study is listed; nothing starts
+
+    def on_unmount(self) -> None:
+        if self.job is not None:  # leaving the screen (or the app) stops the search
+            self.job.cancel.set()
+
+    @property
+    def reading(self) -> bool:
+        """The study is being read back (or a read is queued): the table may change."""
+        return self._reading or self._read_again is not None
+
+    # -- form ------------------------------------------------------------------------------
+    def _study_field(self) -> str:
+        return self.query_one("#search-study", Input).value.strip()
+
+    def _set_running(self, running: bool) -> None:
+        for selector in ("#search-study", "#search-trials", "#search-objective", "#search-space", "#search-start"):
+            self.query_one(selector).disabled = running
+        self.query_one("#search-stop", Button).disabled = not running
+        self.refresh_bindings()
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#search-status", Static).update(text)
+
+    @on(Input.Changed, "#search-study")
+    def _study_changed(self, event: Input.Changed) -> None:
+        if self.job is None and event.value.strip() and event.value.strip() != self.listed:
+            self._read(event.value.strip())
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self.action_start()
+
+    @on(Button.Pressed, "#search-start")
+    def _start_pressed(self) -> None:
+        self.action_start()
+
+    @on(Button.Pressed, "#search-stop")
+    def _stop_pressed(self) -> None:
+        self.action_stop()
+
+    @on(Button.Pressed, "#search-apply")
+    def _apply_pressed(self) -> None:
+        self.action_apply()
+
+    # -- actions ---------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "start":
+            return None if self.job is not None else True
+        if action == "stop":
+            return True if self.job is not None else None
+        return True
+
+    def action_start(self) -> None:
+        from rcc.errors import RccError
+
+        if self.job is not None:
+            self.app.notify("a search is running; stop it first (x)", severity="warning")
+            return
+        try:
+            request = parse_request(self.query_one("#search-study", Input).value,
+                                    self.query_one("#search-trials", Input).value,
+                                    self.query_one("#search-objective", Select).value,
+                                    self.query_one("#search-space", Select).value)
+        except RccError as error:
+            self.app.notify(str(error), title="search", severity="error")
+            self.set_status(f"not started: {error}")
+            return
+        if request.study != self.listed:
+            self._show_rows(request.study, [], None, read=False)  # a new name: an empty table
+        self.job = SearchRun(request)
+        self._outcome = None
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self.job)
+        self._set_running(True)
+        self.set_status(f"study {request.study!r}: loading the model at the head node and its dense accuracy…")
+        self.run_worker(partial(search_in_thread, self.job, self.session_dir, self.base_settings, self.device),
+                        name=f"search {request.study}", group="search", thread=True, exit_on_error=False)
+
+    def action_stop(self) -> None:
+        if self.job is None:
+            self.app.notify("no search is running")
+            return
+        self.job.cancel.set()
+        self.set_status(f"stopping study {self.job.request.study!r} (at the next layer or batch)…")
+
+    def action_apply(self) -> None:
+        row = self.selected_row()
+        if row is None or self.listed is None:
+            self.app.notify("no trial is selected; allowed: a COMPLETE trial from the table", severity="warning")
+            return
+        if row.state != "COMPLETE":
+            self.app.notify(f"trial {row.number} is {row.state}; allowed: a COMPLETE trial", severity="warning")
+            return
+        node = self.info.source.get("node") if self.info is not None else None
+        if apply_trial(self.app.main, self.listed, row.number, None if node is None else int(node)):  # type: ignore[attr-defined]
+            self.app.notify(f"applying trial {row.number} of {self.listed}: it becomes a node of the history graph",
+                            title="search")
+
+    def action_close(self) -> None:
+        if self.job is not None:
+            self.job.cancel.set()
+            self.app.notify(f"search {self.job.request.study!r} stopped: leaving the search screen stops it",
+                            title="search")
+        self.dismiss(None)
+
+    def selected_row(self) -> TrialRow | None:
+        table = self.query_one("#search-table", DataTable)
+        if not table.row_count:
+            return None
+        from textual.coordinate import Coordinate
+
+        key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
+        return next((row for row in self.rows if str(row.number) == key), None)
+
+    # -- the running search (main thread) ---------------------------------------------------
+    def _tick(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        event, fresh = job.take()
+        if event is not None:
+            total = f" of {event.total}" if event.total else ""
+            row = event.row
+            self.set_status(f"trial {event.done}{total} (#{row.number} {row.state.lower()}) · {event.best} · x stops")
+        if not job.running:
+            self._finish(job)
+        elif fresh or time.monotonic() - self._last_read > REREAD:
+            self._read(job.request.study)
+
+    def _finish(self, job: SearchRun) -> None:
+        from rcc.errors import Cancelled, RccError
+        from rcc.search.study import best_text
+
+        self.job = None
+        self._set_running(False)
+        self._read(job.request.study)
+        seconds = time.perf_counter() - job.began
+        name = job.request.study
+        if job.report is not None:
+            report = job.report
+            self._outcome = f"{report.ran} trials run in {seconds:.0f} s"
+            self.set_status(f"study {name!r}: {self._outcome}; "
+                            f"{best_text(list(report.rows), report.settings.objective.mode)}")
+            self.app.notify(f"search {name!r} done: {report.ran} trials in {seconds:.0f} s", title="search")
+        elif isinstance(job.error, Cancelled):
+            self._outcome = f"stopped after {seconds:.0f} s"
+            self.set_status(f"study {name!r}: {self._outcome}")
+            self.app.notify(f"search {name!r} stopped", title="search", severity="warning")
+        else:
+            error = job.error
+            text = str(error) if isinstance(error, RccError) else f"search failed: {type(error).__name__}: {error}"
+            self._outcome = text
+            self.set_status(f"study {name!r}: {text}")
+            self.app.notify(text, title="search", severity="error", timeout=8)
+
+    # -- reading the study back (a short thread worker) --------------------------------------
+    def _read(self, study: str) -> None:
+        if self._reading:  # one read at a time; this one follows when the running one lands
+            self._read_again = study
+            return
+        self._reading = True
+        self.run_worker(partial(self._read_in_thread, study), name="search-read", group="search-read",
+                        thread=True, exit_on_error=False)
+
+    def _read_in_thread(self, study: str) -> None:
+        from rcc.errors import RccError
+        from rcc.search.storage import open_storage, resolve_url
+        from rcc.search.trials import list_trials, study_info
+
+        rows, info, error = [], None, None
+        try:
+            if self._storage is None:
+                self._storage = open_storage(resolve_url(None, self.session_dir), create=False)
+            rows, info = list_trials(self._storage, study), study_info(self._storage, study)
+        except RccError as exc:  # no search.db yet, or no such study: an empty table
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001  (a bug, but the app keeps running)
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            self.app.call_from_thread(self._show_rows, study, rows, info, error)
+        except RuntimeError:  # the app is gone
+            pass
+
+    def _show_rows(self, study: str, rows: list[TrialRow], info: StudyInfo | None, error: str | None = None,
+                   *, read: bool = True) -> None:
+        if read:
+            self._reading = False
+            self._last_read = time.monotonic()
+        if not self.is_attached:
+            return
+        if read and self._read_again is not None:  # it may have started before the last trial finished
+            again, self._read_again = self._read_again, None
+            self._read(again)
+        wanted = self.job.request.study if self.job is not None else self._study_field()
+        if study != wanted:  # the name changed while this was read
+            if self.job is None and wanted:
+                self._read(wanted)
+            return
+        table = self.query_one("#search-table", DataTable)
+        if study != self.listed:
+            table.clear()
+            self.listed = study
+            if self.job is None:
+                self._outcome = None
+        self.rows, self.info = rows, info
+        dense = info.dense_size.get(f"size/{info.size_measure}") if info is not None else None
+        for row in rows:
+            cells = self._cells(row, dense)
+            key = str(row.number)
+            if key in table.rows:
+                for (_, column), value in zip(COLUMNS, cells, strict=True):
+                    table.update_cell(key, column, value)
+            else:
+                table.add_row(*cells, key=key)
+        reference = None
+        if info is not None and dense is not None and info.dense_accuracy is not None:
+            reference = (float(dense), info.dense_accuracy)
+        self.query_one(TrialChart).show(rows, reference, info.size_measure if info is not None else "params")
+        if self.job is None:
+            if info is not None:
+                self._show_settings(info)
+            if error is not None:
+                missing = "not in" in error or "does not exist" in error
+                self.set_status(f"study {study!r}: {self._outcome}" if self._outcome else
+                                f"no study {study!r} in this session yet: Start (s) runs one" if missing else error)
+            elif read:
+                self.set_status(self._summary(study, rows, info, self._outcome))
+
+    def _show_settings(self, info: StudyInfo) -> None:
+        """The form shows what the listed study was created with (joining it needs the same)."""
+        level = info.settings.get("space", {}).get("level")
+        for selector, value in (("#search-objective", info.mode), ("#search-space", level)):
+            select = self.query_one(selector, Select)
+            if value is not None and value != select.value:
+                select.value = value
+
+    @staticmethod
+    def _summary(study: str, rows: list[TrialRow], info: StudyInfo | None, outcome: str | None = None) -> str:
+        counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        front = sum(r.on_front for r in rows)
+        dense = "" if info is None or info.dense_accuracy is None else f" · dense accuracy {info.dense_accuracy:.4f}"
+        ended = f"{outcome}; " if outcome else ""
+        return (f"study {study!r}: {ended}{len(rows)} trials ({counts['COMPLETE']} complete, "
+                f"{counts['PRUNED']} pruned, "
+                f"{counts['FAIL']} failed), {front} on the front{dense} · a applies the selected trial")
+
+    @staticmethod
+    def _cells(row: TrialRow, dense: float | None) -> tuple:
+        size = "–" if row.size is None else human_count(row.size)
+        kept = "–" if row.size is None or not dense else f"{row.size / dense:.1%}"
+        accuracy = "–" if row.accuracy is None else f"{row.accuracy:.4f}"
+        return (Text(str(row.number), justify="right"), row.state, Text(size, justify="right"),
+                Text(kept, justify="right"), Text(accuracy, justify="right"),
+                FRONT_MARK if row.on_front else "", row.note)
