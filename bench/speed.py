@@ -5,7 +5,8 @@
 Random weights (speed does not depend on them). Every linear layer of both towers (146
 matrices, q/k/v of the fused attention split) is compressed by the cascade
 DARE (random drop 10 %) → Nullu (plain SVD, auto ranks keeping 50 % of the parameters) →
-AlphaEdit (closed-form correction of the factors), with calibration statistics from 16
+AlphaEdit (closed-form correction of the factors, or of the kept entries where a layer stays
+masked), with calibration statistics from 16
 random images and 64 sentences and an evaluator that costs nothing, so the table shows the
 stages' own time. Reference: plain ``torch.linalg.svd(full_matrices=False)`` of the same 146
 matrices. Then CPU latency of encode_image / encode_text, dense vs the factorised model.
