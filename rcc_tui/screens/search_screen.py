@@ -570,4 +570,4 @@ class SearchScreen(Screen[None]):
         accuracy = "–" if row.accuracy is None else f"{row.accuracy:.4f}"
         return (Text(str(row.number), justify="right"), row.state, Text(size, justify="right"),
                 Text(kept, justify="right"), Text(accuracy, justify="right"),
-                FRONT_MARK if row.on_front else "", row.note)
+                FRONT_MARK if row.on_front else "", Text(row.note))  # Text: a note is data, never markup
