@@ -180,3 +180,27 @@ def test_the_cli_trains_for_three_steps_with_default_warmup(trained, tmp_path, c
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "→" in captured.out
+
+
+def test_a_train_op_with_attention_transfer_is_recorded_and_replays_exactly(trained, model_root, tmp_path, capsys):
+    directory = _copy(trained[0], tmp_path)
+    assert main(["train", str(directory), "--steps", "3", "--batch-size", "8", "--warmup-steps", "0",
+                 "--lr", "1e-3", "--attention-weight", "1.0", "--device", "cpu"]) == 0
+    assert "node 4 (from node 3, teacher node 1)" in capsys.readouterr().out
+    for bad in ("-1", "nan"):
+        assert main(["train", str(directory), "--attention-weight", bad, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "attention_weight" in err and "allowed" in err and "\n" not in err
+    with Session.open(directory, read_only=True) as session:
+        op = session.ops()[-1]
+        assert op.kind == "train" and op.body["attention_weight"] == 1.0 and op.node_after == 4
+        losses = op.result["losses"]
+        assert len(losses) == 3 and all(loss > 0 for loss in losses)
+    recipe = load_recipe(directory)
+    assert recipe.ops[-1] == O.Train(steps=3, batch_size=8, warmup_steps=0, lr=1e-3, attention_weight=1.0)
+    report = replay(recipe, tmp_path / "again", [model_root], device="cpu")
+    rows = [row for row in report.rows if row.node == 4]
+    assert {row.key for row in rows} >= {"eval/primary", "size/params"} and report.mismatches(0.0) == []
+    with Session.open(directory, read_only=True) as first, Session.open(tmp_path / "again", read_only=True) as second:
+        assert first.graph.state(4).tensors == second.graph.state(4).tensors
+        assert first.ops()[-1].result["losses"] == second.ops()[-1].result["losses"] == losses

@@ -10,13 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from rcc.compression.layers import (
-    LowRankLinear, factorise, layer_module, set_factor_masks, set_mask, unfuse,
+    LowRankLinear, SplitAttention, factorise, layer_module, set_factor_masks, set_mask, unfuse,
 )
 from rcc.data.registry import load_dataset
 from rcc.data.types import indices_subset
 from rcc.errors import Cancelled, RccError
 from rcc.models.registry import load_model
 from rcc.session.ops import OpError, Train, op_from_dict, op_to_dict
+from rcc.training.attention import (
+    attention_blocks,
+    attention_transfer_loss,
+    capture_attention,
+    require_attention_blocks,
+)
 from rcc.training.distill import (
     DistillConfig, DistillData, distill, distillation_loss, locked_parameter_names,
     logit_scale_of, teacher_targets,
@@ -379,7 +385,8 @@ def test_cancel_between_steps_raises_and_restores_training_flags(teacher, data, 
     ({"temperature": 0.0}, "temperature=0.0"),
     ({"temperature": float("nan")}, "temperature=nan"),
     ({"kl_weight": 0.0, "cosine_weight": 0.0, "mse_weight": 0.0}, "not all zero"),
-    ({"cosine_weight": -1.0}, "numbers ≥ 0"),
+    ({"cosine_weight": -1.0}, "cosine_weight=-1.0 is invalid; allowed: a number ≥ 0"),
+    ({"kl_weight": float("nan")}, "kl_weight=nan is invalid; allowed: a number ≥ 0"),
     ({"steps": 0}, "steps=0"),
     ({"lr": 0.0}, "lr=0.0"),
     ({"schedule": "step"}, "schedule='step'"),
@@ -437,3 +444,224 @@ def test_a_short_train_op_with_default_warmup_is_accepted():
     DistillConfig(steps=5).validate()
     op = op_from_dict({"op": "train", "steps": 5, "batch_size": 8})
     assert op.steps == 5
+
+
+# -- attention transfer (rcc.training.attention) ------------------------------------------
+
+ATTENTION_ONLY = {"kl_weight": 0.0, "cosine_weight": 0.0, "attention_weight": 1.0}
+
+
+@pytest.fixture(scope="module")
+def attention_targets(teacher, data):
+    return teacher_targets(teacher, data, attention=True)
+
+
+def block_inputs(module, blocks):
+    """A context capturing the query each attention block receives (for checks by hand)."""
+    inputs, handles = {}, []
+    for path in blocks:
+        def hook(mod, args, kwargs, path=path):
+            inputs[path] = kwargs.get("query", args[0] if args else None)
+        handles.append(module.get_submodule(path).register_forward_pre_hook(hook, with_kwargs=True))
+    return inputs, handles
+
+
+def test_maps_equal_multihead_attentions_own_weights_on_rcc_mini(rcc_mini):
+    module = rcc_mini.module
+    blocks = attention_blocks(module)
+    assert blocks == [f"visual.transformer.resblocks.{i}.attn" for i in range(4)]  # the MiniLM text tower: none
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    inputs, handles = block_inputs(module, blocks)
+    try:
+        with torch.no_grad(), capture_attention(module) as maps:
+            features = rcc_mini.encode_image(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        assert torch.equal(features, rcc_mini.encode_image(pixels))  # the hooks change no output
+    assert not module.visual.transformer.resblocks[0].attn._forward_pre_hooks  # removed on exit
+    for path in blocks:
+        attn, x = module.get_submodule(path), inputs[path]
+        assert isinstance(attn, torch.nn.MultiheadAttention) and x.shape == (3, 65, 128)
+        with torch.no_grad():
+            _, own = attn(x, x, x, need_weights=True, average_attn_weights=True)
+        assert maps[path].shape == (3, 65, 65)
+        assert torch.allclose(maps[path], own, atol=1e-6), path
+
+
+def test_maps_follow_multihead_attention_masks_and_sequence_first_layout():
+    torch.manual_seed(0)
+    holder = torch.nn.ModuleDict({"attn": torch.nn.MultiheadAttention(16, 4, batch_first=False)}).eval()
+    attn = holder["attn"]
+    x = torch.randn(6, 2, 16)  # (L, N, E)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    with torch.no_grad(), capture_attention(holder, ["attn"]) as maps:
+        _, own = attn(x, x, x, attn_mask=causal, key_padding_mask=padding, need_weights=True)
+    assert maps["attn"].shape == (2, 6, 6)
+    assert torch.allclose(maps["attn"], own, atol=1e-6)
+    assert torch.count_nonzero(maps["attn"][1, :, 4:]) == 0 and torch.count_nonzero(maps["attn"][0].triu(1)) == 0
+
+
+def test_maps_of_a_compressed_split_block_equal_a_manual_computation(teacher):
+    student = compressed_student(teacher)  # block 0: split, its q masked at 50 %
+    module, path = student.module, "visual.transformer.resblocks.0.attn"
+    layer = student.layer_index[f"{path}.in_proj.k"]
+    u, s, vh = torch.linalg.svd(get_dense(module, layer), full_matrices=False)
+    factorise(module, layer, u[:, :4] * s[:4], vh[:4])  # k: rank 4 with masked factors
+    low_rank = layer_module(module, layer)
+    set_factor_masks(module, layer, keep_half(low_rank.up.shape, 20), keep_half(low_rank.down.shape, 21))
+    attn = module.get_submodule(path)
+    assert isinstance(attn, SplitAttention) and hasattr(attn.in_proj["q"], "weight_mask")
+    pixels = student.preprocess_batch(list(data_images(4)))
+    inputs, handles = block_inputs(module, [path])
+    try:
+        with capture_attention(module) as maps:
+            student.encode_image(pixels)
+    finally:
+        handles[0].remove()
+    assert sorted(maps) == [path, "visual.transformer.resblocks.1.attn"]  # dense and split blocks alike
+    x = inputs[path].detach()  # (batch, tokens, width): open_clip's blocks run batch first
+    q_linear, k_low = attn.in_proj["q"], attn.in_proj["k"]
+    w_q = q_linear.weight * q_linear.weight_mask
+    w_k = (k_low.up * k_low.up_mask) @ (k_low.down * k_low.down_mask)
+    q = (x @ w_q.t() + q_linear.bias).view(4, 5, 2, 16).transpose(1, 2)
+    k = (x @ w_k.t() + k_low.bias).view(4, 5, 2, 16).transpose(1, 2)
+    expected = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1).mean(1)
+    assert torch.allclose(maps[path], expected, atol=1e-6)
+    assert torch.allclose(maps[path].sum(-1), torch.ones(4, 5), atol=1e-6)
+    # The maps are in the autograd graph: a loss on them reaches the student's q and k weights.
+    maps[path].pow(2).sum().backward()
+    for param in (q_linear.weight, k_low.up, k_low.down):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def data_images(count: int):
+    digits = load_dataset("digits", "train")
+    return [digits.images[i] for i in range(count)]
+
+
+def test_teacher_attention_targets_are_float16_row_stochastic_maps(teacher, targets, attention_targets):
+    assert torch.equal(attention_targets.images, targets.images)  # the same pass, the same numbers
+    assert torch.equal(attention_targets.texts, targets.texts) and targets.attention is None
+    maps = attention_targets.attention
+    assert sorted(maps) == attention_blocks(teacher.module) == [
+        "visual.transformer.resblocks.0.attn", "visual.transformer.resblocks.1.attn"]
+    for value in maps.values():
+        assert value.dtype == torch.float16 and value.shape == (8, 5, 5) and value.device.type == "cpu"
+        assert torch.allclose(value.float().sum(-1), torch.ones(8, 5), atol=5e-3)
+
+
+def _attention_loss(student, data, targets) -> float:
+    config = DistillConfig(**ATTENTION_ONLY)
+    pixels = student.preprocess_batch(list(data.images))
+    with torch.no_grad(), capture_attention(student.module) as maps:
+        img = student.encode_image(pixels)
+        txt = student.encode_text(student.tokenize(list(data.texts)))
+        return distillation_loss(img, txt, targets.images, targets.texts, targets.logit_scale, config,
+                                 maps, targets.attention).item()
+
+
+def test_attention_loss_is_zero_for_an_untouched_student_and_positive_after_compression(
+        teacher, data, attention_targets):
+    assert _attention_loss(copy.deepcopy(teacher), data, attention_targets) == pytest.approx(0.0, abs=1e-5)
+    assert _attention_loss(compressed_student(teacher), data, attention_targets) > 1e-3
+    # By hand: the row-wise KL of maps, averaged over rows and images, then over blocks.
+    p = torch.tensor([[[0.5, 0.5], [1.0, 0.0]]])
+    q = torch.tensor([[[0.25, 0.75], [0.5, 0.5]]])
+    row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    row1 = math.log(1.0 / 0.5)
+    assert attention_transfer_loss({"a": q, "b": p}, {"a": p, "b": p}).item() == pytest.approx(
+        (row0 + row1) / 2 / 2, rel=1e-6)
+
+
+def test_training_with_only_the_attention_term_lowers_it(teacher, data, attention_targets):
+    student = compressed_student(teacher)
+    start = _attention_loss(student, data, attention_targets)
+    result = distill(student, data, attention_targets, DistillConfig(**{**FAST, "steps": 20, **ATTENTION_ONLY}))
+    assert result.losses[0] == pytest.approx(start, rel=1e-4)
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    assert _attention_loss(student, data, attention_targets) < 0.5 * start
+
+
+def test_masks_ranks_and_locked_layers_survive_the_attention_term(teacher, data, attention_targets):
+    student = compressed_student(teacher)
+    module = student.module
+    masks, counts = masks_of(module), nonzero(module)
+    ranks = {name: m.rank for name, m in module.named_modules() if isinstance(m, LowRankLinear)}
+    frozen = locked_parameter_names(student, {MASKED[1], "visual.transformer.resblocks.1.attn.in_proj.k"})
+    assert f"{MASKED[1]}.weight" in frozen and "visual.transformer.resblocks.1.attn.in_proj_weight" in frozen
+    before = snapshot(module)
+
+    result = distill(student, data, attention_targets, DistillConfig(**{**FAST, "attention_weight": 1.0}),
+                     frozen=frozen)
+
+    assert len(result.losses) == 5 and all(math.isfinite(x) for x in result.losses)
+    after = snapshot(module)
+    for name, mask in masks.items():
+        assert torch.count_nonzero(after[name][~mask]) == 0, name
+    assert nonzero(module) == counts and result.params_before == result.params_after
+    assert {name: m.rank for name, m in module.named_modules() if isinstance(m, LowRankLinear)} == ranks
+    for name in frozen:
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["visual.transformer.resblocks.0.attn.in_proj.k.weight"],
+                           before["visual.transformer.resblocks.0.attn.in_proj.k.weight"])
+    assert not any(m._forward_pre_hooks for m in module.modules())  # the capture hooks are gone
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True])
+def test_bad_attention_weights_are_refused_in_one_line(value):
+    with pytest.raises(RccError) as caught:
+        DistillConfig(attention_weight=value).validate()
+    message = str(caught.value)
+    assert f"attention_weight={value!r}" in message and "allowed" in message and "\n" not in message
+    with pytest.raises(OpError) as caught:
+        op_from_dict({"op": "train", "warmup_steps": 0, "attention_weight": value})
+    message = str(caught.value)
+    assert f"attention_weight {value!r}" in message and "allowed" in message and "\n" not in message
+
+
+def test_the_attention_weight_counts_towards_not_all_zero_and_old_recipes_load():
+    DistillConfig(kl_weight=0.0, cosine_weight=0.0, attention_weight=0.5).validate()
+    with pytest.raises(RccError, match="attention=0.0 are invalid; allowed: numbers ≥ 0, not all zero"):
+        DistillConfig(kl_weight=0.0, cosine_weight=0.0).validate()
+    op = op_from_dict({"op": "train", "kl_weight": 0, "cosine_weight": 0, "attention_weight": 2})
+    assert op.attention_weight == 2.0 and isinstance(op.attention_weight, float)
+    assert op_from_dict(op_to_dict(op)) == op and op_to_dict(op)["attention_weight"] == 2.0
+    with pytest.raises(OpError, match="not all zero"):
+        op_from_dict({"op": "train", "kl_weight": 0, "cosine_weight": 0, "attention_weight": 0})
+    old = op_from_dict({"op": "train", "steps": 5, "batch_size": 8, "warmup_steps": 0})  # a recipe from before
+    assert old.attention_weight == 0.0
+
+
+def test_a_model_without_attention_maps_refuses_the_attention_weight(tmp_path, data, targets):
+    from hf_tiny import save_tiny_clip
+
+    from rcc.models.hf_clip import load_hf_clip
+
+    directory = save_tiny_clip(tmp_path / "clip")
+    model = load_hf_clip(f"hf:{directory}", str(directory))
+    assert attention_blocks(model.module) == [] and require_attention_blocks(model.module, 0.0) == []
+    for call in (lambda: distill(model, data, targets, DistillConfig(**{**FAST, "attention_weight": 0.5})),
+                 lambda: teacher_targets(model, data, attention=True)):
+        with pytest.raises(RccError) as caught:
+            call()
+        message = str(caught.value)
+        assert "attention_weight=" in message and "allowed: " in message and "\n" not in message
+
+
+def test_attention_weight_without_teacher_maps_is_refused(teacher, data, targets):
+    with pytest.raises(RccError) as caught:
+        distill(copy.deepcopy(teacher), data, targets, DistillConfig(**{**FAST, "attention_weight": 1.0}))
+    assert "teacher's attention maps" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_teacher_maps_over_the_size_limit_are_refused_before_they_are_stored(teacher, data, monkeypatch):
+    import rcc.training.distill as distill_module
+
+    monkeypatch.setattr(distill_module, "ATTENTION_TARGETS_LIMIT", 8 * 2 * 5 * 5 * 2 - 1)  # one byte short
+    with pytest.raises(RccError) as caught:
+        teacher_targets(teacher, data, attention=True)
+    message = str(caught.value)
+    assert "8 images × 2 blocks × 5×5 tokens" in message and "allowed" in message and "\n" not in message

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--kl-weight", type=float, default=1.0, help="KL between similarity logits")
     parser.add_argument("--cosine-weight", type=float, default=1.0, help="1 − cosine between embeddings")
     parser.add_argument("--mse-weight", type=float, default=0.0, help="squared error between embeddings")
+    parser.add_argument("--attention-weight", type=float, default=0.0,
+                        help="attention transfer: KL between the teacher's and the student's head-averaged "
+                             "attention maps of each vision block (OpenCLIP ViTs only; 0: off)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="default: min(10, steps / 10)")
     parser.add_argument("--schedule", default="cosine", help="cosine, linear or constant")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 (CPU or CUDA) or fp16 (CUDA)")
@@ -40,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     op = Train(teacher=args.teacher, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                temperature=args.temperature, kl_weight=args.kl_weight, cosine_weight=args.cosine_weight,
-               mse_weight=args.mse_weight, warmup_steps=args.warmup_steps, schedule=args.schedule,
-               precision=args.precision, eval_every=args.eval_every, patience=args.patience, seed=args.seed)
+               mse_weight=args.mse_weight, attention_weight=args.attention_weight, warmup_steps=args.warmup_steps,
+               schedule=args.schedule, precision=args.precision, eval_every=args.eval_every, patience=args.patience, seed=args.seed)
     with Session.open(args.session, device=args.device) as session:
         before = next(node for node in session.nodes() if node.id == session.head)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

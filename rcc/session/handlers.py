@@ -218,6 +218,7 @@ def export(session: Session, op: O.Export, progress, cancel) -> Effect:
 
 
 def train(session: Session, op: O.Train, progress, cancel) -> Effect:
+    from rcc.training.attention import require_attention_blocks
     from rcc.training.distill import (
         DistillConfig, distill, distill_data, locked_parameter_names, teacher_targets,
     )
@@ -225,15 +226,17 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     teacher_node = op.teacher or min(node.id for node in session.nodes())
     config = DistillConfig(steps=op.steps, lr=op.lr, batch_size=op.batch_size, temperature=op.temperature,
                            kl_weight=op.kl_weight, cosine_weight=op.cosine_weight, mse_weight=op.mse_weight,
+                           attention_weight=op.attention_weight,
                            warmup_steps=op.warmup_steps if op.warmup_steps is not None else min(10, op.steps // 10),
                            schedule=op.schedule, precision=op.precision,
                            eval_every=op.eval_every, patience=op.patience, seed=op.seed)
     config.validate()
+    require_attention_blocks(session.model.module, config.attention_weight)  # refuse before any work
     data = distill_data(session.workspace.data)
     if progress:
         progress(OpProgress(op=op.kind, phase="teacher", detail=f"node {teacher_node}"))
     teacher = session.model_at(teacher_node)
-    targets = teacher_targets(teacher, data, cancel=cancel)
+    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0)
     del teacher
     locked = {name for name, plan in resolve_plan(session.plan, session.model.layers()).items() if plan.locked}
     frozen = locked_parameter_names(session.model, locked)

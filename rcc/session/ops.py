@@ -284,6 +284,7 @@ class Train(Op):
     kl_weight: float = 1.0
     cosine_weight: float = 1.0
     mse_weight: float = 0.0
+    attention_weight: float = 0.0  # attention transfer, OpenCLIP ViT vision towers only (absent in old recipes)
     warmup_steps: int | None = None  # default: min(10, steps // 10)
     schedule: str = "cosine"
     precision: str = "fp32"
@@ -298,9 +299,9 @@ class Train(Op):
         object.__setattr__(self, "lr", _float(self.kind, "lr", self.lr, 1e-12, 1.0))
         _int(self.kind, "batch_size", self.batch_size, 2, 65_536)
         object.__setattr__(self, "temperature", _float(self.kind, "temperature", self.temperature, 1e-3, 100.0))
-        for name in ("kl_weight", "cosine_weight", "mse_weight"):
+        for name in ("kl_weight", "cosine_weight", "mse_weight", "attention_weight"):
             object.__setattr__(self, name, _float(self.kind, name, getattr(self, name), 0.0, 1000.0))
-        if self.kl_weight + self.cosine_weight + self.mse_weight == 0:
+        if self.kl_weight + self.cosine_weight + self.mse_weight + self.attention_weight == 0:
             raise _fail(self.kind, "kl_weight", self.kl_weight, "loss weights ≥ 0, not all zero")
         if self.warmup_steps is not None:
             _int(self.kind, "warmup_steps", self.warmup_steps, 0, self.steps)

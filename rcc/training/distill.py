@@ -7,17 +7,26 @@ sentences). With teacher embeddings t (precomputed, L2-normalised) and student e
     KL                  T² · ½ [KL(softmax(S_t/T) ‖ softmax(S_s/T)) over rows + over columns]
     cosine              (1 − cos(img_s, img_t)) + (1 − cos(txt_s, txt_t)), batch mean
     MSE                 ‖img_s − img_t‖² + ‖txt_s − txt_t‖², batch mean (normalised embeddings)
+    attention           mean over the vision tower's attention blocks of the row-wise
+                        KL(A_t ‖ A_s) between head-averaged attention maps (rcc.training.attention)
 
-loss = w_kl · KL + w_cos · cosine + w_mse · MSE. The student keeps its compressed structure:
-pruning masks are re-applied after every optimiser step, low-rank layers train their two
-factors, and frozen parameters (locked layers) get no gradient, so the parameter count after
-training equals the one before. Attention-map transfer is not offered: the split attention
-kernels (scaled_dot_product_attention) do not expose attention maps.
+loss = w_kl · KL + w_cos · cosine + w_mse · MSE + w_att · attention. The student keeps its
+compressed structure: pruning masks are re-applied after every optimiser step, low-rank layers
+train their two factors, and frozen parameters (locked layers) get no gradient, so the parameter
+count after training equals the one before.
+
+Attention transfer (``attention_weight`` > 0) covers OpenCLIP ViTs, dense or compressed (split
+q / k / v): the maps are recomputed by forward pre-hooks from each block's input with the
+block's own q / k projections, so they train the student's q / k weights. The teacher's maps of
+every training image are precomputed with its embeddings (float16, on the CPU) before the
+teacher is freed. Models whose vision tower has no such blocks (HF CLIP / BLIP, ResNet towers)
+refuse ``attention_weight`` > 0; text towers never take part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,8 +34,14 @@ import torch.nn.functional as F
 
 from rcc.compression.layers import reapply_masks
 from rcc.errors import RccError
-from rcc.eval.encode import encode_images, encode_texts
+from rcc.eval.encode import check_cancel, encode_images, encode_texts
 from rcc.models.adapter import VLModel
+from rcc.training.attention import (
+    attention_blocks,
+    attention_transfer_loss,
+    capture_attention,
+    require_attention_blocks,
+)
 from rcc.training.trainer import StepReport, TrainConfig, train
 
 
@@ -39,6 +54,7 @@ class DistillConfig:
     kl_weight: float = 1.0
     cosine_weight: float = 1.0
     mse_weight: float = 0.0
+    attention_weight: float = 0.0  # attention transfer (vision tower of OpenCLIP ViTs only)
     warmup_steps: int = 10
     schedule: str = "cosine"
     weight_decay: float = 0.0  # decay would pull the kept weights away from the teacher's
@@ -55,10 +71,16 @@ class DistillConfig:
                            f"compares examples within a batch)")
         if not self.temperature > 0:
             raise RccError(f"temperature={self.temperature} is invalid; allowed: a number > 0")
-        weights = (self.kl_weight, self.cosine_weight, self.mse_weight)
+        for name in ("kl_weight", "cosine_weight", "mse_weight", "attention_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                extra = " (0: no attention transfer)" if name == "attention_weight" else ""
+                raise RccError(f"{name}={value!r} is invalid; allowed: a number ≥ 0{extra}")
+        attention = self.attention_weight
+        weights = (self.kl_weight, self.cosine_weight, self.mse_weight, attention)
         if min(weights) < 0 or sum(weights) == 0:
-            raise RccError(f"loss weights kl={self.kl_weight}, cosine={self.cosine_weight}, mse={self.mse_weight} "
-                           f"are invalid; allowed: numbers ≥ 0, not all zero")
+            raise RccError(f"loss weights kl={self.kl_weight}, cosine={self.cosine_weight}, mse={self.mse_weight}, "
+                           f"attention={attention} are invalid; allowed: numbers ≥ 0, not all zero")
         self.train_config().validate()
 
     def train_config(self) -> TrainConfig:
@@ -81,6 +103,11 @@ class TeacherTargets:
     images: torch.Tensor  # (N, D) normalised
     texts: torch.Tensor  # (M, D) normalised
     logit_scale: float
+    # Block path → (N, tokens, tokens) head-averaged attention maps of every image, float16 on
+    # the CPU; None unless asked for. float16 halves what float32 would hold (N × blocks × tokens²
+    # numbers): entries lie in [0, 1], where its 11-bit significand keeps a relative error
+    # ≤ 2⁻¹¹ and subnormals reach 6e-8 (bfloat16 would keep 8 bits); rows are renormalised on use.
+    attention: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -116,14 +143,77 @@ def logit_scale_of(model: VLModel) -> float:
     return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
 
 
-def teacher_targets(teacher: VLModel, data: DistillData, cancel=None) -> TeacherTargets:
-    """The teacher's normalised embeddings of every training image and text (computed once)."""
-    return TeacherTargets(encode_images(teacher, data.images, cancel=cancel),
-                          encode_texts(teacher, list(data.texts), cancel=cancel), logit_scale_of(teacher))
+# The teacher's stored attention maps may take at most this many bytes (N × blocks × tokens² × 2).
+ATTENTION_TARGETS_LIMIT = 4 << 30
 
 
-def distillation_loss(img_s, txt_s, img_t, txt_t, scale: float, config: DistillConfig) -> torch.Tensor:
-    """The weighted loss of the module docstring for one batch (student embeddings unnormalised)."""
+def teacher_targets(teacher: VLModel, data: DistillData, cancel=None, attention: bool = False) -> TeacherTargets:
+    """The teacher's normalised embeddings of every training image and text (computed once).
+
+    ``attention``: also its head-averaged attention maps of every image (same forward pass).
+    """
+    if attention:
+        images, maps = _images_and_attention(teacher, data.images, cancel)
+    else:
+        images, maps = encode_images(teacher, data.images, cancel=cancel), None
+    return TeacherTargets(images, encode_texts(teacher, list(data.texts), cancel=cancel), logit_scale_of(teacher),
+                          attention=maps)
+
+
+def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128):
+    """As ``encode_images`` (same batches and numbers), capturing every block's maps as it goes."""
+    blocks = attention_blocks(model.module)
+    if not blocks:
+        raise RccError("the teacher's attention maps were asked for, but its vision tower has no attention blocks "
+                       "rcc can read maps from; allowed: attention_weight=0 for this model (attention transfer "
+                       "covers OpenCLIP ViTs, visual.transformer.resblocks.*.attn)")
+    total = len(images)
+    chunks: list[torch.Tensor] = []
+    maps: dict[str, torch.Tensor] = {}
+    for start in range(0, total, batch_size):
+        check_cancel(cancel)
+        stop = min(start + batch_size, total)
+        pixels = model.preprocess_batch([images[i] for i in range(start, stop)])
+        with torch.inference_mode(), capture_attention(model.module, blocks) as captured:
+            features = model.encode_image(pixels.to(device=model.device, dtype=model.dtype))
+        chunks.append(F.normalize(features.float(), dim=-1).cpu())
+        if not maps:
+            shape = captured[blocks[0]].shape[1:]
+            size = total * len(blocks) * shape.numel() * 2
+            if size > ATTENTION_TARGETS_LIMIT:
+                raise RccError(f"attention_weight > 0 would store the teacher's attention maps of {total} images × "
+                               f"{len(blocks)} blocks × {shape[0]}×{shape[1]} tokens ({size / 2**30:.1f} GiB); "
+                               f"allowed: at most {ATTENTION_TARGETS_LIMIT / 2**30:.0f} GiB (use attention_weight 0, "
+                               f"or a dataset with fewer training images)")
+            maps = {name: torch.empty((total, *shape), dtype=torch.float16) for name in blocks}
+        for name in blocks:
+            maps[name][start:stop] = captured[name].to(torch.float16).cpu()
+    return (torch.cat(chunks) if chunks else torch.empty(0, 0)), maps
+
+
+def attention_targets_of(student: VLModel, targets: TeacherTargets, weight: float) -> list[str]:
+    """The blocks whose maps the attention term compares (none when ``weight`` is 0)."""
+    if not weight:
+        return []
+    blocks = require_attention_blocks(student.module, weight)
+    if targets.attention is None:
+        raise RccError(f"attention_weight={weight} needs the teacher's attention maps; allowed: targets from "
+                       f"teacher_targets(..., attention=True), or attention_weight 0")
+    shared = [name for name in blocks if name in targets.attention]
+    if not shared:
+        raise RccError(f"attention_weight={weight}: the teacher's maps ({', '.join(sorted(targets.attention))}) "
+                       f"share no block with the student's; allowed: a teacher of the student's architecture")
+    return shared
+
+
+def distillation_loss(img_s, txt_s, img_t, txt_t, scale: float, config: DistillConfig,
+                      attn_s: Mapping[str, torch.Tensor] | None = None,
+                      attn_t: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The weighted loss of the module docstring for one batch (student embeddings unnormalised).
+
+    ``attn_s`` / ``attn_t``: block → (B, L, L) maps of the batch's images (``capture_attention``),
+    needed when ``config.attention_weight`` > 0.
+    """
     img_s, txt_s = F.normalize(img_s.float(), dim=-1), F.normalize(txt_s.float(), dim=-1)
     loss = img_s.new_zeros(())
     if config.kl_weight:
@@ -139,6 +229,11 @@ def distillation_loss(img_s, txt_s, img_t, txt_t, scale: float, config: DistillC
     if config.mse_weight:
         mse = (img_s - img_t).pow(2).sum(-1).mean() + (txt_s - txt_t).pow(2).sum(-1).mean()
         loss = loss + config.mse_weight * mse
+    if config.attention_weight:
+        if attn_s is None or attn_t is None:
+            raise RccError(f"attention_weight={config.attention_weight} needs the student's and the teacher's "
+                           f"attention maps; allowed: maps from capture_attention, or attention_weight 0")
+        loss = loss + config.attention_weight * attention_transfer_loss(attn_s, attn_t)
     return loss
 
 
@@ -160,6 +255,7 @@ def distill(
     """
     config.validate()
     module = student.module
+    blocks = attention_targets_of(student, targets, config.attention_weight)
     params = [p for name, p in module.named_parameters() if name not in frozen]
     if not params:
         raise RccError("nothing to train: every parameter is frozen (locked)")
@@ -184,8 +280,15 @@ def distill(
         pixels = student.preprocess_batch([data.images[i] for i in image_ids]).to(device=device, dtype=student.dtype)
         tokens = student.tokens_to_device(student.tokenize([data.texts[i] for i in text_ids]))
         img_t, txt_t = targets.images[image_ids].to(device), targets.texts[text_ids].to(device)
-        return distillation_loss(student.encode_image(pixels), student.encode_text(tokens), img_t, txt_t,
-                                 targets.logit_scale, config)
+        attn_s = attn_t = None
+        if blocks:
+            with capture_attention(module, blocks) as attn_s:
+                img_s = student.encode_image(pixels)
+            attn_t = {name: targets.attention[name][image_ids].to(device) for name in blocks}
+        else:
+            img_s = student.encode_image(pixels)
+        return distillation_loss(img_s, student.encode_text(tokens), img_t, txt_t, targets.logit_scale, config,
+                                 attn_s, attn_t)
 
     best: dict[str, torch.Tensor] = {}
 
