@@ -54,7 +54,7 @@ async def test_train_from_the_panel_puts_every_loss_and_each_eval_on_the_chart(s
         assert [n.op_kind for n in session.nodes()][-1] == "run_stage"
         await open_train_tab(pilot)
         assert app.main.query_one("#tabs").active == "tab-train"
-        await fill_train_panel(pilot, steps="6", eval_every="3", batch="8", lr="1e-4")
+        await fill_train_panel(pilot, steps="6", eval_every="3", batch="8", lr="1e-4", attention="0.5")
         await pilot.click("#train")
         await wait_until(pilot, lambda: app.main.runner.running, 10, "training to start")
         assert app.main.check_action("train", ()) is None  # dimmed while it runs
@@ -66,6 +66,7 @@ async def test_train_from_the_panel_puts_every_loss_and_each_eval_on_the_chart(s
         record = session.ops()[-1]
         assert record.kind == "train" and O.op_from_dict(record.body).steps == 6
         assert record.body["eval_every"] == 3 and record.body["teacher"] is None
+        assert record.body["attention_weight"] == 0.5  # attention transfer on the vision blocks
         # Pruning masks and structure survived: the new node stores as many numbers as its parent.
         assert new.metrics["size/params"] == nodes[parent].metrics["size/params"]
         assert session.graph.state(new.id).structure == session.graph.state(parent).structure
@@ -97,7 +98,8 @@ async def test_bad_training_values_are_refused_inline_and_nothing_runs(session_d
         panel = app.main.query_one("#train-panel")
         for fields, named in (({"steps": "0"}, "steps 0"), ({"steps": "6", "lr": "abc"}, "lr 'abc'"),
                               ({"lr": "1e-4", "batch": "1"}, "batch_size 1"),
-                              ({"batch": "8", "teacher": "99"}, "teacher node 99")):
+                              ({"batch": "8", "attention": "-1"}, "attention_weight -1.0"),
+                              ({"attention": "0", "teacher": "99"}, "teacher node 99")):
             await fill_train_panel(pilot, **fields)
             await pilot.click("#train")
             await pilot.pause(0.2)

@@ -127,6 +127,9 @@ class TrainPanel(Vertical):
             yield Label("schedule", classes="train-label")
             yield Select([(s, s) for s in SCHEDULES], value="cosine", allow_blank=False, id="train-schedule",
                          compact=True, classes="field")
+            yield Label("attention", classes="train-label second")
+            yield Input("0", placeholder="0", id="train-attention", compact=True, classes="field",
+                        tooltip="weight of attention transfer (vision blocks' maps); 0 or blank: off")
         with Horizontal(classes="button-row"):
             yield Button("Train", id="train", variant="primary", compact=True, tooltip="start training (T)")
             yield Button("Cancel", id="train-cancel", variant="error", compact=True, disabled=True,
@@ -151,6 +154,7 @@ class TrainPanel(Vertical):
         op = Train(steps=self._value("#train-steps", int), lr=self._value("#train-lr", float),
                    batch_size=self._value("#train-batch", int), teacher=self._value("#train-teacher", int),
                    eval_every=self._value("#train-eval-every", int),
+                   attention_weight=self._value("#train-attention", float) or 0.0,  # blank: off
                    precision=self.query_one("#train-precision", Select).value,
                    schedule=self.query_one("#train-schedule", Select).value)
         if op.teacher is not None and self.nodes and op.teacher not in self.nodes:
