@@ -219,6 +219,9 @@ class SearchScreen(Screen[None]):
         height: auto;
         padding: 0 1;
     }
+    SearchScreen .search-row {
+        height: auto;
+    }
     SearchScreen #search-form Label {
         padding: 0 1 0 0;
     }
@@ -291,18 +294,21 @@ class SearchScreen(Screen[None]):
 
         defaults = self.base_settings or StudySettings()
         with Vertical(id="search-body"):
-            with Horizontal(id="search-form"):
-                yield Label("study")
-                yield Input(self.initial_study, id="search-study", compact=True)
-                yield Label("trials")
-                yield Input(str(DEFAULT_TRIALS), id="search-trials", compact=True)
-                yield Select([(m, m) for m in MODES], value=defaults.objective.mode, allow_blank=False,
-                             id="search-objective", compact=True)
-                yield Select([(level, level) for level in LEVELS], value=defaults.space.level, allow_blank=False,
-                             id="search-space", compact=True)
-                yield Button("Start", id="search-start", variant="primary", compact=True)
-                yield Button("Stop", id="search-stop", variant="error", compact=True, disabled=True)
-                yield Button("Apply trial", id="search-apply", compact=True)
+            # Fields and buttons on two rows: one row of both is cut off at 80 columns.
+            with Vertical(id="search-form"):
+                with Horizontal(classes="search-row"):
+                    yield Label("study")
+                    yield Input(self.initial_study, id="search-study", compact=True)
+                    yield Label("trials")
+                    yield Input(str(DEFAULT_TRIALS), id="search-trials", compact=True)
+                    yield Select([(m, m) for m in MODES], value=defaults.objective.mode, allow_blank=False,
+                                 id="search-objective", compact=True)
+                    yield Select([(level, level) for level in LEVELS], value=defaults.space.level,
+                                 allow_blank=False, id="search-space", compact=True)
+                with Horizontal(classes="search-row"):
+                    yield Button("Start", id="search-start", variant="primary", compact=True)
+                    yield Button("Stop", id="search-stop", variant="error", compact=True, disabled=True)
+                    yield Button("Apply trial", id="search-apply", compact=True)
             with Horizontal(id="search-main"):
                 yield DataTable(id="search-table", cursor_type="row", zebra_stripes=True)
                 yield TrialChart(id="search-chart")
