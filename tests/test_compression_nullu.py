@@ -58,10 +58,18 @@ def test_factorised_saves_boundary():
 
 
 def test_spectrum_plain_matches_svdvals():
+    # float32 weights: from the eigenvalues of the float64 Gram (σ² to ~1e-13 σ_max²), as float64.
     w = _randn(12, 9, dtype=torch.float32)
     s = spectrum(w)
     assert s.dtype == torch.float64 and s.device.type == "cpu"
-    torch.testing.assert_close(s, torch.linalg.svdvals(w.double()))
+    exact = torch.linalg.svdvals(w.double())
+    torch.testing.assert_close(s, exact, rtol=0, atol=1e-6 * float(exact[0]))
+    torch.testing.assert_close(s.square(), exact.square(), rtol=0, atol=1e-12 * float(exact[0]) ** 2)
+    wide = spectrum(w.T.contiguous())  # the small Gram is taken on the short side
+    torch.testing.assert_close(wide.square(), exact.square(), rtol=0, atol=1e-12 * float(exact[0]) ** 2)
+    # float64 weights keep float64.
+    w64 = w.double()
+    torch.testing.assert_close(spectrum(w64), exact)
 
 
 def test_rank_for_energy_hand_made():

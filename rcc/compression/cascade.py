@@ -180,7 +180,8 @@ def _selected(p) -> bool:
 
 
 def _context(model, plans, plan, calibration, preserved, config, progress, cancel) -> StageContext:
-    layers = [model.layer_index[name] for name in plans]
+    index = model.layer_index  # a property that walks the model: once, not per layer
+    layers = [index[name] for name in plans]
     needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
     stats = collect_input_stats(model, layers, calibration, gram=needs_gram, cancel=cancel)
     kept = {}

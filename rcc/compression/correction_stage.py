@@ -71,7 +71,8 @@ def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> L
     projector = _projector(ctx, layer.name, current.device)
     if projector is not None and projector.dim == 0:
         return None  # the preserved inputs span everything: any update would move them
-    before = alphaedit.reconstruction_error(target, current, gram)
+    # The guard compares two errors: float32 is precise enough and halves the cost of each.
+    before = alphaedit.reconstruction_error(target, current, gram, dtype=torch.float32)
     low_rank = layer_module(module, layer) if form == "factorised" else None
     saved = [t.detach().clone() for t in ((low_rank.up, low_rank.down) if low_rank is not None else (current,))]
     if form == "factorised":
@@ -89,7 +90,7 @@ def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> L
         delta = alphaedit.gradient_correction(target, current, gram, lam, mask=get_mask(module, layer),
                                               projector=projector, steps=ctx.options.correction_steps).delta
         set_dense_weight(module, layer, current + delta)
-    after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram)
+    after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram, dtype=torch.float32)
     if after > before:
         # Only the unconstrained closed forms guarantee f(Δ*) ≤ f(0): re-zeroing pruned factor
         # entries after the B step, or alternating mask and null-space projections, can overshoot.

