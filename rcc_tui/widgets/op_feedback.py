@@ -6,14 +6,35 @@ the running op on a bar; these two functions are that behaviour, once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from textual.message import Message
+    from textual.widget import Widget
     from textual.widgets import ProgressBar, Static
 
     from rcc.session.progress import OpProgress
+
+
+def submit_op(panel: Widget, build: Callable[[], Any], request: Callable[[Any], Message]) -> bool:
+    """Build the op from ``panel``'s fields and post ``request(op)``; False (reason shown inline) if refused.
+
+    ``panel`` has ``show_error(message)``; ``build`` raises ``RccError`` naming a bad value.
+    """
+    from rcc.errors import RccError
+
+    try:
+        op = build()
+    except RccError as error:
+        panel.show_error(str(error))  # type: ignore[attr-defined]
+        panel.app.bell()
+        return False
+    panel.show_error("")  # type: ignore[attr-defined]
+    panel.post_message(request(op).set_sender(panel))
+    return True
 
 
 def show_inline_error(line: Static, message: str) -> None:

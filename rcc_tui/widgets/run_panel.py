@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
-from rcc_tui.widgets.op_feedback import advance, show_inline_error
+from rcc_tui.widgets.op_feedback import advance, show_inline_error, submit_op
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
@@ -111,17 +111,7 @@ class RunPanel(Vertical):
 
     def request(self, kind: str) -> bool:
         """Build the stage or cascade op from the fields and ask for it to run; False if refused."""
-        from rcc.errors import RccError
-
-        try:
-            op = self.stage_op() if kind == "stage" else self.cascade_op()
-        except RccError as error:
-            self.show_error(str(error))
-            self.app.bell()
-            return False
-        self.show_error("")
-        self.post_message(self.RunRequested(op).set_sender(self))
-        return True
+        return submit_op(self, self.stage_op if kind == "stage" else self.cascade_op, self.RunRequested)
 
     def show_error(self, message: str) -> None:
         self.error = message

@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from rcc_tui.widgets.op_feedback import advance, show_inline_error
+from rcc_tui.widgets.op_feedback import advance, show_inline_error, submit_op
 
 if TYPE_CHECKING:
     from rcc.session.ops import Train
@@ -164,17 +164,7 @@ class TrainPanel(Vertical):
 
     def request(self) -> bool:
         """Build the op and ask for it to run; False (with the reason shown inline) if refused."""
-        from rcc.errors import RccError
-
-        try:
-            op = self.train_op()
-        except RccError as error:
-            self.show_error(str(error))
-            self.app.bell()
-            return False
-        self.show_error("")
-        self.post_message(self.TrainRequested(op).set_sender(self))
-        return True
+        return submit_op(self, self.train_op, self.TrainRequested)
 
     def show_error(self, message: str) -> None:
         self.error = message
