@@ -162,40 +162,38 @@ class CompareScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _load(self) -> None:
-        from rcc.errors import RccError
-        from rcc.session.compare import compare_nodes
-        from rcc.session.session import Session
+        def compare():
+            from rcc.session.compare import compare_nodes
+            from rcc.session.session import Session
 
-        try:
             with Session.open(self.session_dir, read_only=True) as session:
-                comparison = compare_nodes(session.graph, self.a, self.b)
-        except RccError as exc:
-            self._deliver(self._fail, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001  (a bug, but the app keeps running)
-            self._deliver(self._fail, f"{type(exc).__name__}: {exc}")
-            return
-        self._deliver(self._show, comparison)
+                return compare_nodes(session.graph, self.a, self.b)
+
+        self._compute(compare, self._show, self._fail)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="statistics")
     def _load_statistics(self) -> None:
         from rcc.analysis.compare import compare_nodes_stats
-        from rcc.errors import Cancelled, RccError
 
         worker = get_current_worker()
+        # The CLI's defaults (test split, 95 %, 2000 resamples, seed 0): the app shows what it prints.
+        self._compute(lambda: compare_nodes_stats(self.session_dir, self.a, self.b, device=self.device,
+                                                  cancel=lambda: worker.is_cancelled),
+                      self._show_statistics, self._statistics_failed)
+
+    def _compute(self, compute, show, fail) -> None:
+        """Worker thread: ``show(compute())`` on the main thread, or ``fail(one line)``; never raises."""
+        from rcc.errors import Cancelled
+        from rcc_tui.workers import describe_error
+
         try:
-            # The CLI's defaults (test split, 95 %, 2000 resamples, seed 0): the app shows what it prints.
-            result = compare_nodes_stats(self.session_dir, self.a, self.b, device=self.device,
-                                         cancel=lambda: worker.is_cancelled)
+            result = compute()
         except Cancelled:
             return  # the screen was left
-        except RccError as exc:
-            self._deliver(self._statistics_failed, str(exc))
+        except Exception as exc:  # noqa: BLE001  (a bug is reported too: the app keeps running)
+            self._deliver(fail, describe_error(exc))
             return
-        except Exception as exc:  # noqa: BLE001  (a bug, but the app keeps running)
-            self._deliver(self._statistics_failed, f"{type(exc).__name__}: {exc}")
-            return
-        self._deliver(self._show_statistics, result)
+        self._deliver(show, result)
 
     def _deliver(self, callback, value) -> None:
         """Hand a worker's result to the main thread, unless the screen was left (then it is dropped)."""

@@ -24,7 +24,8 @@ from rcc_tui.widgets.charts import MetricChart, ParetoChart
 from rcc_tui.widgets.history_view import HistoryView
 from rcc_tui.widgets.layer_editor import LayerEditor
 from rcc_tui.widgets.layer_tree import LayerPanel, LayerTree, short_number
-from rcc_tui.widgets.run_panel import RunPanel, describe_progress
+from rcc_tui.widgets.op_feedback import describe_progress
+from rcc_tui.widgets.run_panel import RunPanel
 from rcc_tui.widgets.train_panel import TrainPanel
 from rcc_tui.workers import (
     OpFailed,

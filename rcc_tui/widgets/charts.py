@@ -89,6 +89,19 @@ class _ThemedPlot(PlotextPlot):
     def draw(self) -> None:  # overridden: plot the stored data with self.plt
         raise NotImplementedError
 
+    def size_accuracy_axes(self, xs: Sequence[float], ys: Sequence[float]) -> float:
+        """Padded limits for sizes (x, short tick labels) against accuracies (y); one text row in y units."""
+        plt = self.plt
+        xlow, xhigh = min(xs), max(xs)
+        xpad = max((xhigh - xlow) * 0.08, xhigh * 0.002, 1.0)
+        ylow, yhigh = min(ys), max(ys)
+        ypad = max((yhigh - ylow) * 0.1, 0.005)
+        plt.xlim(xlow - xpad, xhigh + xpad)
+        plt.ylim(ylow - ypad, yhigh + ypad)
+        ticks = [xlow, (xlow + xhigh) / 2, xhigh] if xhigh > xlow else [xlow]
+        plt.xticks(ticks, [human_count(t) for t in ticks])
+        return (yhigh - ylow + 2 * ypad) / max(self.size.height - 5, 1)
+
     def render(self) -> RenderResult:
         plot = self.plt
         plot.clear_figure()
@@ -236,14 +249,7 @@ class ParetoChart(_ThemedPlot):
             return
         xs = [x for _, x, _ in self._points]
         ys = [y for _, _, y in self._points]
-        xlow, xhigh = min(xs), max(xs)
-        xpad = max((xhigh - xlow) * 0.08, xhigh * 0.002, 1.0)
-        ylow, yhigh = min(ys), max(ys)
-        ypad = max((yhigh - ylow) * 0.1, 0.005)
-        plt.xlim(xlow - xpad, xhigh + xpad)
-        plt.ylim(ylow - ypad, yhigh + ypad)
-        ticks = [xlow, (xlow + xhigh) / 2, xhigh] if xhigh > xlow else [xlow]
-        plt.xticks(ticks, [human_count(t) for t in ticks])
+        row = self.size_accuracy_axes(xs, ys)  # one text row in data units
         front = set(self._front)
         others = [i for i in range(len(self._points)) if i not in front]
         if others:
@@ -256,7 +262,6 @@ class ParetoChart(_ThemedPlot):
             if len(self._front) > 1:
                 plt.plot(fx, fy, marker="braille", color=colour)
             plt.scatter(fx, fy, marker="◆", color=colour, label="Pareto front")
-        row = (yhigh - ylow + 2 * ypad) / max(self.size.height - 5, 1)  # one text row in data units
         for index, (node, x, y) in enumerate(self._points):
             if node == self._head_node:
                 plt.scatter([x], [y], marker="◉", color=self._colour("accent", "yellow"), label=f"head #{node}")

@@ -1,7 +1,7 @@
-"""How a panel that starts ops reports back: an inline error line and a progress bar.
+"""How a panel that starts ops reports back: an inline error line, a progress bar, a status text.
 
 The run panel and the train panel both refuse a bad value on a line of their own and follow
-the running op on a bar; these two functions are that behaviour, once.
+the running op on a bar and a line of text; these functions are that behaviour, once.
 """
 
 from __future__ import annotations
@@ -51,3 +51,30 @@ def advance(bar: ProgressBar, event: OpProgress) -> None:
         bar.update(progress=event.done)
     elif event.metric is None:
         bar.update(total=None)  # uncounted work (an evaluation): the indeterminate bar
+
+
+def reset_bar(bar: ProgressBar, running: bool) -> None:
+    """An op started (an indeterminate bar until its first count) or ended (a full bar)."""
+    if running:
+        bar.update(total=None, progress=0)
+    else:
+        bar.update(total=1, progress=1)
+
+
+def describe_progress(event: OpProgress) -> str:
+    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc`` and the like."""
+    if event.metric is not None:
+        verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
+        params = f" · {event.params:,} params" if event.params is not None else ""
+        return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}{params}"
+    if event.loss is not None:
+        return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
+    if event.total:
+        return f"{event.phase} · layer {event.done}/{event.total} · {event.detail}"
+    if event.phase == "evaluate":
+        return f"evaluating on {event.detail}…" if event.detail else "evaluating…"
+    if event.phase == "saving":
+        return "saving the new node…"
+    if event.phase == "loading":
+        return f"loading {event.detail}…"
+    return f"{event.phase} {event.detail}".strip()

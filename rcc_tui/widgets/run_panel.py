@@ -16,7 +16,13 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
-from rcc_tui.widgets.op_feedback import advance, show_inline_error, submit_op
+from rcc_tui.widgets.op_feedback import (
+    advance,
+    describe_progress,
+    reset_bar,
+    show_inline_error,
+    submit_op,
+)
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
@@ -50,7 +56,6 @@ class RunPanel(Vertical):
         self.targets: tuple[str, ...] = ()
         self.targets_description = "no layer"
         self.error = ""
-        self._step = 0
 
     def compose(self) -> ComposeResult:
         yield Static("Run", id="run-title", markup=False)
@@ -144,13 +149,9 @@ class RunPanel(Vertical):
         self.query_one("#cancel", Button).disabled = not running
         self.query_one("#run-stage", Button).disabled = running
         self.query_one("#run-cascade", Button).disabled = running
-        bar = self.query_one("#run-progress", ProgressBar)
+        reset_bar(self.query_one("#run-progress", ProgressBar), running)
         if running:
-            self._step = 0
-            bar.update(total=None, progress=0)
             self.set_status(f"{title}…")
-        else:
-            bar.update(total=1, progress=1)
 
     def set_status(self, text: str) -> None:
         self.query_one("#run-status", Static).update(text)
@@ -158,22 +159,3 @@ class RunPanel(Vertical):
     def show_progress(self, event: OpProgress) -> None:
         advance(self.query_one("#run-progress", ProgressBar), event)
         self.set_status(describe_progress(event))
-
-
-def describe_progress(event: OpProgress) -> str:
-    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc`` and the like."""
-    if event.metric is not None:
-        verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
-        params = f" · {event.params:,} params" if event.params is not None else ""
-        return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}{params}"
-    if event.loss is not None:
-        return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
-    if event.total:
-        return f"{event.phase} · layer {event.done}/{event.total} · {event.detail}"
-    if event.phase == "evaluate":
-        return f"evaluating on {event.detail}…" if event.detail else "evaluating…"
-    if event.phase == "saving":
-        return "saving the new node…"
-    if event.phase == "loading":
-        return f"loading {event.detail}…"
-    return f"{event.phase} {event.detail}".strip()

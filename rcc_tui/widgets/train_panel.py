@@ -16,7 +16,13 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from rcc_tui.widgets.op_feedback import advance, show_inline_error, submit_op
+from rcc_tui.widgets.op_feedback import (
+    advance,
+    describe_progress,
+    reset_bar,
+    show_inline_error,
+    submit_op,
+)
 
 if TYPE_CHECKING:
     from rcc.session.ops import Train
@@ -191,18 +197,13 @@ class TrainPanel(Vertical):
         running = title is not None
         self.query_one("#train-cancel", Button).disabled = not running
         self.query_one("#train", Button).disabled = running
-        bar = self.query_one("#train-progress", ProgressBar)
+        reset_bar(self.query_one("#train-progress", ProgressBar), running)
         if running:
-            bar.update(total=None, progress=0)
             self.set_status(f"{title}…")
-        else:
-            bar.update(total=1, progress=1)
 
     def set_status(self, text: str) -> None:
         self.query_one("#train-status", Static).update(text)
 
     def show_progress(self, event: OpProgress) -> None:
-        from rcc_tui.widgets.run_panel import describe_progress
-
         advance(self.query_one("#train-progress", ProgressBar), event)
         self.set_status(describe_progress(event))

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rcc_tui.widgets.charts import _ThemedPlot
-from rcc_tui.widgets.history_view import human_count
 
 if TYPE_CHECKING:  # rcc.search.trials is light, but the first frame imports nothing of the engine
     from rcc.search.trials import TrialRow
@@ -54,15 +53,7 @@ class TrialChart(_ThemedPlot):
         points = [(r.size, r.accuracy) for r in measured] + ([self._dense] if self._dense else [])
         if not points:
             return
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        xlow, xhigh = min(xs), max(xs)
-        xpad = max((xhigh - xlow) * 0.08, xhigh * 0.002, 1.0)
-        ylow, yhigh = min(ys), max(ys)
-        ypad = max((yhigh - ylow) * 0.1, 0.005)
-        plt.xlim(xlow - xpad, xhigh + xpad)
-        plt.ylim(ylow - ypad, yhigh + ypad)
-        ticks = [xlow, (xlow + xhigh) / 2, xhigh] if xhigh > xlow else [xlow]
-        plt.xticks(ticks, [human_count(t) for t in ticks])
+        row = self.size_accuracy_axes([p[0] for p in points], [p[1] for p in points])  # one text row, y units
         front = self._front()
         on_front = {r.number for r in front}
         pruned = [r for r in measured if r.state == "PRUNED"]
@@ -82,7 +73,6 @@ class TrialChart(_ThemedPlot):
         if self._dense is not None:
             plt.scatter([self._dense[0]], [self._dense[1]], marker="◉", color=self._colour("accent", "yellow"),
                         label="dense")
-        row = (yhigh - ylow + 2 * ypad) / max(self.size.height - 5, 1)  # one text row in data units
         for trial in front:  # the number one row above its marker
             plt.text(f"#{trial.number}", trial.size, trial.accuracy + row,
                      color=self._colour("foreground", "default"), alignment="center")
