@@ -12,7 +12,9 @@ from rcc.compression.alphaedit import (
     dense_correction,
     gradient_correction,
     lowrank_correction,
+    lowrank_fit,
     masked_correction,
+    masked_fit,
     null_space_projector,
     reconstruction_error,
     weighted_gram,
@@ -431,3 +433,51 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="projector"):
         dense_correction(w, w_c, c, 1.0, projector=torch.eye(5))
     assert isinstance(null_space_projector(c), NullSpace)
+
+
+# --- reported errors from the optimality identity ------------------------------------------------
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9])  # the complement solver, then kept columns
+def test_masked_fit_reports_the_errors_a_product_measures(sparsity):
+    c = _gram(_correlated_inputs())
+    w, _ = _weights()
+    mask = torch.rand(w.shape, generator=_gen(12)) >= sparsity
+    w_c = w * mask
+    lam = 0.05 * float(torch.diagonal(c).mean())
+    fit = masked_fit(w, w_c, mask, c, lam)
+    assert fit.before == pytest.approx(reconstruction_error(w, w_c, c), rel=1e-12)
+    measured = reconstruction_error(w, w_c + fit.delta, c)
+    assert fit.after == pytest.approx(measured, rel=1e-6)  # CG stops at a 1e-6 residual; the others agree to 1e-12
+    assert fit.after < fit.before
+    assert torch.equal(fit.delta, masked_correction(w, w_c, mask, c, lam))
+
+
+def test_masked_fit_reports_the_errors_under_a_projector_too():
+    c, k0 = _gram(_correlated_inputs()), _preserved()
+    w, _ = _weights()
+    mask = _half_mask(w)
+    w_c = w * mask
+    fit = masked_fit(w, w_c, mask, c, 1e-3, projector=null_space_projector(_gram(k0)))
+    assert fit.after == pytest.approx(reconstruction_error(w, w_c + fit.delta, c), rel=1e-9)
+
+
+@pytest.mark.parametrize("with_projector", [False, True])
+def test_lowrank_fit_gain_is_the_measured_drop_in_error(with_projector):
+    c, k0 = _gram(_correlated_inputs()), _preserved()
+    w, w_c = _nearly_low_rank_weights()
+    a, b = _rank_factors(w_c, 6)
+    ns = null_space_projector(_gram(k0)) if with_projector else None
+    fit = lowrank_fit(w, a, b, c, 1e-3, projector=ns)
+    drop = reconstruction_error(w, a @ b, c) - reconstruction_error(w, fit.up @ fit.down, c)
+    assert drop > 0
+    assert fit.gain == pytest.approx(drop, rel=1e-9)
+
+
+def test_lowrank_fit_reports_no_gain_where_the_identity_does_not_hold():
+    c = _gram(_iid_inputs())
+    w, w_c = _nearly_low_rank_weights()
+    a, b = _rank_factors(w_c, 4)
+    assert lowrank_fit(w, a, b, c, 1e-3, update_a=True).gain is None
+    a[:, 3] = 0.0  # rank-deficient A: the minimum-norm step
+    assert lowrank_fit(w, a, b, c, 1e-3).gain is None

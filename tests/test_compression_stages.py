@@ -298,12 +298,42 @@ def test_alphaedit_lowers_calibration_error_and_keeps_pruned_entries_zero(tiny, 
     changes = run_correction_stage(ctx, 1.0)
     assert sorted(c.name for c in changes) == sorted(CORRECTED)
     after = _errors(ctx)
+    _assert_reported_errors_are_measured(changes, before, after)
     for layer in ctx.layers():
         # tr((W_c − W) C (W_c − W)ᵀ) goes down; without K₀ the closed form removes most of it.
         assert after[layer.name] < (0.85 if preserve else 0.4) * before[layer.name], layer.name
         mask = get_mask(tiny.module, layer)
         assert torch.equal(mask, masks[layer.name])
         assert (dense_weight(tiny.module, layer)[~mask] == 0).all()
+
+
+def _assert_reported_errors_are_measured(changes, before, after):
+    # The stage reports "reconstruction error B → A"; A may come from the optimality identity
+    # instead of a product, so check it against the product (4 significant digits printed).
+    for change in changes:
+        reported = change.what.removeprefix("reconstruction error ").split(" → ")
+        assert float(reported[0]) == pytest.approx(before[change.name], rel=1e-3), change.name
+        assert float(reported[1]) == pytest.approx(after[change.name], rel=1e-3), change.name
+
+
+def test_alphaedit_on_factorised_layers_reports_the_measured_errors(config_path):
+    torch.manual_seed(0)
+    model = load_model(f"open_clip:{config_path}", device="cpu")
+    plan = CompressionPlan(overrides={name: {"sparsity": 0.3, "rank": 6, "correction": True} for name in CORRECTED})
+    ctx = _context(model, plan, CALIBRATION)
+    run_prune_stage(ctx, 1.0)
+    for layer in ctx.layers():  # factorise the pruned weight without carrying its mask onto the factors
+        module = layer_module(model.module, layer)
+        for name in [n for n, _ in module.named_buffers(recurse=False) if n.endswith("_mask")]:
+            delattr(module, name)
+    run_lowrank_stage(ctx, 1.0)
+    assert all(getattr(layer_module(model.module, layer), "up_mask", None) is None for layer in ctx.layers())
+    before = _errors(ctx)
+    changes = run_correction_stage(ctx, 1.0)
+    after = _errors(ctx)
+    assert sorted(c.name for c in changes) == sorted(CORRECTED)
+    _assert_reported_errors_are_measured(changes, before, after)
+    assert all(after[name] < before[name] for name in CORRECTED)
 
 
 def test_alphaedit_preserved_inputs_barely_move(config_path):

@@ -119,6 +119,15 @@ def test_clip_text_embedding_ignores_padding(clip):
     assert torch.allclose(alone[0], batched[2], atol=ATOL)
 
 
+def test_clip_text_cut_to_the_longest_text_encodes_the_same(clip):
+    tokens = clip.tokenize([TEXTS[2], TEXTS[0]])
+    wide = {k: torch.nn.functional.pad(v, (0, 5)) for k, v in tokens.items()}  # five all-padding positions
+    cut = clip.trim_text_padding(wide)
+    assert cut["input_ids"].shape == tokens["input_ids"].shape
+    with torch.no_grad():
+        assert torch.allclose(clip.encode_text(cut), clip.encode_text(tokens), atol=ATOL)
+
+
 def test_clip_inventory(clip):
     expected = {(tower, kind): 2 for tower in ("vision", "text")
                 for kind in ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")}

@@ -73,6 +73,19 @@ def test_encoders_match_plain_open_clip_forward(tiny_spec):
     assert not torch.allclose(F.normalize(ours_txt[0], dim=0), F.normalize(ours_txt[1], dim=0))
 
 
+def test_text_cut_to_the_longest_text_encodes_as_the_full_context(tiny_spec):
+    # The built-in tower is causal: positions past every text's end cannot change the pooled token.
+    torch.manual_seed(0)
+    model = load_model(tiny_spec)
+    tokens = model.tokenize(["a red square", "two words"])
+    cut = model.trim_text_padding(tokens)
+    longest = int((tokens["input_ids"] != 0).sum(dim=1).max())
+    assert cut["input_ids"].shape == (2, longest) and longest < tokens["input_ids"].shape[1]
+    assert torch.equal(cut["input_ids"], tokens["input_ids"][:, :longest])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(cut), model.module.encode_text(tokens["input_ids"]))
+
+
 def test_fingerprint_changes_only_for_the_tower_that_changed(tiny_spec):
     model = load_model(tiny_spec)
     vision, text = model.fingerprint("vision"), model.fingerprint("text")

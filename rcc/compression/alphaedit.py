@@ -38,6 +38,34 @@ class NullSpace:
 
 
 @dataclass(frozen=True, eq=False)
+class MaskedFit:
+    """A masked correction Δ with the calibration error e(·) = ‖(W_c + · − W)X‖² before and after it.
+
+    ``after`` comes from the optimality identity e(Δ*) = e(0) − ⟨Δ*, RC⟩ − λ‖Δ*‖², which holds for
+    the exact minimiser over any linear feasible set (take V = Δ* in the first-order condition
+    ⟨(Δ* − R)C + λΔ*, V⟩ = 0): no second (m × n)(n × n) product is needed to report it.
+    """
+
+    delta: torch.Tensor
+    before: float
+    after: float
+
+
+@dataclass(frozen=True, eq=False)
+class FactorFit:
+    """Corrected factors and ``gain`` = e(0) − e(A'B' − AB), the drop in calibration error.
+
+    ``gain`` comes from the same identity as ``MaskedFit.after``, in the B step's coordinates;
+    it is None where the identity does not apply (``update_a``, or a rank-deficient A whose
+    minimum-norm step is not the minimiser the identity assumes).
+    """
+
+    up: torch.Tensor
+    down: torch.Tensor
+    gain: float | None
+
+
+@dataclass(frozen=True, eq=False)
 class GradientCorrection:
     """Δ found by projected gradient descent and the objective f(Δ_t) at every iterate (steps + 1)."""
 
@@ -148,11 +176,33 @@ def masked_correction(
     cost is one |J|³ solve per distinct pattern, so use ``gradient_correction`` for wide
     unstructured layers when that is too slow.
     """
+    return masked_fit(W, W_c, mask, gram, lam, projector).delta
+
+
+def masked_fit(
+    W: torch.Tensor,
+    W_c: torch.Tensor,
+    mask: torch.Tensor,
+    gram: torch.Tensor,
+    lam: float,
+    projector: NullSpace | torch.Tensor | None = None,
+) -> MaskedFit:
+    """``masked_correction`` with the calibration error before and after it, from products it needs anyway."""
     _check_pair(W, W_c, gram)
     _check_lam(lam)
     _check_mask(mask, W)
     c = _sym64(gram).to(W.device)
-    rc = (W.detach().to(torch.float64) - W_c.detach().to(torch.float64)) @ c
+    r = W.detach().to(torch.float64) - W_c.detach().to(torch.float64)
+    rc = r @ c
+    delta = _masked_delta(c, rc, mask, lam, projector)
+    before = float((r * rc).sum())
+    after = before - float((delta * rc).sum()) - lam * float((delta * delta).sum())
+    return MaskedFit(delta=delta.to(W.dtype), before=before, after=after)
+
+
+def _masked_delta(c: torch.Tensor, rc: torch.Tensor, mask: torch.Tensor, lam: float,
+                  projector: NullSpace | torch.Tensor | None) -> torch.Tensor:
+    """The float64 solutions of ``masked_correction``, chosen by the cheapest exact solver."""
     p = _projector64(projector, c.shape[0], c.device)
     tol = _IN_RANGE_TOL_F64 if not isinstance(projector, torch.Tensor) else _in_range_tol(projector.dtype)
     delta = torch.zeros_like(rc)
@@ -160,10 +210,10 @@ def masked_correction(
         keep = mask.to(torch.bool)
         pruned = keep.numel() - int(keep.sum())
         if lam > 0 and pruned <= keep.numel() * _COMPLEMENT_MAX_PRUNED:  # solve for the few pruned entries
-            return _masked_rows_complement(c, rc, keep, lam).to(W.dtype)
+            return _masked_rows_complement(c, rc, keep, lam)
         if lam > 0 and int(keep.sum(dim=1).max()) > _CG_MIN_COLUMNS:
-            return _masked_rows_cg(c, rc, keep, lam).to(W.dtype)
-        return _masked_rows_batched(c, rc, keep, lam, delta).to(W.dtype)
+            return _masked_rows_cg(c, rc, keep, lam)
+        return _masked_rows_batched(c, rc, keep, lam, delta)
     patterns, inverse = torch.unique(mask.to(torch.bool), dim=0, return_inverse=True)
     order = torch.argsort(inverse, stable=True)
     groups = torch.split(order, torch.bincount(inverse, minlength=len(patterns)).tolist())
@@ -173,14 +223,11 @@ def masked_correction(
             continue  # fully pruned row: nothing may change
         c_jj = c[cols][:, cols]
         rhs = rc[rows][:, cols]
-        if p is None:
-            delta[rows[:, None], cols[None, :]] = _ridge_solve(c_jj, rhs, lam)
-            continue
         q = _row_basis(p[cols][:, cols], tol)
         if q.shape[1] == 0:
             continue  # range(P) meets this row's support only in 0
         delta[rows[:, None], cols[None, :]] = _ridge_solve(q.T @ c_jj @ q, rhs @ q, lam) @ q.T
-    return delta.to(W.dtype)
+    return delta
 
 
 def lowrank_correction(
@@ -207,6 +254,24 @@ def lowrank_correction(
     itself, R X ⟂ range(A) (Aᵀ R = 0) and the B step is exactly zero; it helps when the factors
     came from another matrix (SVD after pruning, activation-aware SVD), otherwise use ``update_a``.
     """
+    fit = lowrank_fit(W, A, B, gram, lam, projector, update_a)
+    return fit.up, fit.down
+
+
+def lowrank_fit(
+    W: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    gram: torch.Tensor,
+    lam: float,
+    projector: NullSpace | torch.Tensor | None = None,
+    update_a: bool = False,
+) -> FactorFit:
+    """``lowrank_correction`` with the drop in calibration error it achieves.
+
+    Δ = A ΔB = Q D (or Q D Uᵀ) with the ridge solution D of D G = S (S = Qᵀ R C U), so
+    ⟨Δ, RC⟩ = ⟨D, S⟩ and ‖Δ‖² = ‖D‖²: the gain ⟨D, S⟩ + λ‖D‖² costs two r × n sums.
+    """
     _check_lowrank(W, A, B, gram)
     _check_lam(lam)
     if update_a and projector is not None:
@@ -220,25 +285,35 @@ def lowrank_correction(
     # Qᵀ R C as (Qᵀ R) C: r·n² instead of m·n² (r < mn / (m + n) for a factorised layer).
     residual = q.T @ (w - a @ b)
     if basis is None:  # U = I: skip three n³ products with the identity
-        d = _ridge_solve(c, residual @ c, lam)
+        rhs = residual @ c
+        d = _ridge_solve(c, rhs, lam)
         b_new = b + _upper_solve(r_a, d)
     else:
-        d = _ridge_solve(basis.T @ c @ basis, residual @ c @ basis, lam)
+        rhs = residual @ c @ basis
+        d = _ridge_solve(basis.T @ c @ basis, rhs, lam)
         b_new = b + _upper_solve(r_a, d) @ basis.T
+    gain = None if update_a or not _invertible(r_a) else float((d * rhs).sum()) + lam * float((d * d).sum())
     a_new = a
     if update_a:
         r2 = w - a @ b_new
         a_new = a + _ridge_solve(b_new @ c @ b_new.T, r2 @ c @ b_new.T, lam)
-    return a_new.to(A.dtype), b_new.to(B.dtype)
+    return FactorFit(up=a_new.to(A.dtype), down=b_new.to(B.dtype), gain=gain)
 
 
 def _upper_solve(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """E with R E = D for the QR factor R; the minimum-norm E when R is singular (rank-deficient A)."""
-    diagonal = torch.diagonal(r).abs()
-    cut = float(diagonal.max()) * max(r.shape) * torch.finfo(torch.float64).eps if diagonal.numel() else 0.0
-    if diagonal.numel() and float(diagonal.min()) > cut:
+    if _invertible(r):
         return torch.linalg.solve_triangular(r, d, upper=True)
     return torch.linalg.pinv(r) @ d
+
+
+def _invertible(r: torch.Tensor) -> bool:
+    """Whether the triangular QR factor R is safely invertible (no diagonal below rounding level)."""
+    diagonal = torch.diagonal(r).abs()
+    if not diagonal.numel():
+        return False
+    cut = float(diagonal.max()) * max(r.shape) * torch.finfo(torch.float64).eps
+    return float(diagonal.min()) > cut
 
 
 # --- iterative ----------------------------------------------------------------------------------
@@ -322,12 +397,12 @@ def _masked_rows_complement(c: torch.Tensor, rc: torch.Tensor, mask: torch.Tenso
     magnitude pruning at sparsity s give |P| = s·n, so at small s this costs m · (sn)³/3 instead
     of m · ((1 − s)n)³/3 for the kept-column systems (or hundreds of CG sweeps of 2mn²).
     """
-    system = c + lam * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    system = _plus_ridge(c, lam)
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:  # λ tiny next to ‖C‖: rounding broke positive definiteness; the kept-column path copes
         return _masked_rows_batched(c, rc, mask, lam, torch.zeros_like(rc))
     inverse = torch.cholesky_inverse(factor)
-    dense = torch.cholesky_solve(rc.T, factor).T  # δ* for every row
+    dense = rc @ inverse  # δ* for every row (the inverse is needed below anyway; one GEMM beats two triangular solves)
     # The multipliers, scattered into an m × n matrix (zero off each row's pruned set), so that
     # every row's correction ν_i H_P· is one product N H rather than m gathers of |P| rows of H.
     multipliers = torch.zeros_like(dense)
@@ -362,7 +437,7 @@ def _masked_rows_cg(c: torch.Tensor, rc: torch.Tensor, mask: torch.Tensor, lam: 
     ``_CG_TOL`` of its right-hand side (in float64, the solution matches the direct solve).
     """
     keep = mask.to(c.dtype)
-    system = c + lam * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    system = _plus_ridge(c, lam)
     inverse_diagonal = 1.0 / torch.diagonal(system)
     rhs = rc * keep
     x = torch.zeros_like(rhs)
@@ -420,13 +495,20 @@ def _masked_rows_batched(c: torch.Tensor, rc: torch.Tensor, mask: torch.Tensor, 
 def _ridge_solve(g: torch.Tensor, rhs: torch.Tensor, lam: float) -> torch.Tensor:
     """X with X (G + λI) = rhs for symmetric PSD G; pseudo-inverse (minimum norm) when λ = 0."""
     if lam > 0:
-        system = g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+        system = _plus_ridge(g, lam)
         # Cholesky costs half of LU; rounding can still break it when λ is tiny next to ‖G‖.
         factor, info = torch.linalg.cholesky_ex(system)
         if int(info) == 0:
             return torch.cholesky_solve(rhs.T, factor).T
         return torch.linalg.solve(system, rhs.T).T
     return rhs @ torch.linalg.pinv(g, hermitian=True)
+
+
+def _plus_ridge(g: torch.Tensor, lam: float) -> torch.Tensor:
+    """G + λI as a new matrix, without building an n × n identity (an n² allocation and pass at n = 3,072)."""
+    system = g.clone()
+    system.diagonal().add_(lam)
+    return system
 
 
 def _row_basis(p_jj: torch.Tensor, tol: float) -> torch.Tensor:
@@ -466,8 +548,10 @@ def _in_range_tol(dtype: torch.dtype) -> float:
 
 
 def _sym64(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach().to(torch.float64)
-    return 0.5 * (x + x.T)
+    # Symmetrise before widening: a float32 Gram is only float32-accurate anyway, and the
+    # transposed add (a cache-unfriendly pass) moves half the bytes.
+    x = x.detach()
+    return (0.5 * (x + x.T)).to(torch.float64)
 
 
 # --- validation ---------------------------------------------------------------------------------

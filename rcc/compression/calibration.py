@@ -18,8 +18,14 @@ import torch
 from rcc.compression.layers import layer_module
 from rcc.data.types import ImageList
 from rcc.eval.encode import CancelCheck, Progress, check_cancel
-from rcc.models.adapter import VLModel
+from rcc.models.adapter import VLModel, real_tokens
 from rcc.models.inventory import LayerInfo
+
+
+# Texts per calibration batch: small batches of length-sorted texts waste little on padding
+# (bench.speed's 64 sentences in OpenCLIP's 77 positions: 4,928 positions uncut, 3,520 cut as one
+# batch, 1,648 sorted and cut in batches of 16).
+_TEXT_BATCH = 16
 
 
 @dataclass
@@ -87,12 +93,16 @@ def collect_input_stats(
                     progress(done, total, "calibration images")
         texts = list(data.texts)
         if texts and {"zeroshot", "retrieval"} & set(model.tasks):
-            for start in range(0, len(texts), batch_size):
+            # Sorted by length and cut to each batch's longest text (where the model allows it),
+            # so short sentences do not pay for the longest one's padding.
+            tokens = model.tokenize(texts)
+            order = torch.argsort(real_tokens(tokens).sum(dim=1), stable=True)
+            for rows in order.split(min(batch_size, _TEXT_BATCH)):
                 check_cancel(cancel)
-                tokens = model.tokenize(texts[start:start + batch_size])
-                valid_rows[0] = _real_tokens(tokens).reshape(-1)
-                model.encode_text(model.tokens_to_device(tokens))
-                done += len(texts[start:start + batch_size])
+                batch = model.trim_text_padding({k: v[rows] for k, v in tokens.items()})
+                valid_rows[0] = real_tokens(batch).reshape(-1)
+                model.encode_text(model.tokens_to_device(batch))
+                done += len(rows)
                 if progress:
                     progress(done, total, "calibration texts")
     finally:
@@ -101,8 +111,3 @@ def collect_input_stats(
             handle.remove()
     return stats
 
-
-def _real_tokens(tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Which token positions are text: the attention mask, else ids ≠ 0 (pad in OpenCLIP / BERT)."""
-    mask = tokens.get("attention_mask")
-    return mask.bool() if mask is not None else tokens["input_ids"] != 0

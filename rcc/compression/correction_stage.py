@@ -71,26 +71,34 @@ def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> L
     projector = _projector(ctx, layer.name, current.device)
     if projector is not None and projector.dim == 0:
         return None  # the preserved inputs span everything: any update would move them
-    # The guard compares two errors: float32 is precise enough and halves the cost of each.
-    before = alphaedit.reconstruction_error(target, current, gram, dtype=torch.float32)
     low_rank = layer_module(module, layer) if form == "factorised" else None
     saved = [t.detach().clone() for t in ((low_rank.up, low_rank.down) if low_rank is not None else (current,))]
+    mask = get_mask(module, layer)
     if form == "factorised":
-        up, down = alphaedit.lowrank_correction(target, low_rank.up.detach(), low_rank.down.detach(), gram, lam,
-                                                projector)
-        low_rank.up.copy_(up)
-        low_rank.down.copy_(down)
-        reapply_masks(low_rank)
+        # The guard compares two errors: float32 is precise enough and halves the cost of each.
+        before = alphaedit.reconstruction_error(target, current, gram, dtype=torch.float32)
+        fit = alphaedit.lowrank_fit(target, low_rank.up.detach(), low_rank.down.detach(), gram, lam, projector)
+        low_rank.up.copy_(fit.up)
+        low_rank.down.copy_(fit.down)
+        if fit.gain is not None and not _has_factor_masks(low_rank):
+            after = before - fit.gain  # exact minimiser: the identity gives the error without a product
+        else:  # re-zeroed factor entries or a minimum-norm step: measure what is there
+            reapply_masks(low_rank)
+            after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram,
+                                                   dtype=torch.float32)
     elif projector is None:
-        delta = alphaedit.masked_correction(target, current, get_mask(module, layer), gram, lam)
-        set_dense_weight(module, layer, current + delta)
+        fit = alphaedit.masked_fit(target, current, mask, gram, lam)
+        set_dense_weight(module, layer, current + fit.delta)
+        before, after = fit.before, fit.after
     else:
         # Mask and null space together make every row its own eigenproblem (minutes per layer):
         # projected gradient descent reaches the same objective far cheaper.
-        delta = alphaedit.gradient_correction(target, current, gram, lam, mask=get_mask(module, layer),
+        before = alphaedit.reconstruction_error(target, current, gram, dtype=torch.float32)
+        delta = alphaedit.gradient_correction(target, current, gram, lam, mask=mask,
                                               projector=projector, steps=ctx.options.correction_steps).delta
         set_dense_weight(module, layer, current + delta)
-    after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram, dtype=torch.float32)
+        after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram,
+                                               dtype=torch.float32)
     if after > before:
         # Only the unconstrained closed forms guarantee f(Δ*) ≤ f(0): re-zeroing pruned factor
         # entries after the B step, or alternating mask and null-space projections, can overshoot.
@@ -102,6 +110,10 @@ def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> L
             set_dense_weight(module, layer, saved[0])
         return None
     return LayerChange(layer.name, f"reconstruction error {before:.4g} → {after:.4g}")
+
+
+def _has_factor_masks(low_rank) -> bool:
+    return getattr(low_rank, "up_mask", None) is not None or getattr(low_rank, "down_mask", None) is not None
 
 
 def _projector(ctx: StageContext, name: str, device) -> alphaedit.NullSpace | None:

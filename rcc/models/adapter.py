@@ -16,6 +16,19 @@ from rcc.models.inventory import LayerInfo, Tower
 TextBatch = dict[str, torch.Tensor]
 
 
+def real_tokens(tokens: TextBatch) -> torch.Tensor:
+    """Which token positions are text: the attention mask, else ids ≠ 0 (pad in OpenCLIP / BERT)."""
+    mask = tokens.get("attention_mask")
+    return mask.bool() if mask is not None else tokens["input_ids"] != 0
+
+
+def cut_to_longest(tokens: TextBatch) -> TextBatch:
+    """Every tensor of the batch without the trailing positions that are padding in every row."""
+    used = real_tokens(tokens).any(dim=0).nonzero()
+    width = int(used[-1]) + 1 if used.numel() else 1
+    return {k: v[:, :width] for k, v in tokens.items()}
+
+
 class VLModel(ABC):
     """A loaded model: its torch module plus the knowledge of how to feed and measure it.
 
@@ -41,6 +54,15 @@ class VLModel(ABC):
 
     def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.preprocess(img) for img in images])
+
+    def trim_text_padding(self, tokens: TextBatch) -> TextBatch:
+        """The batch cut to its longest text, where that cannot change what real tokens compute.
+
+        Calibration only records real tokens, so positions past every text's end are wasted
+        work (64 sentences of about 17 tokens in OpenCLIP's 77 positions: three quarters).
+        Models whose real tokens attend to padding must keep it: the default keeps the batch.
+        """
+        return tokens
 
     # -- encoding ------------------------------------------------------------------------
     @abstractmethod

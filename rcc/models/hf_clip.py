@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from rcc.errors import ModelSpecError
-from rcc.models.adapter import TextBatch, VLModel
+from rcc.models.adapter import TextBatch, VLModel, cut_to_longest
 from rcc.models.inventory import LayerInfo, LayerKind, Tower, block_index, linear_layers
 
 ACCEPTED_FORMS = "hf:ID_OR_LOCAL_DIR, hf-blip:ID_OR_LOCAL_DIR"
@@ -112,6 +112,10 @@ class HFPreprocessing:
         )
         # Only what the text towers take: BERT-style tokenizers also emit token_type_ids.
         return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+
+    def trim_text_padding(self, tokens: TextBatch) -> TextBatch:
+        # Hugging Face text towers mask padding out of attention and pooling: cutting it is exact.
+        return cut_to_longest(tokens)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"]

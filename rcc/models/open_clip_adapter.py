@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from rcc.errors import ModelSpecError
-from rcc.models.adapter import TextBatch, VLModel
+from rcc.models.adapter import TextBatch, VLModel, cut_to_longest
 from rcc.models.inventory import LAYER_KINDS, LayerInfo, LayerKind, Tower, block_index, linear_layers
 
 # Last dotted component (or a distinctive suffix) of a Linear's name → its kind. Covers
@@ -125,7 +125,17 @@ class OpenCLIPModel(VLModel):
         return self.module.encode_image(pixels.to(self.device, self.dtype))
 
     def encode_text(self, tokens: TextBatch) -> torch.Tensor:
-        return self.module.encode_text(tokens["input_ids"].to(self.device))
+        ids = tokens["input_ids"].to(self.device)
+        if _causal_builtin_text(self.module) and ids.shape[1] < self.module.positional_embedding.shape[0]:
+            return _encode_text_prefix(self.module, ids)
+        return self.module.encode_text(ids)
+
+    def trim_text_padding(self, tokens: TextBatch) -> TextBatch:
+        # Exact for the built-in causal tower (real tokens never attend to later positions) and
+        # for Hugging Face text towers (they mask padding); other towers attend to it.
+        if _causal_builtin_text(self.module) or _hf_text_tower(self.module):
+            return cut_to_longest(tokens)
+        return tokens
 
     def layers(self) -> list[LayerInfo]:
         return open_clip_layers(self.module)
@@ -134,6 +144,34 @@ class OpenCLIPModel(VLModel):
         if name in ("logit_scale", "logit_bias"):
             return None
         return _tower_of(name)
+
+
+def _causal_builtin_text(module: nn.Module) -> bool:
+    """OpenCLIP's own text tower (``CLIP``) with a causal mask and a pool that reads a real token."""
+    import open_clip
+
+    return (isinstance(module, open_clip.model.CLIP) and getattr(module, "attn_mask", None) is not None
+            and getattr(module, "text_pool_type", "argmax") in ("argmax", "eos", "first"))
+
+
+def _hf_text_tower(module: nn.Module) -> bool:
+    # By name: open_clip.hf_model needs transformers, which plain OpenCLIP models do not.
+    return type(getattr(module, "text", None)).__name__ == "HFTextEncoder"
+
+
+def _encode_text_prefix(module: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``CLIP.encode_text`` on the first L ≤ context positions (the positional embedding and causal
+    mask cut to L): the same output wherever the pooled token lies within them."""
+    from open_clip.transformer import text_global_pool
+
+    length = ids.shape[1]
+    cast_dtype = module.transformer.get_cast_dtype()
+    x = module.token_embedding(ids).to(cast_dtype) + module.positional_embedding[:length].to(cast_dtype)
+    x = module.ln_final(module.transformer(x, attn_mask=module.attn_mask[:length, :length]))
+    x = text_global_pool(x, ids, module.text_pool_type, eos_token_id=getattr(module, "text_eos_id", None))
+    if module.text_projection is not None:
+        x = module.text_projection(x) if isinstance(module.text_projection, nn.Linear) else x @ module.text_projection
+    return x
 
 
 FORMS = "open_clip:NAME[@PRETRAINED_TAG_OR_FILE], open_clip:CONFIG.json[@WEIGHTS]"
