@@ -474,10 +474,20 @@ def test_lowrank_fit_gain_is_the_measured_drop_in_error(with_projector):
     assert fit.gain == pytest.approx(drop, rel=1e-9)
 
 
-def test_lowrank_fit_reports_no_gain_where_the_identity_does_not_hold():
+def test_lowrank_fit_measures_the_gain_of_a_masked_or_minimum_norm_step():
     c = _gram(_iid_inputs())
     w, w_c = _nearly_low_rank_weights()
     a, b = _rank_factors(w_c, 4)
-    assert lowrank_fit(w, a, b, c, 1e-3, update_a=True).gain is None
+    keep = torch.rand(b.shape, generator=_gen(13)) >= 0.3
+    b = b * keep
+    fit = lowrank_fit(w, a, b, c, 1e-3, keep=keep)
+    assert bool((fit.down[~keep] == 0).all())
+    drop = reconstruction_error(w, a @ b, c) - reconstruction_error(w, a @ fit.down, c)
+    assert fit.gain == pytest.approx(drop, rel=1e-9)
     a[:, 3] = 0.0  # rank-deficient A: the minimum-norm step
-    assert lowrank_fit(w, a, b, c, 1e-3).gain is None
+    fit = lowrank_fit(w, a, b, c, 1e-3)
+    drop = reconstruction_error(w, a @ b, c) - reconstruction_error(w, a @ fit.down, c)
+    assert fit.gain == pytest.approx(drop, rel=1e-9)
+    assert lowrank_fit(w, a, b, c, 1e-3, update_a=True).gain is None
+    with pytest.raises(ValueError, match="keep must be a bool mask"):
+        lowrank_fit(w, a, b, c, 1e-3, keep=keep.float())

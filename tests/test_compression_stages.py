@@ -369,8 +369,9 @@ def test_alphaedit_on_pruned_factorised_layers_keeps_rank_and_masks_and_never_ra
     run_lowrank_stage(ctx, 1.0)  # factorised after pruning: the sparsity moves onto the factors
     stored = {layer.name: stored_parameters(model.module, layer) for layer in ctx.layers()}
     before = _errors(ctx)
-    run_correction_stage(ctx, 1.0)
+    changes = run_correction_stage(ctx, 1.0)
     after = _errors(ctx)
+    _assert_reported_errors_are_measured(changes, before, after)  # measured in the factors' coordinates
     for layer in ctx.layers():
         low_rank = layer_module(model.module, layer)
         assert low_rank.rank == 6 and stored_parameters(model.module, layer) == stored[layer.name]

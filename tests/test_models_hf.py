@@ -121,7 +121,7 @@ def test_clip_text_embedding_ignores_padding(clip):
 
 def test_clip_text_cut_to_the_longest_text_encodes_the_same(clip):
     tokens = clip.tokenize([TEXTS[2], TEXTS[0]])
-    wide = {k: torch.nn.functional.pad(v, (0, 5)) for k, v in tokens.items()}  # five all-padding positions
+    wide = {k: F.pad(v, (0, 5)) for k, v in tokens.items()}  # five all-padding positions
     cut = clip.trim_text_padding(wide)
     assert cut["input_ids"].shape == tokens["input_ids"].shape
     with torch.no_grad():

@@ -55,9 +55,9 @@ class MaskedFit:
 class FactorFit:
     """Corrected factors and ``gain`` = e(0) − e(A'B' − AB), the drop in calibration error.
 
-    ``gain`` comes from the same identity as ``MaskedFit.after``, in the B step's coordinates;
-    it is None where the identity does not apply (``update_a``, or a rank-deficient A whose
-    minimum-norm step is not the minimiser the identity assumes).
+    ``gain`` comes from the same identity as ``MaskedFit.after`` where the step is the exact
+    minimiser, from a product in the factor's coordinates where it is not (a masked B, a
+    rank-deficient A); None with ``update_a``.
     """
 
     up: torch.Tensor
@@ -266,16 +266,22 @@ def lowrank_fit(
     lam: float,
     projector: NullSpace | torch.Tensor | None = None,
     update_a: bool = False,
+    keep: torch.Tensor | None = None,
 ) -> FactorFit:
     """``lowrank_correction`` with the drop in calibration error it achieves.
 
     Δ = A ΔB = Q D (or Q D Uᵀ) with the ridge solution D of D G = S (S = Qᵀ R C U), so
     ⟨Δ, RC⟩ = ⟨D, S⟩ and ‖Δ‖² = ‖D‖²: the gain ⟨D, S⟩ + λ‖D‖² costs two r × n sums.
+    ``keep`` (r × n, bool) is B's keep mask: the step is zeroed off it, which is no longer the
+    minimiser, so the gain is measured in the factor's coordinates instead, Δ = Q D' with
+    D' = Rₐ ΔB: 2⟨D', QᵀRC⟩ − tr(D' C D'ᵀ), an r·n² product where the weight's error is m·n².
     """
     _check_lowrank(W, A, B, gram)
     _check_lam(lam)
     if update_a and projector is not None:
         raise ValueError("update_a=True would move outputs on the preserved set; use it only with projector=None")
+    if keep is not None and (keep.dtype != torch.bool or keep.shape != B.shape):
+        raise ValueError(f"keep must be a bool mask of B's shape {tuple(B.shape)}, got {keep.dtype} {tuple(keep.shape)}")
     c = _sym64(gram).to(W.device)
     w = W.detach().to(torch.float64)
     a = A.detach().to(torch.float64)
@@ -284,15 +290,25 @@ def lowrank_fit(
     q, r_a = torch.linalg.qr(a)
     # Qᵀ R C as (Qᵀ R) C: r·n² instead of m·n² (r < mn / (m + n) for a factorised layer).
     residual = q.T @ (w - a @ b)
+    sc = residual @ c
     if basis is None:  # U = I: skip three n³ products with the identity
-        rhs = residual @ c
+        rhs = sc
         d = _ridge_solve(c, rhs, lam)
-        b_new = b + _upper_solve(r_a, d)
+        step = _upper_solve(r_a, d)
     else:
-        rhs = residual @ c @ basis
+        rhs = sc @ basis
         d = _ridge_solve(basis.T @ c @ basis, rhs, lam)
-        b_new = b + _upper_solve(r_a, d) @ basis.T
-    gain = None if update_a or not _invertible(r_a) else float((d * rhs).sum()) + lam * float((d * d).sum())
+        step = _upper_solve(r_a, d) @ basis.T
+    if keep is not None:
+        step = step * keep.to(step.device)
+    b_new = b + step
+    if update_a:
+        gain = None
+    elif keep is None and _invertible(r_a):  # the exact minimiser: the optimality identity
+        gain = float((d * rhs).sum()) + lam * float((d * d).sum())
+    else:  # any other step: measure it, in the gram's precision like the stage's other error checks
+        moved = (r_a @ step).to(gram.dtype)
+        gain = 2.0 * float((moved.to(torch.float64) * sc).sum()) - float(((moved @ gram.to(moved.device)) * moved).sum())
     a_new = a
     if update_a:
         r2 = w - a @ b_new

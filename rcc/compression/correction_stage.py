@@ -22,7 +22,7 @@ import torch
 
 from rcc.compression import alphaedit
 from rcc.compression.calibration import collect_input_stats
-from rcc.compression.layers import dense_weight, get_mask, layer_form, layer_module, reapply_masks, set_dense_weight
+from rcc.compression.layers import dense_weight, get_mask, layer_form, layer_module, set_dense_weight
 from rcc.compression.prune_stage import LayerChange
 from rcc.compression.stage_context import StageContext
 
@@ -77,15 +77,12 @@ def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> L
     if form == "factorised":
         # The guard compares two errors: float32 is precise enough and halves the cost of each.
         before = alphaedit.reconstruction_error(target, current, gram, dtype=torch.float32)
-        fit = alphaedit.lowrank_fit(target, low_rank.up.detach(), low_rank.down.detach(), gram, lam, projector)
+        # B's mask goes into the fit, which zeroes the step off it and measures what is left.
+        fit = alphaedit.lowrank_fit(target, low_rank.up.detach(), low_rank.down.detach(), gram, lam, projector,
+                                    keep=getattr(low_rank, "down_mask", None))
         low_rank.up.copy_(fit.up)
         low_rank.down.copy_(fit.down)
-        if fit.gain is not None and not _has_factor_masks(low_rank):
-            after = before - fit.gain  # exact minimiser: the identity gives the error without a product
-        else:  # re-zeroed factor entries or a minimum-norm step: measure what is there
-            reapply_masks(low_rank)
-            after = alphaedit.reconstruction_error(target, dense_weight(module, layer).detach(), gram,
-                                                   dtype=torch.float32)
+        after = before - fit.gain
     elif projector is None:
         fit = alphaedit.masked_fit(target, current, mask, gram, lam)
         set_dense_weight(module, layer, current + fit.delta)
@@ -110,10 +107,6 @@ def _correct(ctx: StageContext, layer, gram: torch.Tensor, fraction: float) -> L
             set_dense_weight(module, layer, saved[0])
         return None
     return LayerChange(layer.name, f"reconstruction error {before:.4g} → {after:.4g}")
-
-
-def _has_factor_masks(low_rank) -> bool:
-    return getattr(low_rank, "up_mask", None) is not None or getattr(low_rank, "down_mask", None) is not None
 
 
 def _projector(ctx: StageContext, name: str, device) -> alphaedit.NullSpace | None:
