@@ -1,6 +1,6 @@
 """Compression speed and the speed of the result, on the OpenCLIP ViT-B-32 architecture.
 
-    python -m bench.speed [--repeats 5]
+    python -m bench.speed [--runs 3] [--repeats 5]
 
 Random weights (speed does not depend on them). Every linear layer of both towers (146
 matrices, q/k/v of the fused attention split) is compressed by the cascade
@@ -11,6 +11,8 @@ random images and 64 sentences and an evaluator that costs nothing, so the table
 stages' own time. Reference: plain ``torch.linalg.svd(full_matrices=False)`` of the same 146
 matrices. Then CPU latency of encode_image / encode_text, dense vs the factorised model.
 Goals: the cascade within 2× the plain SVD time; the factorised model faster than dense.
+A shared 2-core machine drifts by ±20 % between minutes, so each of ``--runs`` runs times the
+plain SVD right before its cascade; the table gives medians and the ratio's range over the runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import copy
 import os
 import resource
+import statistics
 import time
 from dataclasses import replace
 
@@ -50,6 +53,24 @@ def plain_svd_seconds(model) -> float:
     return time.perf_counter() - start
 
 
+def timed_cascade(dense, calibration: CalibrationData, whiten: bool):
+    """A fresh copy of ``dense`` compressed by the cascade, its result, and seconds per stage, calibration and whole."""
+    model = copy.deepcopy(dense)
+    plan = uniform_plan(sparsity=0.1, method="dare", rank="auto", budget=0.5, correction=True,
+                        layers=model.layers())
+    config = CascadeConfig(threshold=0.0, options=replace(StageOptions(), whiten=whiten, preserve=False))
+    seconds: dict[str, float] = {}
+
+    def on_attempt(attempt) -> None:
+        seconds[attempt.stage] = attempt.seconds
+
+    began = time.perf_counter()
+    result = run_cascade(model, plan, lambda m: 1.0, calibration, None, config, on_attempt=on_attempt)
+    seconds["whole"] = time.perf_counter() - began
+    seconds["calibration"] = seconds["whole"] - sum(v for k, v in seconds.items() if k != "whole")
+    return model, result, seconds
+
+
 def latency(model, pixels, tokens, repeats: int) -> tuple[float, float]:
     with torch.inference_mode():
         image = median_seconds(lambda: model.encode_image(pixels), repeats)
@@ -59,7 +80,8 @@ def latency(model, pixels, tokens, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3, help="cascade runs, each with its own plain-SVD reference")
+    parser.add_argument("--repeats", type=int, default=5, help="latency repeats")
     parser.add_argument("--whiten", action="store_true", help="also time the activation-aware SVD variant")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -69,30 +91,32 @@ def main() -> None:
     texts = tuple(docstring_sentences("calib", limit=64))
     calibration = CalibrationData(images=images, texts=texts)
 
-    svd_s = plain_svd_seconds(dense)
-    print(f"plain torch.linalg.svd of the 146 matrices: {svd_s:.1f} s", flush=True)
-    rows = [["plain torch.linalg.svd, 146 matrices", round(svd_s, 2), 1.0]]
+    rows = []
+    extra_runs: dict[str, dict[str, list[float]]] = {}
     for whiten in (False, True) if args.whiten else (False,):
-        model = copy.deepcopy(dense)
-        plan = uniform_plan(sparsity=0.1, method="dare", rank="auto", budget=0.5, correction=True,
-                            layers=model.layers())
-        config = CascadeConfig(threshold=0.0, options=replace(StageOptions(), whiten=whiten, preserve=False))
-        stage_seconds: dict[str, float] = {}
-        began = time.perf_counter()
-        def on_attempt(attempt) -> None:
-            stage_seconds[attempt.stage] = attempt.seconds
-            print(f"  {attempt.stage}: {attempt.seconds:.1f} s", flush=True)
-
-        result = run_cascade(model, plan, lambda m: 1.0, calibration, None, config, on_attempt=on_attempt)
-        total = time.perf_counter() - began
         label = "activation-aware" if whiten else "plain"
-        for stage, seconds in stage_seconds.items():
-            rows.append([f"  {stage} stage ({label} SVD)", round(seconds, 2), round(seconds / svd_s, 2)])
-        calib_s = total - sum(stage_seconds.values())
-        rows.append([f"  calibration + bookkeeping ({label})", round(calib_s, 2), round(calib_s / svd_s, 2)])
-        rows.append([f"whole cascade ({label} SVD)", round(total, 2), round(total / svd_s, 2)])
+        timings: dict[str, list[float]] = {}
+        for run in range(args.runs):
+            svd_s = plain_svd_seconds(dense)
+            model, result, seconds = timed_cascade(dense, calibration, whiten)
+            print(f"run {run + 1}/{args.runs} ({label}): plain SVD {svd_s:.1f} s, cascade {seconds['whole']:.1f} s "
+                  f"= {seconds['whole'] / svd_s:.2f}×", flush=True)
+            for key, value in {"svd": svd_s, **seconds}.items():
+                timings.setdefault(key, []).append(value)
+            timings.setdefault("ratio", []).append(seconds["whole"] / svd_s)
+        svd_s = statistics.median(timings["svd"])
+        if not rows:
+            rows.append([f"plain torch.linalg.svd, 146 matrices (median of {args.runs})", round(svd_s, 2), 1.0])
+        for key in [k for k in timings if k not in ("svd", "whole", "ratio")]:
+            seconds = statistics.median(timings[key])
+            name = f"  {key} stage ({label} SVD)" if key != "calibration" else f"  calibration + bookkeeping ({label})"
+            rows.append([name, round(seconds, 2), round(seconds / svd_s, 2)])
+        ratios = timings["ratio"]
+        rows.append([f"whole cascade ({label} SVD), ratio range {min(ratios):.2f}–{max(ratios):.2f}×",
+                     round(statistics.median(timings["whole"]), 2), round(statistics.median(ratios), 2)])
+        extra_runs[label] = {key: [round(v, 3) for v in values] for key, values in timings.items()}
         if not whiten:
-            compressed, removed, plain_ratio = model, result.removed_fraction, total / svd_s
+            compressed, removed, plain_ratio = model, result.removed_fraction, statistics.median(ratios)
     pixels = dense.preprocess_batch([images[i] for i in range(8)])
     tokens = dense.tokenize(list(texts[:8]))
     dense_img, dense_txt = latency(dense, pixels, tokens, args.repeats)
@@ -104,7 +128,7 @@ def main() -> None:
     extra = {
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "parameters_dense": dense.num_parameters(), "parameters_compressed": compressed.num_parameters(),
-        "linear_removed_fraction": removed,
+        "linear_removed_fraction": removed, "runs": extra_runs,
         "goals": {"cascade_within_2x_svd": plain_ratio <= 2.0,
                   "factorised_faster": dense_img > comp_img and dense_txt > comp_txt},
     }
