@@ -281,7 +281,8 @@ def lowrank_fit(
     if update_a and projector is not None:
         raise ValueError("update_a=True would move outputs on the preserved set; use it only with projector=None")
     if keep is not None and (keep.dtype != torch.bool or keep.shape != B.shape):
-        raise ValueError(f"keep must be a bool mask of B's shape {tuple(B.shape)}, got {keep.dtype} {tuple(keep.shape)}")
+        raise ValueError(f"keep must be a bool mask of B's shape {tuple(B.shape)}, "
+                         f"got {keep.dtype} {tuple(keep.shape)}")
     c = _sym64(gram).to(W.device)
     w = W.detach().to(torch.float64)
     a = A.detach().to(torch.float64)
@@ -308,7 +309,8 @@ def lowrank_fit(
         gain = float((d * rhs).sum()) + lam * float((d * d).sum())
     else:  # any other step: measure it, in the gram's precision like the stage's other error checks
         moved = (r_a @ step).to(gram.dtype)
-        gain = 2.0 * float((moved.to(torch.float64) * sc).sum()) - float(((moved @ gram.to(moved.device)) * moved).sum())
+        quadratic = float(((moved @ gram.to(moved.device)) * moved).sum())
+        gain = 2.0 * float((moved.to(torch.float64) * sc).sum()) - quadratic
     a_new = a
     if update_a:
         r2 = w - a @ b_new
@@ -418,7 +420,7 @@ def _masked_rows_complement(c: torch.Tensor, rc: torch.Tensor, mask: torch.Tenso
     if int(info) != 0:  # λ tiny next to ‖C‖: rounding broke positive definiteness; the kept-column path copes
         return _masked_rows_batched(c, rc, mask, lam, torch.zeros_like(rc))
     inverse = torch.cholesky_inverse(factor)
-    dense = rc @ inverse  # δ* for every row (the inverse is needed below anyway; one GEMM beats two triangular solves)
+    dense = rc @ inverse  # δ* for every row: the inverse is needed below anyway, and one GEMM beats two solves
     # The multipliers, scattered into an m × n matrix (zero off each row's pruned set), so that
     # every row's correction ν_i H_P· is one product N H rather than m gathers of |P| rows of H.
     multipliers = torch.zeros_like(dense)
