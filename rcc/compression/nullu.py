@@ -87,10 +87,10 @@ def spectrum(
 
     Rank choices weigh tail energies Σ σ², so for a float32 weight the squares come straight from
     the eigenvalues of its small Gram (WᵀW or WWᵀ) in float32: σ² to about n·eps·σ_max²
-    (4e-6 σ_max² at 3072 × 768), far below the gaps the budget allocation compares, and about
-    10× faster than float64 ``svdvals`` (ViT-B-32's 146 matrices: 15 s → ~3.5 s; float64 Grams
-    took ~5.5 s). rcc-mini's auto ranks at 30/50/70 % budgets are the same as from float64
-    spectra (tested). Float64 weights and whitened spectra (W S inherits the conditioning of
+    (4e-6 σ_max² at 3072 × 768), far below the gaps the budget allocation compares. float64
+    ``svdvals`` took 15 s for ViT-B-32's 146 matrices; with float64 Grams bench.speed's whole
+    Nullu stage took 8–11 s, with float32 ones 5.2–5.3 s. rcc-mini's auto ranks at 30/50/70 %
+    budgets are the same as from float64 spectra (tested). Float64 weights and whitened spectra (W S inherits the conditioning of
     the Gram's Cholesky factor) take ``svdvals`` in float64.
     """
     _check_matrix(weight)
