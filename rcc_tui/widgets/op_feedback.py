@@ -1,13 +1,14 @@
 """How a panel that starts ops reports back: an inline error line, a progress bar, a status text.
 
 The run panel and the train panel both refuse a bad value on a line of their own and follow
-the running op on a bar and a line of text; these functions are that behaviour, once.
+the running op on a bar and a line of text; these functions, and the ``OpFeedback`` mixin that
+wires them to a panel's widgets, are that behaviour, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 
@@ -78,3 +79,47 @@ def describe_progress(event: OpProgress) -> str:
     if event.phase == "loading":
         return f"loading {event.detail}…"
     return f"{event.phase} {event.detail}".strip()
+
+
+class OpFeedback:
+    """``show_error`` / ``set_running`` / ``set_status`` / ``show_progress`` for a panel widget.
+
+    The panel names its widgets: an error line, a progress bar, a status line, the cancel
+    button and the buttons that start work (disabled while something runs).
+    """
+
+    ERROR_ID: ClassVar[str]
+    BAR_ID: ClassVar[str]
+    STATUS_ID: ClassVar[str]
+    CANCEL_ID: ClassVar[str]
+    START_IDS: ClassVar[tuple[str, ...]]
+    error: str
+
+    def show_error(self, message: str) -> None:
+        from textual.widgets import Static
+
+        self.error = message
+        show_inline_error(self.query_one(f"#{self.ERROR_ID}", Static), message)  # type: ignore[attr-defined]
+
+    def set_running(self, title: str | None) -> None:
+        """``title`` of the work that started, or None when it ended."""
+        from textual.widgets import Button, ProgressBar
+
+        running = title is not None
+        self.query_one(f"#{self.CANCEL_ID}", Button).disabled = not running  # type: ignore[attr-defined]
+        for start in self.START_IDS:
+            self.query_one(f"#{start}", Button).disabled = running  # type: ignore[attr-defined]
+        reset_bar(self.query_one(f"#{self.BAR_ID}", ProgressBar), running)  # type: ignore[attr-defined]
+        if running:
+            self.set_status(f"{title}…")
+
+    def set_status(self, text: str) -> None:
+        from textual.widgets import Static
+
+        self.query_one(f"#{self.STATUS_ID}", Static).update(text)  # type: ignore[attr-defined]
+
+    def show_progress(self, event: OpProgress) -> None:
+        from textual.widgets import ProgressBar
+
+        advance(self.query_one(f"#{self.BAR_ID}", ProgressBar), event)  # type: ignore[attr-defined]
+        self.set_status(describe_progress(event))

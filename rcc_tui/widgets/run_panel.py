@@ -16,17 +16,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
-from rcc_tui.widgets.op_feedback import (
-    advance,
-    describe_progress,
-    reset_bar,
-    show_inline_error,
-    submit_op,
-)
+from rcc_tui.widgets.op_feedback import OpFeedback, submit_op
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
-    from rcc.session.progress import OpProgress
 
 STAGES = ("dare", "nullu", "alphaedit")  # rcc.session.ops.STAGE_NAMES
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")  # rcc.session.ops.SCHEDULES
@@ -40,8 +33,14 @@ def _number(text: str, kind: type) -> Any:
         return clean  # the op refuses it, naming the value and what is allowed
 
 
-class RunPanel(Vertical):
+class RunPanel(OpFeedback, Vertical):
     """Run a stage or the cascade; shows the progress of whatever runs."""
+
+    ERROR_ID = "run-error"
+    BAR_ID = "run-progress"
+    STATUS_ID = "run-status"
+    CANCEL_ID = "cancel"
+    START_IDS = ("run-stage", "run-cascade")
 
     class RunRequested(Message):
         def __init__(self, op: Op) -> None:
@@ -118,10 +117,6 @@ class RunPanel(Vertical):
         """Build the stage or cascade op from the fields and ask for it to run; False if refused."""
         return submit_op(self, self.stage_op if kind == "stage" else self.cascade_op, self.RunRequested)
 
-    def show_error(self, message: str) -> None:
-        self.error = message
-        show_inline_error(self.query_one("#run-error", Static), message)
-
     @on(Button.Pressed, "#run-stage")
     def _stage_pressed(self, event: Button.Pressed) -> None:
         event.stop()
@@ -141,21 +136,3 @@ class RunPanel(Vertical):
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.request("stage" if event.input.id == "fraction" else "cascade")
-
-    # -- progress --------------------------------------------------------------------------
-    def set_running(self, title: str | None) -> None:
-        """``title`` of the work that started, or None when it ended."""
-        running = title is not None
-        self.query_one("#cancel", Button).disabled = not running
-        self.query_one("#run-stage", Button).disabled = running
-        self.query_one("#run-cascade", Button).disabled = running
-        reset_bar(self.query_one("#run-progress", ProgressBar), running)
-        if running:
-            self.set_status(f"{title}…")
-
-    def set_status(self, text: str) -> None:
-        self.query_one("#run-status", Static).update(text)
-
-    def show_progress(self, event: OpProgress) -> None:
-        advance(self.query_one("#run-progress", ProgressBar), event)
-        self.set_status(describe_progress(event))

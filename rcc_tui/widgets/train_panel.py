@@ -16,17 +16,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from rcc_tui.widgets.op_feedback import (
-    advance,
-    describe_progress,
-    reset_bar,
-    show_inline_error,
-    submit_op,
-)
+from rcc_tui.widgets.op_feedback import OpFeedback, submit_op
 
 if TYPE_CHECKING:
     from rcc.session.ops import Train
-    from rcc.session.progress import OpProgress
 
 # Subsets of rcc.session.ops.PRECISION_NAMES / TRAIN_SCHEDULES (not imported: the first frame
 # imports nothing of the engine). fp16 and constant stay available to recipes and the CLI.
@@ -49,8 +42,14 @@ def parse_field(text: str, kind: type) -> Any:
         return clean
 
 
-class TrainPanel(Vertical):
+class TrainPanel(OpFeedback, Vertical):
     """Recovery training of the current node; shows the progress of whatever runs."""
+
+    ERROR_ID = "train-error"
+    BAR_ID = "train-progress"
+    STATUS_ID = "train-status"
+    CANCEL_ID = "train-cancel"
+    START_IDS = ("train",)
 
     DEFAULT_CSS: ClassVar[str] = """
     TrainPanel {
@@ -172,10 +171,6 @@ class TrainPanel(Vertical):
         """Build the op and ask for it to run; False (with the reason shown inline) if refused."""
         return submit_op(self, self.train_op, self.TrainRequested)
 
-    def show_error(self, message: str) -> None:
-        self.error = message
-        show_inline_error(self.query_one("#train-error", Static), message)
-
     @on(Button.Pressed, "#train")
     def _train_pressed(self, event: Button.Pressed) -> None:
         event.stop()
@@ -190,20 +185,3 @@ class TrainPanel(Vertical):
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.request()
-
-    # -- progress --------------------------------------------------------------------------
-    def set_running(self, title: str | None) -> None:
-        """``title`` of the work that started, or None when it ended."""
-        running = title is not None
-        self.query_one("#train-cancel", Button).disabled = not running
-        self.query_one("#train", Button).disabled = running
-        reset_bar(self.query_one("#train-progress", ProgressBar), running)
-        if running:
-            self.set_status(f"{title}…")
-
-    def set_status(self, text: str) -> None:
-        self.query_one("#train-status", Static).update(text)
-
-    def show_progress(self, event: OpProgress) -> None:
-        advance(self.query_one("#train-progress", ProgressBar), event)
-        self.set_status(describe_progress(event))
