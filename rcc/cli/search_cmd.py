@@ -200,30 +200,22 @@ COLUMNS = ["trial", "state", "size", "of dense", "removed", "accuracy", "front",
 
 def run_search_command(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stderr, stdout, table, write_json
-    from rcc.search.seeds import read_scores, session_sensitivity
-    from rcc.search.storage import resolve_url
-    from rcc.search.study import Limits, StudySettings, existing_settings, read_source, run_search
-
-    url = resolve_url(args.storage, session)
+    from rcc.search.study import Limits
+    from rcc.services.search import plan_study, run_study
     from rcc.session.session import is_session
 
     if not is_session(session):
         raise RccError(f"{session!r} is not a session; allowed: a directory made by `rcc-tui new` or "
                        f"`rcc-tui session new`")
-    stored = existing_settings(url, args.study)
-    settings = build_settings(args, stored or StudySettings())
+    start = plan_study(session, args.study, args.storage, adjust=lambda base: build_settings(args, base),
+                       sensitivity_file=args.sensitivity)
+    settings = start.settings
     trials = args.trials if args.trials is not None else (None if args.timeout or args.patience else 20)
     limits = Limits(trials=trials, timeout=args.timeout, patience=args.patience)
     console = stderr()
-    sensitivity = None
-    if args.sensitivity:
-        sensitivity = read_scores(args.sensitivity)
-    elif stored is None:  # a new study starts from the session's scan of its node, when there is one
-        found = session_sensitivity(session, read_source(session).node)
-        if found:
-            console.print(f"seeding from the sensitivity scan {found[0]}", highlight=False, markup=False)
-            sensitivity = found[1]
-    console.print(f"{'joining' if stored else 'creating'} study {args.study!r}: {settings.objective.mode}, "
+    if start.sensitivity_source and not args.sensitivity:
+        console.print(f"seeding from the sensitivity scan {start.sensitivity_source}", highlight=False, markup=False)
+    console.print(f"{'joining' if start.joining else 'creating'} study {args.study!r}: {settings.objective.mode}, "
                   f"{settings.space.level} space, {settings.sampler}, {args.workers} worker(s)", highlight=False)
 
     def progress(event) -> None:
@@ -235,8 +227,8 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
                       f"{' — ' + row.note if row.note else ''} · {event.best}", highlight=False, markup=False,
                       soft_wrap=True)
 
-    report = run_search(session, args.study, settings, limits, storage=args.storage, workers=args.workers,
-                        sensitivity=sensitivity, device=args.device, progress=progress)
+    report = run_study(session, start, limits, storage=args.storage, workers=args.workers, device=args.device,
+                       progress=progress)
     dense = _dense_params(report)
     title = (f"{'Pareto front' if settings.objective.mode == 'pareto' else 'feasible front (smallest first)'} of "
              f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f}")
@@ -275,26 +267,16 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
 
 def run_apply(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stdout
-    from rcc.search.storage import resolve_url, without_password
-    from rcc.search.record import record_from_dict
-    from rcc.search.trials import load_trial
-    from rcc.session import ops as O
+    from rcc.services.search import apply_trial
     from rcc.session.session import Session
 
     if args.trial is None:
         raise RccError("search apply needs --trial N; allowed: a COMPLETE trial number from `rcc-tui search trials`")
-    url = resolve_url(args.storage, session)
-    trial = load_trial(url, args.study, args.trial)
-    record = record_from_dict(trial.user_attrs["record"])
-    measured = float(trial.user_attrs.get("accuracy", float("nan")))
-    recorded_storage = None if args.storage is None else without_password(url)
     with Session.open(session, device=args.device) as opened:
-        if opened.head != record.node:
-            opened.apply(O.Checkout(node=record.node))
-        outcome = opened.apply(O.ApplyTrial(study=args.study, trial=args.trial, storage=recorded_storage,
-                                            record=record.as_dict()))
+        applied = apply_trial(opened, args.study, args.trial, storage=args.storage)
+    outcome = applied.outcome
     metric = outcome.metrics.get("eval/primary")
     stdout().print(f"#{outcome.seq} apply_trial: node {outcome.new_node} from trial {args.trial} of {args.study}: "
-                   f"eval {metric:.4f} (the trial measured {measured:.4f}), "
+                   f"eval {metric:.4f} (the trial measured {applied.measured:.4f}), "
                    f"{int(outcome.metrics.get('size/params', 0)):,} stored values")
     return 0

@@ -52,13 +52,6 @@ def add_parser(sub) -> None:
     recipe.set_defaults(run=run_export_recipe)
 
 
-def sessions_home() -> Path:
-    """Where sessions live unless told otherwise: $RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions."""
-    import os
-
-    return Path(os.environ.get("RCC_SESSIONS_DIR") or Path.home() / ".local/share/rcc-tui/sessions")
-
-
 def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -82,19 +75,15 @@ def run_new(args: argparse.Namespace) -> int:
 
 def run_ls(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout, table
-    from rcc.session.session import Session, is_session
+    from rcc.services.sessions import list_sessions, sessions_home
 
     root = Path(args.root) if args.root else sessions_home()
-    rows = []
-    for directory in sorted(p for p in root.glob("*") if is_session(p)) if root.is_dir() else []:
-        with Session.open(directory, read_only=True) as session:
-            nodes = session.nodes()
-            head = next((n for n in nodes if n.id == session.head), None)
-            rows.append([directory.name, session.setting("model"), session.setting("data"), len(nodes),
-                         session.head, head and _metric(head), head and head.params,
-                         _when(nodes[-1].created) if nodes else "–"])
+    rows = [[entry.name, entry.model, entry.data, entry.nodes, entry.head,
+             "–" if entry.head_eval is None else f"{entry.head_eval:.4f}", entry.head_params,
+             _when(entry.last_change) if entry.last_change is not None else "–"] for entry in list_sessions(root)]
     stdout().print(table(f"sessions in {root}", ["session", "model", "data", "nodes", "head", "eval", "params",
                                                  "last change"], rows))
+    stdout().print("open one: rcc-tui open NAME", highlight=False)
     return 0
 
 
@@ -168,6 +157,8 @@ def run_apply(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
     from rcc.session.session import Session
 
+    from rcc.services.outcomes import describe_outcome
+
     ops = _read_ops(args.ops)  # every op checked before the session is even opened
     # The model loads with the first op that needs it (so a checkout can leave a corrupt head).
     with Session.open(args.session, device=args.device, load=False) as session:
@@ -175,7 +166,12 @@ def run_apply(args: argparse.Namespace) -> int:
             outcome = session.apply(op)
             made = f"node {outcome.new_node}" if outcome.new_node else f"head node {outcome.node_after}"
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items()))
-            stdout().print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}")
+            out = stdout()
+            out.print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}",
+                      highlight=False, markup=False)
+            text = describe_outcome(outcome, session.nodes())
+            for line in ((text.headline,) if outcome.unchanged else ()) + text.details:
+                out.print(f"  {line}", highlight=False, markup=False)
     return 0
 
 

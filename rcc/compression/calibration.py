@@ -52,7 +52,11 @@ def collect_input_stats(
     model: VLModel, layers: Sequence[LayerInfo], data: CalibrationData, gram: bool = True,
     batch_size: int = 64, progress: Progress | None = None, cancel: CancelCheck | None = None,
 ) -> dict[str, InputStats]:
-    """Input statistics of every given layer that is a Linear / LowRankLinear module."""
+    """Input statistics of every given layer that is a Linear / LowRankLinear module.
+
+    ``progress(done, total, what)`` is called once at the start (``done = 0``) and after every
+    batch, ``total`` counting the images and texts run through the model.
+    """
     stats: dict[str, InputStats] = {}
     handles = []
     # Token rows that are real text (not padding) for the batch in flight; None = all rows.
@@ -81,8 +85,11 @@ def collect_input_stats(
             handles.append(target.register_forward_pre_hook(hook_for(layer.name)))
     try:
         images = data.images
-        total = (len(images) if images is not None else 0) + len(data.texts)
+        texts = list(data.texts) if {"zeroshot", "retrieval"} & set(model.tasks) else []
+        total = (len(images) if images is not None else 0) + len(texts)
         done = 0
+        if progress:  # the phase shows from its start, not after its first batch
+            progress(0, total, "images" if images is not None else "texts")
         if images is not None:
             for start in range(0, len(images), batch_size):
                 check_cancel(cancel)
@@ -90,9 +97,8 @@ def collect_input_stats(
                 model.encode_image(model.preprocess_batch(batch).to(model.device, model.dtype))
                 done += len(batch)
                 if progress:
-                    progress(done, total, "calibration images")
-        texts = list(data.texts)
-        if texts and {"zeroshot", "retrieval"} & set(model.tasks):
+                    progress(done, total, "images")
+        if texts:
             # Sorted by length and cut to each batch's longest text (where the model allows it),
             # so short sentences do not pay for the longest one's padding.
             tokens = model.tokenize(texts)
@@ -104,7 +110,7 @@ def collect_input_stats(
                 model.encode_text(model.tokens_to_device(batch))
                 done += len(rows)
                 if progress:
-                    progress(done, total, "calibration texts")
+                    progress(done, total, "texts")
     finally:
         valid_rows[0] = None
         for handle in handles:

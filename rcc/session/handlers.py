@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
 from rcc.errors import RccError
 from rcc.session import ops as O
-from rcc.session.progress import OpProgress, ProgressFn
+from rcc.session.progress import OpProgress, ProgressFn, phase_progress
 
 if TYPE_CHECKING:
     from rcc.session.session import Session
@@ -70,18 +70,19 @@ def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
     eval_split = check_split(op.data, op.eval_split or default_eval_split(op.data))
     check_split(op.data, op.test_split)
     session._load_workspace(op.model, op.data, eval_split, op.test_split, progress)
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"load {op.model} on {op.data}",
                   metrics={"eval/primary": metric, **size_metrics(session.model)},
                   result={"eval_split": eval_split})
 
 
-def _primary(session: Session, progress, cancel) -> float:
-    from rcc.eval.suite import primary_metric
+def _primary(session: Session, progress, cancel, op: str = "evaluate") -> float:
+    """The primary metric on the eval split, its batches reported as phase ``evaluate``."""
+    return float(session.workspace.evaluator(cancel, _evaluation_progress(op, progress))(session.model))
 
-    if progress:
-        progress(OpProgress(op="evaluate", phase="evaluate", detail=session.workspace.eval_split))
-    return primary_metric(session.workspace.evaluate(cancel=cancel))
+
+def _evaluation_progress(op: str, progress):
+    return phase_progress(op, "evaluate", progress)
 
 
 def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
@@ -91,21 +92,14 @@ def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
 
 
 def edit_layers(session: Session, op: O.EditLayers, progress, cancel) -> Effect:
-    from rcc.compression.plan_rules import normalize_settings, settings_to_json
+    from rcc.services.edit_preview import edited_plan
 
     names = {layer.name for layer in session.model.layers()}
     unknown = [name for name in op.layers if name not in names]
     if unknown:
         raise RccError(f"layer {unknown[0]!r} is not in the model; allowed: a name from `rcc-tui layers` "
                        f"({len(names)} layers)")
-    overrides = {name: dict(settings) for name, settings in session.plan.overrides.items()}
-    for name in op.layers:
-        if op.reset:
-            overrides.pop(name, None)
-        if op.settings:
-            overrides[name] = {**overrides.get(name, {}), **normalize_settings(op.settings)}
-    budget = op.budget if op.budget is not None else session.plan.budget
-    plan = replace(session.plan, overrides={n: settings_to_json(s) for n, s in overrides.items()}, budget=budget)
+    plan = edited_plan(session.plan, op.layers, op.settings, op.reset, op.budget)
     resolve_plan(plan, session.model.layers())  # locked layers, ranks out of range, N:M that does not divide
     return Effect(plan=plan)
 
@@ -142,7 +136,7 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
     if not run.changed:  # a node equal to its parent would only clutter the history
         what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
                   metrics={"eval/primary": metric, **size_metrics(session.model)},
                   result={"changed": run.changed, "params_before": run.params_before,
@@ -159,12 +153,15 @@ def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
     calibration, preserved = session.workspace.calibration(op.calib_per_class, plan.seed)
 
     def on_attempt(attempt) -> None:
-        if progress:
+        if progress:  # the model's stored bytes now: after a back-off, the state it was restored to
             progress(OpProgress(op=op.kind, phase=attempt.stage, detail=f"step {attempt.step} attempt "
                                 f"{attempt.attempt}", metric=attempt.metric, params=attempt.params,
-                                accepted=attempt.accepted))
+                                accepted=attempt.accepted,
+                                stored_bytes=size_metrics(session.model)["size/bytes"] if attempt.accepted
+                                else None))
 
-    result = cascade(session.model, plan, session.workspace.evaluator(cancel), calibration, preserved, config,
+    evaluate = session.workspace.evaluator(cancel, _evaluation_progress(op.kind, progress))
+    result = cascade(session.model, plan, evaluate, calibration, preserved, config,
                      progress=_layer_progress(op.kind, progress), cancel=cancel, on_attempt=on_attempt)
     kept = sum(a.accepted for a in result.attempts)
     return Effect(new_node=True, summary=f"cascade {'→'.join(op.stages)} ≥{op.threshold:g}: "
@@ -178,7 +175,10 @@ def evaluate(session: Session, op: O.Evaluate, progress, cancel) -> Effect:
     from rcc.session.workspace import check_split
 
     check_split(session.workspace.data, op.split)
-    report = session.workspace.evaluate(op.split, cancel=cancel)
+    evaluating = _evaluation_progress(op.kind, progress)
+    if evaluating:
+        evaluating(0, len(session.workspace.dataset(op.split)), "images")
+    report = session.workspace.evaluate(op.split, cancel=cancel, progress=evaluating)
     metrics = {f"{op.split}/{k}": float(v) for k, v in report.metrics.items() if isinstance(v, (int, float))}
     metrics[f"{op.split}/primary"] = primary_metric(report)
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
@@ -188,7 +188,7 @@ def checkout(session: Session, op: O.Checkout, progress, cancel) -> Effect:
     # The working plan stays: it is the user's draft (roll back, then re-run it gentler); the
     # plan that made the node is kept with the node (NodeState.plan).
     target = session.graph.state(op.node)  # raises for an unknown node
-    loaded = session._restore_to(target)
+    loaded = session._restore_to(target, progress, op.kind)
     return Effect(head=op.node, state=(target.structure, target.tensors), result={"bytes_loaded": loaded})
 
 
@@ -236,7 +236,8 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     if progress:
         progress(OpProgress(op=op.kind, phase="teacher", detail=f"node {teacher_node}"))
     teacher = session.model_at(teacher_node)
-    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0)
+    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0,
+                              progress=phase_progress(op.kind, "teacher", progress))
     del teacher
     locked = {name for name, plan in resolve_plan(session.plan, session.model.layers()).items() if plan.locked}
     frozen = locked_parameter_names(session.model, locked)
@@ -260,7 +261,7 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     result = distill(session.model, data, targets, config, frozen=frozen,
                      evaluate=evaluate_during_training if op.eval_every else None,
                      on_step=on_step, cancel=cancel)
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "
                                          f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}",
                   metrics={"eval/primary": metric, **size_metrics(session.model)},
@@ -304,7 +305,7 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
     if result is None:
         raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
                        f"allowed: a trial whose plan gives some layer a sparsity or a rank")
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
                                          f"{result.removed_fraction:.0%} removed",
                   metrics={"eval/primary": metric, **size_metrics(session.model)}, plan=plan,

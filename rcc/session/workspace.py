@@ -32,11 +32,11 @@ class Workspace:
 
         return run_eval(self.model, self.dataset(split or self.eval_split), cancel=cancel, progress=progress)
 
-    def evaluator(self, cancel=None):
+    def evaluator(self, cancel=None, progress=None):
         """model → primary metric on the eval split (what the cascade checks after each stage)."""
         from rcc.eval.suite import evaluator
 
-        return evaluator(self.dataset(self.eval_split), cancel=cancel)
+        return evaluator(self.dataset(self.eval_split), cancel=cancel, progress=progress)
 
     def calibration(self, per_class: int, seed: int):
         from rcc.compression.calibration_sets import calibration_sets
