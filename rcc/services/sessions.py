@@ -95,7 +95,7 @@ def find_session(name_or_path: str, root: Path | None = None) -> Path:
     named = root / name_or_path
     if os.sep not in name_or_path and is_session(named):
         return named
-    names = [entry.name for entry in list_sessions(root)]
+    names = sorted(p.name for p in root.iterdir() if is_session(p)) if root.is_dir() else []
     shown = ", ".join(names[-5:]) if names else "none yet"
     raise RccError(f"{name_or_path!r} is not a session; allowed: a session directory (it holds session.db) or a "
                    f"name from `rcc-tui session ls` (in {root}: {shown})")

@@ -26,7 +26,7 @@ from textual.widgets.tree import TreeNode
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan
     from rcc.models.inventory import LayerInfo
-    from rcc_tui.workers import LayerState
+    from rcc_tui.session_view import LayerState
 
 SELECTED, UNSELECTED, PARTIAL = "■", "□", "◧"
 DETAIL_WIDTH = 40  # narrower trees leave shapes and sizes to the editor
