@@ -25,6 +25,7 @@ class LayerState:
     rank: int | None  # the factorisation's rank, None when not factorised
     stored: int  # numbers the layer stores now
     stored_bytes: int | None = None  # bytes the compressed export writes for it (values and packed masks)
+    dense_bytes: int | None = None  # bytes of its dense weight in the model's dtype
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
     )
 
     module = session.model.module
+    value_bytes = next(module.parameters()).element_size()  # the model's dtype: float32 is 4
     state = {}
     for layer in layers:
         try:
@@ -73,7 +75,8 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
             state[layer.name] = LayerState(
                 form=layer_form(module, layer), sparsity=layer_sparsity(module, layer),
                 rank=child.rank if isinstance(child, LowRankLinear) else None,
-                stored=stored_parameters(module, layer), stored_bytes=stored_bytes(module, layer))
+                stored=stored_parameters(module, layer), stored_bytes=stored_bytes(module, layer),
+                dense_bytes=layer.params * value_bytes)
         except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
             state[layer.name] = LayerState("dense", 0.0, None, layer.params)
     return state

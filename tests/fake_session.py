@@ -95,6 +95,7 @@ class FakeSession:
     def view(self, layers: tuple | None = None, with_state: bool = True, previous: SessionView | None = None
              ) -> SessionView:
         state = {layer.name: self.state.get(layer.name) or LayerState("dense", 0.0, None, layer.params,
+                                                                      layer.params * BYTES_PER_VALUE,
                                                                       layer.params * BYTES_PER_VALUE)
                  for layer in self.layers}
         return SessionView(directory=str(self.directory), model="rcc-mini", data="digits", eval_split="calib",
@@ -150,7 +151,8 @@ class FakeSession:
             sparsity = resolved[layer.name].sparsity
             kept = round(layer.params * (1 - sparsity))
             state[layer.name] = LayerState("masked", sparsity, None, kept,
-                                           kept * BYTES_PER_VALUE + (layer.params + 7) // 8)
+                                           kept * BYTES_PER_VALUE + (layer.params + 7) // 8,
+                                           layer.params * BYTES_PER_VALUE)
         saved_bytes = sum((self.state.get(l.name).stored_bytes if l.name in self.state else l.params * 4)
                           - state[l.name].stored_bytes for l in targets)
         metric = parent.metrics["eval/primary"] - sum(resolved[l.name].sparsity for l in targets) / 10

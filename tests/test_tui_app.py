@@ -18,14 +18,13 @@ from tui_pilot import (
     log_text,
     make_app,
     op_kinds,
+    plan_sparsity,
     ready,
     running,
-    select_by_pattern,
     settle,
     state_of,
     tap,
     text_of,
-    type_into,
     wait_until,
 )
 
@@ -90,11 +89,7 @@ async def test_run_a_stage_then_check_out_the_root_and_branch_then_label(session
     app = make_app(session_dir)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await select_by_pattern(pilot, C_FC)
-        await type_into(pilot, "#sparsity", "0.5")
-        await pilot.press("enter")
-        await settle(pilot)
-        app.main.query_one("#layer-tree").focus()
+        await plan_sparsity(pilot, C_FC, "0.5")
         await pilot.press("r")  # run the stage set in the run panel (dare ×1) on the target
         await settle(pilot)
         nodes = app.session.nodes()
@@ -157,11 +152,7 @@ async def test_run_the_cascade_to_completion_with_every_phase_on_the_status_bar(
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
         assert len(app.main.view.layers) == 62 and app.session.head == 1  # opened at its head
-        await select_by_pattern(pilot, C_PROJ)
-        await type_into(pilot, "#sparsity", "0.3")
-        await pilot.press("enter")
-        await settle(pilot)
-        app.main.query_one("#layer-tree").focus()
+        await plan_sparsity(pilot, C_PROJ, "0.3")
         await pilot.press("c")
         await wait_until(pilot, lambda: running(app), 10, "the cascade to start")
         lines = []
@@ -197,12 +188,8 @@ async def test_cancel_a_run_leaves_the_session_as_it_was_and_clears_the_bar(sess
     app = make_app(session_dir)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await select_by_pattern(pilot, "tower:text kind:mlp_in")
-        await type_into(pilot, "#sparsity", "0.5")
-        await pilot.press("enter")
-        await settle(pilot)
+        await plan_sparsity(pilot, "tower:text kind:mlp_in", "0.5")
         before = state_of(app.session)
-        app.main.query_one("#layer-tree").focus()
         await pilot.press("c")
         await wait_until(pilot, lambda: running(app) and "%" in text_of(app, "#status"), 30, "the first phase")
         await tap(pilot, "x")
@@ -220,12 +207,8 @@ async def test_quitting_while_a_run_goes_asks_then_cancels_and_closes_the_sessio
     app = make_app(session_dir)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await select_by_pattern(pilot, "tower:text kind:mlp_in")
-        await type_into(pilot, "#sparsity", "0.5")
-        await pilot.press("enter")
-        await settle(pilot)
+        await plan_sparsity(pilot, "tower:text kind:mlp_in", "0.5")
         before = state_of(app.session)
-        app.main.query_one("#layer-tree").focus()
         await pilot.press("c")
         await wait_until(pilot, lambda: running(app), 10, "the cascade to start")
         from rcc_tui.screens.quit_screen import QuitScreen

@@ -139,3 +139,38 @@ async def test_closing_the_runner_cancels_and_releases_what_a_job_still_returns(
             await pilot.pause(0.05)
     assert released == ["a session"] and after == ["closed"]  # released, never delivered
     assert not any(isinstance(m, JobFinished) for m in app.got)
+
+
+async def test_loss_events_are_never_dropped_and_arrive_batched_in_order():
+    steps = 1000
+
+    def work(context):
+        progress = context.progress
+        progress(OpProgress(op="train", phase="teacher", detail="node 1"))
+        for step in range(1, steps + 1):  # a fast run: far more steps than a screen can draw one by one
+            progress(OpProgress(op="train", phase="train", done=step, total=steps, loss=1.0 / step))
+            if step % 250 == 0:
+                progress(OpProgress(op="train", phase="train", done=step, total=steps, metric=step / steps))
+            if step % 400 == 0:
+                time.sleep(0.15)  # let the timer deliver a few ticks
+        progress(OpProgress(op="evaluate", phase="evaluate"))
+        return "trained"
+
+    app = Sink()
+    async with app.run_test() as pilot:
+        app.jobs.start(Job("a fast training job", work))
+        await asyncio.wait_for(app.jobs.wait(), 30)
+        await pilot.pause()
+    messages = [m for m in app.got if isinstance(m, JobProgressed)]
+    events = [event for m in messages for event in m.events]
+    assert [e.done for e in events if e.loss is not None] == list(range(1, steps + 1))
+    assert [e.loss for e in events if e.loss is not None] == [1.0 / s for s in range(1, steps + 1)]
+    # Each accuracy point comes right after the loss of the step it evaluated.
+    order = [(e.done, "metric" if e.metric is not None else "loss") for e in events
+             if e.loss is not None or e.metric is not None]
+    for step in (250, 500, 750, 1000):
+        assert order[order.index((step, "loss")) + 1] == (step, "metric")
+    batches = [m for m in messages if m.event.loss is not None]
+    assert len(batches) < 50  # one message per run of steps within a tick, not one per step
+    assert all(m.event is m.events[-1] for m in messages)
+    assert isinstance(app.got[-1], JobFinished) and app.got[-1].result == "trained"

@@ -9,13 +9,11 @@ bad values are the panel's own (no training runs): they are tested on a fake ses
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
 from fake_session import fake_app
-from tui_pilot import log_text, make_app, ready, running, settle, state_of, type_into, wait_until
+from tui_pilot import log_text, make_app, ready, running, settle, state_of, wait_until
 
 from rcc.session import ops as O
 from rcc.session.session import Session
@@ -41,8 +39,10 @@ async def open_train_tab(pilot) -> None:
 
 
 async def fill_train_panel(pilot, **fields: str) -> None:
+    """Put ``fields`` in the panel's inputs at once (typing itself is tested on the editor)."""
     for name, text in fields.items():
-        await type_into(pilot, f"#train-{name.replace('_', '-')}", text)
+        pilot.app.main.query_one(f"#train-{name.replace('_', '-')}").value = text
+    await pilot.pause()
 
 
 @pytest.mark.slow
@@ -134,63 +134,7 @@ async def test_cancel_during_training_leaves_the_session_as_it_was(session_dir):
         assert not app.main.query_one("#train").disabled  # ready for another run
 
 
-# -- quick: the job runner ---------------------------------------------------------------------
-
-@pytest.mark.asyncio
-async def test_loss_events_are_never_dropped_and_arrive_batched_in_order():
-    from textual.app import App
-
-    from rcc.session.progress import OpProgress
-    from rcc_tui.workers import Job, JobFinished, JobProgressed, JobRunner
-
-    class Sink(App):
-        def __init__(self) -> None:
-            super().__init__()
-            self.got: list = []
-
-        def on_mount(self) -> None:
-            self.jobs = JobRunner(self)
-            self.jobs.subscribe(self)
-
-        def on_job_progressed(self, message) -> None:
-            self.got.append(message)
-
-        def on_job_finished(self, message) -> None:
-            self.got.append(message)
-
-    steps = 1000
-
-    def work(context):
-        progress = context.progress
-        progress(OpProgress(op="train", phase="teacher", detail="node 1"))
-        for step in range(1, steps + 1):  # a fast run: far more steps than a screen can draw one by one
-            progress(OpProgress(op="train", phase="train", done=step, total=steps, loss=1.0 / step))
-            if step % 250 == 0:
-                progress(OpProgress(op="train", phase="train", done=step, total=steps, metric=step / steps))
-            if step % 400 == 0:
-                time.sleep(0.15)  # let the timer deliver a few ticks
-        progress(OpProgress(op="evaluate", phase="evaluate"))
-        return "trained"
-
-    app = Sink()
-    async with app.run_test() as pilot:
-        app.jobs.start(Job("a fast training job", work))
-        await asyncio.wait_for(app.jobs.wait(), 30)
-        await pilot.pause()
-    messages = [m for m in app.got if isinstance(m, JobProgressed)]
-    events = [event for m in messages for event in m.events]
-    assert [e.done for e in events if e.loss is not None] == list(range(1, steps + 1))
-    assert [e.loss for e in events if e.loss is not None] == [1.0 / s for s in range(1, steps + 1)]
-    # Each accuracy point comes right after the loss of the step it evaluated.
-    order = [(e.done, "metric" if e.metric is not None else "loss") for e in events
-             if e.loss is not None or e.metric is not None]
-    for step in (250, 500, 750, 1000):
-        assert order[order.index((step, "loss")) + 1] == (step, "metric")
-    batches = [m for m in messages if m.event.loss is not None]
-    assert len(batches) < 50  # one message per run of steps within a tick, not one per step
-    assert all(m.event is m.events[-1] for m in messages)
-    assert isinstance(app.got[-1], JobFinished) and app.got[-1].result == "trained"
-
+# -- quick: the chart -----------------------------------------------------------------------------
 
 @pytest.mark.asyncio
 async def test_a_batch_of_losses_is_one_chart_redraw_and_the_loss_axis_spans_every_step():

@@ -14,7 +14,17 @@ import time
 
 import pytest
 from fake_session import FakeSession, branched, fake_app
-from tui_pilot import log_text, ready, running, select_by_pattern, settle, text_of, type_into, wait_until
+from tui_pilot import (
+    log_text,
+    plan_sparsity,
+    ready,
+    running,
+    select_by_pattern,
+    settle,
+    text_of,
+    type_into,
+    wait_until,
+)
 
 from rcc.session import ops as O
 
@@ -156,11 +166,7 @@ async def test_progress_shows_the_phase_and_percentage_from_the_start_and_the_ba
     app, session = fake_app(tmp_path, FakeSession(tmp_path / "s", gate=gate))
     async with app.run_test(size=SMALL) as pilot:  # at 80×24 the status bar is on screen
         await ready(pilot)
-        await select_by_pattern(pilot, C_FC)
-        await type_into(pilot, "#sparsity", "0.5")
-        await pilot.press("enter")
-        await settle(pilot)
-        app.main.query_one("#layer-tree").focus()
+        await plan_sparsity(pilot, C_FC, "0.5")
         await pilot.press("c")
         bar = app.main.query_one("#status")
         await wait_until(pilot, lambda: running(app), 5, "the cascade to start")
@@ -189,11 +195,7 @@ async def test_a_finished_run_ends_on_a_new_node_and_its_chart_has_one_quantity_
     app, session = fake_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await select_by_pattern(pilot, C_FC)
-        await type_into(pilot, "#sparsity", "0.5")
-        await pilot.press("enter")
-        await settle(pilot)
-        app.main.query_one("#layer-tree").focus()
+        await plan_sparsity(pilot, C_FC, "0.5")
         await pilot.press("c")
         await settle(pilot)
         node = session.nodes[-1]
@@ -209,6 +211,9 @@ async def test_a_finished_run_ends_on_a_new_node_and_its_chart_has_one_quantity_
                                                               node.metrics["size/bytes"],
                                                               node.metrics["size/bytes"]]
         assert "done: cascade ≥0.95 on 1 layer → node 2" in text_of(app, "#run-status")
+        # The tree says what block 0 saves in stored bytes: 122,880 of 786,432 (values alone would say 17 %).
+        block = app.main.query_one("#layer-tree").expand_path(C_FC).parent
+        assert " −16%" in str(block.label)
         saved = session.nodes[0].metrics["size/bytes"] - node.metrics["size/bytes"]
         assert f"→ node 2: eval {node.metrics['eval/primary']:.4f}, {node.metrics['size/bytes']:,.0f} bytes stored " \
                f"(−{saved:,} bytes" in log_text(app)
@@ -381,11 +386,7 @@ async def test_a_keymap_file_rebinds_keys_by_binding_id(tmp_path):
     app, session = fake_app(tmp_path, keymap_path=str(keymap))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await select_by_pattern(pilot, C_FC)
-        await type_into(pilot, "#sparsity", "0.5")
-        await pilot.press("enter")
-        await settle(pilot)
-        app.main.query_one("#layer-tree").focus()
+        await plan_sparsity(pilot, C_FC, "0.5")
         await pilot.press("r")  # no longer bound
         await pilot.pause(0.2)
         assert not app.jobs.busy and len(session.nodes) == 1

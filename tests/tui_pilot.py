@@ -107,6 +107,15 @@ async def select_by_pattern(pilot, pattern: str) -> None:
     await pilot.pause()
 
 
+async def plan_sparsity(pilot, pattern: str, sparsity: str) -> None:
+    """Select ``pattern`` in the tree, type ``sparsity`` in the editor and apply it (one op); back in the tree."""
+    await select_by_pattern(pilot, pattern)
+    await type_into(pilot, "#sparsity", sparsity)
+    await pilot.press("enter")
+    await settle(pilot)
+    pilot.app.main.query_one("#layer-tree").focus()
+
+
 async def tap(pilot, *keys: str) -> None:
     """Press keys without waiting for the process to go idle (it is busy while work runs)."""
     from textual import events

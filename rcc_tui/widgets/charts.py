@@ -105,6 +105,11 @@ class _ThemedPlot(PlotextPlot):
     def draw(self) -> None:  # overridden: plot the stored data with self.plt
         raise NotImplementedError
 
+    def replot(self) -> None:
+        """The data changed: draw it again at the next render (until then, the last drawing is reused)."""
+        self._version = getattr(self, "_version", 0) + 1
+        self.refresh()
+
     def size_accuracy_axes(self, xs: Sequence[float], ys: Sequence[float]) -> float:
         """Padded limits for sizes (x, short tick labels) against accuracies (y); one text row in y units."""
         plt = self.plt
@@ -119,16 +124,23 @@ class _ThemedPlot(PlotextPlot):
         return (yhigh - ylow + 2 * ypad) / max(self.size.height - 5, 1)
 
     def render(self) -> RenderResult:
+        # Building a plot costs tens of milliseconds; a tab switch or a repaint of the screen
+        # renders the widget again with the same data, size and theme: reuse the last drawing.
+        width, height = self.size.width, self.size.height
+        key = (width, height, self.app.theme, self.background_colors[1].hex, getattr(self, "_version", 0))
+        if key == getattr(self, "_drawn_key", None):
+            return self._drawn
         plot = self.plt
         plot.clear_figure()
-        width, height = self.size.width, self.size.height
         if width < 10 or height < 5:
             return Text("")
         plot.plotsize(width, height)
         plot._set_size(width, height)  # as PlotextPlot.render does (textual-plotext issue 5)
         plot.theme(self._plotext_theme())
         self.draw()
-        return Text.from_ansi(plot.build(), no_wrap=True, end="")
+        self._drawn = Text.from_ansi(plot.build(), no_wrap=True, end="")
+        self._drawn_key = key
+        return self._drawn
 
 
 class MetricChart(_ThemedPlot):
@@ -176,7 +188,7 @@ class MetricChart(_ThemedPlot):
         self._title = title
         self._steps, self._values, self._second = [], [], []
         self._second_label = second_label
-        self.refresh()
+        self.replot()
 
     def add_point(self, step: int, metric: float, second: float | None = None) -> None:
         """One measurement: the accuracy after ``step`` (and the right-axis value)."""
@@ -188,24 +200,24 @@ class MetricChart(_ThemedPlot):
             del self._steps[0], self._values[0]
         if len(self._second) > MAX_POINTS:
             del self._second[0]
-        self.refresh()
+        self.replot()
 
     def add_second_points(self, points: Iterable[tuple[int, float]]) -> None:
         """Points of the right-axis series only (a batch of training losses): one redraw for all."""
         self._second.extend((int(step), float(value)) for step, value in points)
         if len(self._second) > MAX_POINTS:
             del self._second[: len(self._second) - MAX_POINTS]
-        self.refresh()
+        self.replot()
 
     def clear(self) -> None:
         self._title = "accuracy"
         self._steps, self._values, self._second = [], [], []
         self._second_label = None
-        self.refresh()
+        self.replot()
 
     def set_threshold(self, value: float | None) -> None:
         self._threshold = None if value is None else float(value)
-        self.refresh()
+        self.replot()
 
     # -- following the job runner --
     def _right_axis(self, label: str) -> None:
@@ -325,7 +337,7 @@ class ParetoChart(_ThemedPlot):
                         for n in nodes if "eval/primary" in n.metrics and "size/bytes" in n.metrics]
         self._front = pareto_front([(x, y) for _, x, y in self._points])
         self._head_node = head
-        self.refresh()
+        self.replot()
 
     def draw(self) -> None:
         plt = self.plt
