@@ -14,8 +14,8 @@ this side of the terminal.
   receiving the redrawn screen that shows its effect:
   * *cursor*: down / up in the layer tree, until the editor's header names the new target
     ("block N of vision");
-  * *tab switch*: 2 / 1 / 3 / 1, until the History table's header ("graph"), the editor's
-    "sparsity" label or the chart's "step" axis is drawn;
+  * *tab switch*: 2 / 1 / 4 / 1, until the History table's header ("graph"), the editor's
+    "sparsity" label or the Train panel's title is drawn;
   * *typing*: a digit typed into the editor's sparsity field, until the field shows the value
     typed so far.
   Each is measured with the app idle, then while a cascade runs on ``--model`` (default the
@@ -50,7 +50,8 @@ COLUMNS, ROWS = 120, 40
 FIRST_FRAME_MARKER = b"Compress"
 GOAL_FIRST_FRAME = 1.0
 GOAL_LATENCY = 0.1  # p95
-TABS = ((b"2", b"graph"), (b"1", b"sparsity"), (b"3", b"step"), (b"1", b"sparsity"))  # key, what it draws
+# key, text only that tab draws (the run chart's "step" axis would also match the run panel's "steps")
+TABS = ((b"2", b"graph"), (b"1", b"sparsity"), (b"4", b"distil the teacher"), (b"1", b"sparsity"))
 DIGITS = "13579086421357908642"  # typed after "0." into the sparsity field, then cleared and typed again
 
 
@@ -87,9 +88,17 @@ class Terminal:
                 return None
         return time.perf_counter()
 
+    def drain(self, quiet: float = 0.05, most: float = 0.3) -> None:
+        """Take in what the app is still writing (until ``quiet`` s of silence, at most ``most`` s)."""
+        deadline = time.perf_counter() + most
+        while time.perf_counter() < deadline:
+            before = len(self.output)
+            if not self.read(quiet) or len(self.output) == before:
+                return
+
     def press(self, key: bytes) -> int:
         """Send a key; returns where its answer starts in ``output``."""
-        self.read(0)  # take in what came before, so the answer is searched only after the key
+        self.drain()  # what came before is taken in, so the answer is searched only after the key
         mark = len(self.output)
         os.write(self.fd, key)
         return mark
@@ -174,7 +183,7 @@ def cursor_latencies(term: Terminal, presses: int, blocks: int, timeout: float =
 
 
 def tab_latencies(term: Terminal, presses: int, timeout: float = 5.0) -> tuple[list[float], int]:
-    """Switch tabs (2, 1, 3, 1, …) from the tree and time each until the new tab is drawn."""
+    """Switch tabs (2, 1, 4, 1, …) from the tree and time each until the new tab is drawn."""
     latencies, timeouts = [], 0
     for i in range(presses):
         key, marker = TABS[i % len(TABS)]
@@ -198,9 +207,9 @@ def typing_latencies(term: Terminal, presses: int, timeout: float = 5.0) -> tupl
     time.sleep(0.3)
     value = ""
     for i in range(presses):
-        if not value or len(value) >= 14:  # start again: the selection (or the old value) goes
+        if not value or len(value) >= 14:  # start again: whatever the field holds goes
             term.press(b"\x1b[F")  # end
-            for _ in range(len(value) + 4):
+            for _ in range(24):  # more than the field ever holds here
                 term.press(b"\x7f")  # backspace
             time.sleep(0.3)
             for key in "0.":

@@ -372,7 +372,7 @@ LAYER_PHASES = ("dare", "nullu", "alphaedit", "sensitivity")  # phases counted i
 
 
 def describe_event(event: OpProgress) -> str:
-    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc``, ``evaluate · 128/360 images`` and the like."""
+    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc``, ``evaluate · 128/360 images``, …"""
     if event.metric is not None:
         verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
         return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}"
@@ -380,7 +380,8 @@ def describe_event(event: OpProgress) -> str:
         return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
     if event.total:
         if event.phase in LAYER_PHASES:
-            return f"{event.phase} · layer {event.done}/{event.total}" + (f" · {event.detail}" if event.detail else "")
+            layer = f" · {event.detail}" if event.detail else ""
+            return f"{event.phase} · layer {event.done}/{event.total}{layer}"
         return f"{event.phase} · {event.done}/{event.total} {event.detail}".rstrip()
     if event.phase == "loading":
         return f"loading {event.detail}…"

@@ -246,7 +246,8 @@ def fake_app(tmp_path: Path, session: FakeSession | None = None, **kwargs):
 
 
 def branched(directory: Path) -> FakeSession:
-    """A fake session with five nodes and a branch: root → 2 → 3 (“dare-50”), root → 4 → 5 (head), test on 5."""
+    """A fake session with five nodes and a branch: root → 2 → 3 (“dare-50”), root → 4 → 5 (the head, with a
+    test metric)."""
     session = FakeSession(directory)
     root = session.nodes[0]
 

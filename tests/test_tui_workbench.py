@@ -172,7 +172,7 @@ async def test_progress_shows_the_phase_and_percentage_from_the_start_and_the_ba
         await wait_until(pilot, lambda: running(app), 5, "the cascade to start")
         gate.release()  # the first event: calibration 0 of 4
         await wait_until(pilot, lambda: "calibration" in bar.text, 5, "the first phase")
-        assert bar.text.startswith("░░░░░░░░░░   0% cascade ≥0.95 on 1 layer · calibration · 0/4 images")
+        assert bar.text.startswith("░" * 10 + "   0% cascade ≥0.95 on 1 layer · calibration · 0/4 images")
         assert bar.fraction == 0.0 and "ETA" not in bar.text and bar.text.endswith("x cancels")
         assert bar.region.height == 1 and bar.region.bottom == SMALL[1] - 1  # right above the footer
         time.sleep(1.1)  # a second of measured progress: an ETA can be estimated
@@ -257,7 +257,8 @@ async def test_the_history_fits_its_pane_with_lanes_number_label_op_size_change_
         history.select_node(3)
         await pilot.pause()
         details = text_of(app, "#node-details")
-        assert details.startswith("#3 “dare-50” run_cascade · stored 85,100,000 B (−4,200,000 B, −4.7% from #2)")
+        assert details.startswith("#3 “dare-50” run_cascade · stored 85,100,000 B "
+                                  "(−4,200,000 B, −4.7% from #2)")
         assert "eval 0.9667 (calib)" in details
 
 

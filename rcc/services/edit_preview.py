@@ -28,7 +28,8 @@ class EditPreview:
     budget: float | None
 
     def planned_bytes(self, layers: Sequence[LayerInfo], names: Sequence[str], bytes_per_value: int = 4) -> int | None:
-        """Bytes the compressed export would write for ``names`` once the plan ran (None: a rank known after the SVD)."""
+        """Bytes the compressed export would write for ``names`` once the plan ran (None: a rank known only
+        after the SVD)."""
         wanted = set(names)
         counts = {count.name: count.after for count in self.summary.layers if count.name in wanted}
         total = 0

@@ -46,7 +46,8 @@ def describe_outcome(outcome: OpOutcome, nodes: Sequence[NodeRecord]) -> Outcome
         headline = f"#{outcome.seq} {kind} → node {node.id}: " + ", ".join(p for p in parts if p) + \
             (f" ({change} from node {parent.id})" if change and parent is not None else "")
     elif outcome.unchanged:
-        headline = f"#{outcome.seq} {kind} changed no tensor: no node recorded (node {outcome.node_after} stays current)"
+        headline = (f"#{outcome.seq} {kind} changed no tensor: no node recorded "
+                    f"(node {outcome.node_after} stays current)")
     elif outcome.node_after != outcome.node_before:
         headline = f"#{outcome.seq} {kind} → node {outcome.node_after}"
     else:

@@ -169,8 +169,8 @@ class CompareScreen(Screen[None]):
             self._load()
 
     def _start(self, title: str, compute) -> Job:
-        job = self.app.jobs.start(Job(title, lambda context: compute(context), lane=BACKGROUND,  # type: ignore[attr-defined]
-                                      kind="read"))
+        jobs = self.app.jobs  # type: ignore[attr-defined]
+        job = jobs.start(Job(title, lambda context: compute(context), lane=BACKGROUND, kind="read"))
         self._jobs.add(job)
         return job
 

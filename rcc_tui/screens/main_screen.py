@@ -430,7 +430,8 @@ class MainScreen(Screen):
         return self.start(Checkout(node=node), f"check out node {node}")
 
     def apply_trial(self, study: str, trial: int) -> bool:
-        """Make a search trial a node: one job that checks out the node it was searched from, if needed, then applies it."""
+        """Make a search trial a node: one job that checks out the node it was searched from (if needed), then
+        applies it."""
         from rcc_tui.session_jobs import apply_trial_job
 
         return self.start_job(lambda session, view: apply_trial_job(session, study, trial, view))
@@ -476,7 +477,8 @@ class MainScreen(Screen):
         if self.view is None:
             self.app.notify("the session is not open yet", severity="warning")
             return
-        self.app.push_screen(SearchScreen(self.view.directory, device=self.app.config.device))  # type: ignore[attr-defined]
+        device = self.app.config.device  # type: ignore[attr-defined]
+        self.app.push_screen(SearchScreen(self.view.directory, device=device))
 
     def export(self, format: str = "compressed") -> bool:
         from rcc.services.export import export_op

@@ -302,8 +302,8 @@ class SearchScreen(Screen[None]):
         self._outcome = None
         self._set_running(True)
         self.set_status(f"study {request.study!r}: loading the model at the head node and its dense accuracy…")
-        self.job = self.app.jobs.start(search_job(self.session_dir, request, self.base_settings,  # type: ignore[attr-defined]
-                                                  self.device))
+        jobs = self.app.jobs  # type: ignore[attr-defined]
+        self.job = jobs.start(search_job(self.session_dir, request, self.base_settings, self.device))
         self._set_running(True)
 
     def action_stop(self) -> None:
@@ -405,8 +405,9 @@ class SearchScreen(Screen[None]):
             self._read_again = study
             return
         self._reading = True
-        self._reads.add(self.app.jobs.start(Job(f"read study {study}", lambda context: self._list(study),  # type: ignore[attr-defined]
-                                                lane=BACKGROUND, kind="read")))
+        jobs = self.app.jobs  # type: ignore[attr-defined]
+        self._reads.add(jobs.start(Job(f"read study {study}", lambda context: self._list(study), lane=BACKGROUND,
+                                       kind="read")))
 
     def _list(self, study: str) -> TrialListing:
         """Worker thread: the study's trials and settings (an empty listing with the reason when there is none)."""
