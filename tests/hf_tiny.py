@@ -139,3 +139,16 @@ def random_images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> li
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
             for _ in range(n)]
+
+
+def sharpen_itm_head(model, scale: float = 300.0, seed: int = 0) -> None:
+    """Make a tiny random BLIP's ITM head discriminate: its weights × ``scale``, its bias set so that
+    the logits of random pairs average 0 (unscaled, every pair scores alike; uncentred, the
+    softmax saturates and distributions cannot move). ``model``: a loaded ``HFBlipModel``."""
+    head = model.module.itm_head
+    pixels = model.preprocess_batch(random_images(4, seed=seed))
+    tokens = model.tokenize(["a photo of a cat", "two dogs", "a red car", "the bird"])
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        head.bias.zero_()
+        head.bias.sub_(model.match_logits(model.image_states(pixels), tokens).mean(0))
