@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from caption_data import save_tiny_karpathy
-from hf_tiny import save_tiny_blip, sharpen_itm_head
+from hf_tiny import save_tiny_blip, sharpen_blip_heads
 from rcc.analysis.probe import outcome_probe
 from rcc.analysis.sensitivity import ScanSetting, scan_sensitivity, select_layers
 from rcc.analysis.statistics import compare_outcomes
@@ -37,7 +37,7 @@ def data_spec(tmp_path_factory) -> str:
 def itm(tmp_path_factory):
     path = save_tiny_blip(tmp_path_factory.mktemp("itm"), "retrieval")
     model = load_hf_blip(f"hf-blip:{path}", str(path))
-    sharpen_itm_head(model)
+    sharpen_blip_heads(model)
     return model
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from caption_data import save_tiny_karpathy
-from hf_tiny import save_tiny_blip, save_tiny_clip, sharpen_itm_head
+from hf_tiny import save_tiny_blip, save_tiny_clip, sharpen_blip_heads
 from rcc.cli.main import main
 from rcc.data.registry import load_dataset
 from rcc.errors import EvalError
@@ -61,7 +61,7 @@ def blip_and_data(tmp_path_factory):
     path = save_tiny_blip(tmp_path_factory.mktemp("itm"), "retrieval")
     data = save_tiny_karpathy(tmp_path_factory.mktemp("flickr"), {"test": 6})
     model = load_hf_blip(f"hf-blip:{path}", str(path))
-    sharpen_itm_head(model)  # a random ITM head scores every pair alike: re-ranking would move nothing
+    sharpen_blip_heads(model)  # a random ITM head scores every pair alike: re-ranking would move nothing
     return model, load_dataset(f"flickr30k-karpathy:{data}", "test"), path, data
 
 

@@ -14,6 +14,9 @@ from rcc.compression.calibration import CalibrationData, collect_input_stats
 from rcc.compression.layers import unfuse
 from rcc.models.hf_blip import load_hf_blip
 
+# Tiny models on a loaded 2-core machine: one thread each is several times faster.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXTS = ["a photo of a cat", "two dogs sitting on the red car", "a bird"]
 # Pair texts whose padded length (24 words + [CLS] + [SEP] = 26) equals the tiny vision tower's
 # 26 tokens (25 patches + CLS), so a text padding mask could be mistaken for one over image rows.
