@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from caption_data import save_tiny_karpathy
+from caption_data import caption_for, save_tiny_karpathy
 from hf_tiny import save_tiny_blip
 from rcc.compression.calibration_sets import calibration_sets
 from rcc.compression.cascade import run_stage
@@ -69,3 +69,25 @@ def test_whitened_svd_and_alphaedit_use_the_grounded_inputs(blip, calibration):
             # AlphaEdit corrects only layers calibration inputs reach: here every one of them.
             assert corrected.changed == len(weights[True])
     assert all(not torch.allclose(weights[True][name], weights[False][name]) for name in weights[True])
+
+
+def test_calibration_sets_pair_each_image_with_its_caption_and_k0_with_the_corpus(calibration):
+    x, k0 = calibration
+    # Train images 0..7 alternate between X (even) and K₀ (odd); X's texts take each image's
+    # captions in turn, K₀'s are general sentences (mismatched pairs, outside the task).
+    assert x.pair_texts == tuple(caption_for(i, j) for j, i in enumerate((0, 2, 4, 6)))
+    assert len(k0.pair_texts) == len(k0.images) == 4
+    assert k0.pair_texts == k0.texts[:4] and not set(k0.pair_texts) & set(x.texts)
+
+
+def test_calibration_sets_pair_digits_with_their_class_prompts():
+    from rcc.data.registry import load_dataset
+    from rcc.data.sampler import balanced_indices
+    from rcc.eval.templates import default_templates, fill
+
+    x, _ = calibration_sets("digits", per_class=1, seed=3)
+    train = load_dataset("digits", "train")
+    chosen = balanced_indices(train.labels, 2, 3)[0::2]
+    templates = default_templates("digits")
+    assert x.pair_texts == tuple(fill(templates[j % len(templates)], train.classnames[train.labels[i]])
+                                 for j, i in enumerate(chosen))

@@ -106,15 +106,20 @@ def _unfused(model):
     return model
 
 
+def _stats_reaching_every_layer(model, tower: str, images):
+    """Calibration statistics of every layer with pairs; without pairs, none reach ``tower``."""
+    layers = model.layers()
+    without = collect_input_stats(model, layers, CalibrationData(images=images, texts=tuple(TEXTS)))
+    assert not any(layer.tower == tower for layer in layers if layer.name in without)
+    stats = collect_input_stats(model, layers, CalibrationData(images=images, texts=tuple(TEXTS), pair_texts=PAIRS))
+    assert {layer.name for layer in layers} == set(stats)
+    return stats
+
+
 def test_calibration_pairs_reach_every_retrieval_layer_with_the_right_rows(itm):
     itm = _unfused(itm)
     images = random_images(3, seed=7)
-    layers = itm.layers()
-    without = collect_input_stats(itm, layers, CalibrationData(images=images, texts=tuple(TEXTS)))
-    assert not any(layer.tower == "fusion" for layer in layers if layer.name in without)
-    stats = collect_input_stats(itm, layers, CalibrationData(images=images, texts=tuple(TEXTS), pair_texts=PAIRS),
-                                batch_size=3)
-    assert {layer.name for layer in layers} == set(stats)
+    stats = _stats_reaching_every_layer(itm, "fusion", images)
 
     tokens = itm.tokenize(PAIRS)
     assert tokens["input_ids"].shape[1] == 26 and int(tokens["attention_mask"].sum()) < 3 * 26
@@ -143,11 +148,7 @@ def test_calibration_pairs_reach_every_retrieval_layer_with_the_right_rows(itm):
 def test_calibration_pairs_teacher_force_every_decoder_layer(cap):
     cap = _unfused(cap)
     images = random_images(3, seed=8)
-    layers = cap.layers()
-    without = collect_input_stats(cap, layers, CalibrationData(images=images, texts=tuple(TEXTS)))
-    assert not any(layer.tower == "decoder" for layer in layers if layer.name in without)
-    stats = collect_input_stats(cap, layers, CalibrationData(images=images, texts=tuple(TEXTS), pair_texts=PAIRS))
-    assert {layer.name for layer in layers} == set(stats)
+    stats = _stats_reaching_every_layer(cap, "decoder", images)
 
     tokens = cap.grounded_tokens(PAIRS)
     pixels = cap.preprocess_batch(images)
