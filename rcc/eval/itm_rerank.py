@@ -44,10 +44,13 @@ class RerankedScores:
     pairs: int
 
 
-def check_itm_k(k: int) -> int:
+def check_itm_k(k: int, model: VLModel | None = None) -> int:
+    """``k`` if it is a re-ranking depth ``model`` (when given) can take; else a one-line EvalError."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise EvalError(f"itm_k {k!r} is invalid; allowed: an integer ≥ 1 (candidates re-ranked by ITM per "
                         f"query), or 0 for ITC alone")
+    if k and model is not None and not model.can_match:
+        raise EvalError(f"model {model.spec!r} has no image-text matching head; allowed: itm_k 0 (ITC alone)")
     return k
 
 
@@ -118,9 +121,7 @@ def itm_rerank(
     cancel: CancelCheck | None = None,
 ) -> RerankedScores:
     """Re-rank ITC scores ``itc[image, text]`` with the model's ITM head over each query's top ``k``."""
-    if not model.can_match:
-        raise EvalError(f"model {model.spec!r} has no image-text matching head; allowed: itm_k 0 (ITC alone)")
-    if check_itm_k(k) < 1:
+    if check_itm_k(k, model) < 1:
         raise EvalError("itm_k 0 re-ranks nothing; allowed: an integer ≥ 1")
     top_texts, top_images, keys = candidate_pairs(itc.float().cpu(), k)
     match = pair_match_logits(model, images, texts, keys, batch_size, precision, progress, cancel)[:, 1]

@@ -101,7 +101,7 @@ def retrieval_outcomes(
 
     if k < 1:
         raise EvalError(f"k {k} is invalid; allowed: an integer ≥ 1")
-    itm_k = default_itm_k(model) if itm_k is None else check_itm_k(itm_k)
+    itm_k = default_itm_k(model) if itm_k is None else check_itm_k(itm_k, model)
     texts, owner = flatten_captions(dataset)
     if len(dataset.images) == 0 or not texts:
         raise EvalError(f"dataset {dataset.spec!r} has no images or no captions to retrieve")

@@ -130,9 +130,7 @@ def evaluate_retrieval(
     if n_images == 0 or not texts:
         raise EvalError(f"dataset {dataset.spec!r} has no images or no captions to retrieve")
 
-    check_itm_k(itm_k)
-    if itm_k and not model.can_match:
-        raise EvalError(f"model {model.spec!r} has no image-text matching head; allowed: itm_k 0 (ITC alone)")
+    check_itm_k(itm_k, model)
 
     image_emb = encode_images(model, dataset.images, batch_size, precision, progress, cancel)
     text_emb = encode_texts(model, texts, batch_size, precision, progress, cancel)
