@@ -5,6 +5,9 @@
   docstring corpus, so the text tower sees both the task's prompts and general English.
 - K₀ (AlphaEdit's preserved inputs): a disjoint image sample and a disjoint slice of the
   corpus: inputs unrelated to the task, whose outputs a correction must leave alone.
+- Pairs, for models whose text attends to the image (BLIP's fusion encoder and caption
+  decoder): each X image with one of its captions (or its class prompt, templates taken in
+  turn), each K₀ image with a corpus sentence (a mismatched pair, outside the task).
 """
 
 from __future__ import annotations
@@ -30,13 +33,20 @@ def calibration_sets(
     corpus = docstring_sentences("calib")
     if isinstance(dataset, ClassificationDataset):
         chosen = balanced_indices(dataset.labels, 2 * per_class, seed)
-        texts = tuple(fill(t, name) for name in dataset.classnames for t in (templates or default_templates(data_spec)))
+        templates = tuple(templates or default_templates(data_spec))
+        texts = tuple(fill(t, name) for name in dataset.classnames for t in templates)
+        x_pairs = tuple(fill(templates[j % len(templates)], dataset.classnames[dataset.labels[i]])
+                        for j, i in enumerate(chosen[0::2]))
     else:
         chosen = list(range(min(len(dataset), 20 * per_class)))
         texts = tuple(c for caps in dataset.captions[: 10 * per_class] for c in caps)
+        x_pairs = tuple(dataset.captions[i][j % len(dataset.captions[i])] if dataset.captions[i] else ""
+                        for j, i in enumerate(chosen[0::2]))
     # Alternate the sample between X and K₀, so both cover every class.
     x_images = indices_subset(dataset.images, chosen[0::2])
     k_images = indices_subset(dataset.images, chosen[1::2])
-    x = CalibrationData(images=x_images, texts=texts + tuple(corpus[:CORPUS_SENTENCES]))
-    k0 = CalibrationData(images=k_images, texts=tuple(corpus[CORPUS_SENTENCES:2 * CORPUS_SENTENCES]))
+    preserved_texts = tuple(corpus[CORPUS_SENTENCES:2 * CORPUS_SENTENCES])
+    k_pairs = tuple(preserved_texts[j % len(preserved_texts)] for j in range(len(k_images)))
+    x = CalibrationData(images=x_images, texts=texts + tuple(corpus[:CORPUS_SENTENCES]), pair_texts=x_pairs)
+    k0 = CalibrationData(images=k_images, texts=preserved_texts, pair_texts=k_pairs)
     return x, k0

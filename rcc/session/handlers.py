@@ -222,6 +222,7 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     from rcc.training.distill import (
         DistillConfig, distill, distill_data, locked_parameter_names, teacher_targets,
     )
+    from rcc.training.grounded_distill import uses_grounded_terms
 
     teacher_node = op.teacher or min(node.id for node in session.nodes())
     config = DistillConfig(steps=op.steps, lr=op.lr, batch_size=op.batch_size, temperature=op.temperature,
@@ -237,6 +238,8 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
         progress(OpProgress(op=op.kind, phase="teacher", detail=f"node {teacher_node}"))
     teacher = session.model_at(teacher_node)
     targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0)
+    # Grounded terms (BLIP's decoder and fusion layers) need the teacher itself at every step.
+    live_teacher = teacher if config.kl_weight and uses_grounded_terms(session.model) else None
     del teacher
     locked = {name for name, plan in resolve_plan(session.plan, session.model.layers()).items() if plan.locked}
     frozen = locked_parameter_names(session.model, locked)
@@ -259,7 +262,8 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
 
     result = distill(session.model, data, targets, config, frozen=frozen,
                      evaluate=evaluate_during_training if op.eval_every else None,
-                     on_step=on_step, cancel=cancel)
+                     on_step=on_step, cancel=cancel, teacher=live_teacher)
+    del live_teacher
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "
                                          f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}",
