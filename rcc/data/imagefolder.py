@@ -5,7 +5,8 @@ fractions, default 0.7,0.1,0.2; ``?seed=``, default 0; val and test stratified b
 ``rcc.data.holdout``), so calibration, eval and test never share an image. ``all`` is the whole
 folder, for reports on a folder that is a test set in itself (``rcc-tui eval --split all``).
 
-Class names: ``?classnames=FILE``, else DIR/classnames.txt, else the folder names.
+Class names: ``?classnames=FILE``, else DIR/classnames.txt, else ImageNet's names when the
+folders are WordNet IDs (``rcc.data.imagenet_classes``), else the folder names.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 from rcc.data.holdout import DEFAULT_FRACTIONS, DEFAULT_SEED, three_way
+from rcc.data.imagenet_classes import imagenet_folder_names
 from rcc.data.images import FileImages
 from rcc.data.types import ClassificationDataset
 from rcc.errors import DataError
@@ -86,7 +88,8 @@ def load_imagefolder(
     elif (root / CLASSNAMES_FILE).is_file():
         names = read_classnames(root / CLASSNAMES_FILE, len(class_dirs), root)
     else:
-        names = tuple(p.name.replace("_", " ") for p in class_dirs)
+        folders = [p.name for p in class_dirs]
+        names = imagenet_folder_names(folders, root) or tuple(name.replace("_", " ") for name in folders)
 
     if split != "all":
         chosen = three_way(labels, fractions, seed, f"imagefolder '{root}'")[split]
