@@ -336,6 +336,7 @@ def test_session_new_makes_a_session_with_its_root_node(tmp_path, tiny_spec, cap
     assert main(["session", "new", str(tmp_path / "s"), "--model", tiny_spec, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "node 1" in out and "1,233,345 parameters" in out
+    assert "(the eval split)" in out and "val 0." in out and "test 20 % of scikit-learn's 1,797 digits" in out
     assert main(["session", "new", str(tmp_path / "s"), "--model", tiny_spec]) == 2
     assert "not empty" in capsys.readouterr().err
 

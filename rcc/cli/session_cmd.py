@@ -91,7 +91,7 @@ def run_new(args: argparse.Namespace) -> int:
                         device=args.device) as session:
         root = session.nodes()[0]
         stdout().print(f"session {args.session}: node {root.id} {root.summary}, "
-                       f"eval {_metric(root)}, {root.params:,} parameters; {session.splits()['layout']}")
+                       f"{_metric(root)} (the eval split), {root.params:,} parameters; {session.splits()['layout']}")
     return 0
 
 
@@ -154,7 +154,7 @@ def run_graph(args: argparse.Namespace) -> int:
     for row in rows:
         node = row.node
         label = f" [{node.label}]" if node.label else ""
-        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} eval {_metric(node)}  "
+        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} {_metric(node)}  "
                   f"{node.params:>12,} params  {node.summary}", markup=False, highlight=False)
     return 0
 
