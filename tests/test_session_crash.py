@@ -224,7 +224,7 @@ def _check_every_node(directory: Path, at_least: int) -> Session:
     for record in session.ops():  # every op ended at a node that exists
         assert record.node_after in ids
     for node in nodes:
-        assert node.op_kind in ("load_model", "run_stage") and "eval/primary" in node.metrics
+        assert node.op_kind in ("load_model", "run_stage") and "val/primary" in node.metrics
         assert node.parent == (None if node.id == 1 else node.id - 1)  # the writers never branch
     # The blobs of every node verify, and each node checks out to exactly its manifest.
     hashes = session.graph.reachable_hashes()

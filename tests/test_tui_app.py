@@ -51,7 +51,7 @@ async def test_opening_the_demo_paints_first_then_loads_the_model_in_a_worker(tm
         session = app.session
         nodes = session.nodes()
         assert [n.op_kind for n in nodes] == ["load_model"] and session.head == nodes[0].id
-        assert nodes[0].metrics["eval/primary"] > 0.9
+        assert nodes[0].metrics["val/primary"] > 0.9
         assert op_kinds(session) == ["load_model"]
         tree = app.main.query_one("#layer-tree")
         assert [child.data.tower for child in tree.root.children] == ["vision", "text"]
@@ -273,7 +273,7 @@ async def test_run_a_stage_then_check_out_the_root_and_branch_then_label(session
         stage = nodes[-1]
         assert stage.parent == 1 and app.session.head == stage.id
         assert stage.metrics["size/params"] == nodes[0].metrics["size/params"] - 32768
-        assert stage.metrics["eval/primary"] > 0.8
+        assert stage.metrics["val/primary"] > 0.8
         assert app.session.ops()[-1].body["layers"] == [C_FC]
         assert app.main.view.state[C_FC].sparsity == pytest.approx(0.5)
         chart = app.main.query_one("#metric-chart")

@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     )
     add_model_args(parser)
     parser.add_argument("--data", default="digits", metavar="SPEC", help=DATA_HELP)
-    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--split", default="test",
+                        help="dataset split: test (default), val or train; all for a single folder or captions file "
+                             "that is a test set in itself")
     parser.add_argument("--task", choices=("zeroshot", "retrieval", "caption"), default=None,
                         help="default: zeroshot for labelled images, retrieval (or caption) for captions")
     parser.add_argument("--templates", default=None, metavar="NAME|FILE",
@@ -43,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     from rcc.cli.common import stderr, stdout, table, write_json
     from rcc.data.feature_cache import FeatureCache
-    from rcc.data.registry import load_dataset
+    from rcc.data.registry import load_dataset, split_layout
     from rcc.errors import RccError
     from rcc.eval.suite import run_eval
     from rcc.eval.templates import load_templates
     from rcc.models.registry import load_model, resolve_device
+    from rcc.session.metric_keys import metric_key
 
     if args.batch_size < 1:
         raise RccError(f"--batch-size {args.batch_size} is invalid; allowed: an integer ≥ 1")
@@ -71,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         report = run_eval(model, dataset, task=args.task, templates=templates, cache=cache,
                           precision=args.precision, batch_size=args.batch_size, progress=progress,
                           itm_k=args.itm_k, num_beams=args.num_beams)
-    payload = report.as_dict()
-    rows = [[name, value] for name, value in report.metrics.items()]
+    payload = {**report.as_dict(), "splits": split_layout(args.data)}
+    # Each metric is named by the split it was measured on (rcc.session.metric_keys): test/top1.
+    rows = [[metric_key(dataset.split, name), value] for name, value in report.metrics.items()]
     if args.efficiency:
         from rcc.eval.efficiency import measure_efficiency
 

@@ -195,7 +195,9 @@ def _row_cells(row, dense_params: float | None = None) -> list:
             row.accuracy, "yes" if row.on_front else "", row.origin, row.note]
 
 
-COLUMNS = ["trial", "state", "size", "of dense", "removed", "accuracy", "front", "origin", "note"]
+def _columns(split: str) -> list[str]:
+    """The trial table's header; accuracy is measured on the eval split, and says so."""
+    return ["trial", "state", "size", "of dense", "removed", f"{split} accuracy", "front", "origin", "note"]
 
 
 def run_search_command(args: argparse.Namespace, session: str) -> int:
@@ -223,6 +225,7 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
         if found:
             console.print(f"seeding from the sensitivity scan {found[0]}", highlight=False, markup=False)
             sensitivity = found[1]
+    split = read_source(session).eval_split
     console.print(f"{'joining' if stored else 'creating'} study {args.study!r}: {settings.objective.mode}, "
                   f"{settings.space.level} space, {settings.sampler}, {args.workers} worker(s)", highlight=False)
 
@@ -230,7 +233,7 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
         row = event.row
         total = f" of {event.total}" if event.total else ""
         measured = ("" if row.size is None else f"{row.size:,.0f} stored") + (
-            "" if row.accuracy is None else f", accuracy {row.accuracy:.4f}")
+            "" if row.accuracy is None else f", {split} accuracy {row.accuracy:.4f}")
         console.print(f"trial {event.done}{total} (#{row.number}) {row.state.lower()}: {measured}"
                       f"{' — ' + row.note if row.note else ''} · {event.best}", highlight=False, markup=False,
                       soft_wrap=True)
@@ -239,8 +242,8 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
                         sensitivity=sensitivity, device=args.device, progress=progress)
     dense = _dense_params(report)
     title = (f"{'Pareto front' if settings.objective.mode == 'pareto' else 'feasible front (smallest first)'} of "
-             f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f}")
-    stdout().print(table(title, COLUMNS, [_row_cells(row, dense) for row in report.front]))
+             f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f} on {split}")
+    stdout().print(table(title, _columns(split), [_row_cells(row, dense) for row in report.front]))
     counts = {state: sum(r.state == state for r in report.rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
     stdout().print(f"{report.ran} trials run in {report.seconds:.1f} s; the study holds {len(report.rows)} "
                    f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed). "
@@ -258,14 +261,16 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stdout, table, write_json
     from rcc.search.storage import display_url, resolve_url
     from rcc.search.trials import list_trials, study_info
+    from rcc.session.metric_keys import modern_split
 
     url = resolve_url(args.storage, session)
     rows = list_trials(url, args.study)
     info = study_info(url, args.study)
     dense = info.dense_size.get("size/params")
-    accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f}"
+    split = modern_split(info.source.get("data"), info.source.get("eval_split")) or "eval"
+    accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f} on {split}"
     stdout().print(table(f"trials of study {args.study} ({display_url(url)}; {info.mode}); dense accuracy {accuracy}",
-                         COLUMNS, [_row_cells(row, dense) for row in rows]))
+                         _columns(split), [_row_cells(row, dense) for row in rows]))
     if args.json:
         from dataclasses import asdict
 
@@ -293,8 +298,8 @@ def run_apply(args: argparse.Namespace, session: str) -> int:
             opened.apply(O.Checkout(node=record.node))
         outcome = opened.apply(O.ApplyTrial(study=args.study, trial=args.trial, storage=recorded_storage,
                                             record=record.as_dict()))
-    metric = outcome.metrics.get("eval/primary")
+        split, metric = opened.eval_split, outcome.metrics.get(opened.eval_key)
     stdout().print(f"#{outcome.seq} apply_trial: node {outcome.new_node} from trial {args.trial} of {args.study}: "
-                   f"eval {metric:.4f} (the trial measured {measured:.4f}), "
+                   f"eval on {split} {metric:.4f} (the trial measured {measured:.4f}), "
                    f"{int(outcome.metrics.get('size/params', 0)):,} stored values")
     return 0

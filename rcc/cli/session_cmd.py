@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
     new.add_argument("session", metavar="DIR", help="a new or empty directory")
     new.add_argument("--model", default="rcc-mini", metavar="SPEC", help=MODEL_HELP)
     new.add_argument("--data", default="digits", metavar="SPEC", help=DATA_HELP)
-    new.add_argument("--eval-split", default=None, help="split checked after each stage (default: calib if any)")
+    new.add_argument("--eval-split", default=None,
+                     help="split checked after each stage: always val, the eval split (calibration reads train, "
+                          "reports read test); accepted for old scripts")
     new.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     new.set_defaults(run=run_new)
 
@@ -63,9 +65,22 @@ def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _metric(node, key: str = "eval/primary") -> str:
-    value = node.metrics.get(key)
-    return "–" if value is None else f"{value:.4f}"
+def _metric(node) -> str:
+    """The node's eval metric with the split it was measured on: ``val 0.9722``."""
+    value = node.eval_metric
+    return "–" if value is None else f"{node.eval_split} {value:.4f}"
+
+
+def _split_rows(session) -> list[list]:
+    """One row per data role: the split it reads and its size, then how the splits were made."""
+    splits = session.splits()
+    items = splits.get("items", {})
+
+    def sized(split: str) -> str:
+        return f"{split} ({items[split]:,} items)" if split in items else split
+
+    return [["calibration reads", sized("train")], ["eval split", sized(session.eval_split)],
+            ["test split", sized(session.test_split)], ["splits", splits.get("layout", "–")]]
 
 
 def run_new(args: argparse.Namespace) -> int:
@@ -76,7 +91,7 @@ def run_new(args: argparse.Namespace) -> int:
                         device=args.device) as session:
         root = session.nodes()[0]
         stdout().print(f"session {args.session}: node {root.id} {root.summary}, "
-                       f"eval {_metric(root)}, {root.params:,} parameters")
+                       f"{_metric(root)} (the eval split), {root.params:,} parameters; {session.splits()['layout']}")
     return 0
 
 
@@ -105,8 +120,8 @@ def run_show(args: argparse.Namespace) -> int:
     with Session.open(args.session, read_only=True) as session:
         nodes = session.nodes()
         head = next((n for n in nodes if n.id == session.head), None)
-        rows = [["model", session.setting("model")], ["data", session.setting("data")],
-                ["eval split", session.setting("eval_split")], ["nodes", len(nodes)], ["ops", len(session.ops())],
+        rows = [["model", session.setting("model")], ["data", session.setting("data")], *_split_rows(session),
+                ["nodes", len(nodes)], ["ops", len(session.ops())],
                 ["head", f"node {session.head}" if head else "–"],
                 ["head metrics", ", ".join(f"{k} {v:.4g}" for k, v in sorted(head.metrics.items())) if head else "–"],
                 ["plan", json.dumps(json.loads(session.setting("plan") or "{}"), sort_keys=True)],
@@ -139,7 +154,7 @@ def run_graph(args: argparse.Namespace) -> int:
     for row in rows:
         node = row.node
         label = f" [{node.label}]" if node.label else ""
-        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} eval {_metric(node)}  "
+        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} {_metric(node)}  "
                   f"{node.params:>12,} params  {node.summary}", markup=False, highlight=False)
     return 0
 

@@ -60,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(task, completed=event.done, total=event.total, description=f"{event.phase} {event.detail}")
 
             outcome = session.apply(op, progress=progress)
+        split, key = session.eval_split, session.eval_key
     result = outcome.result
     stdout().print(f"node {outcome.new_node} (from node {before.id}, teacher node {result['teacher']}): "
-                   f"eval {before.metrics.get('eval/primary', float('nan')):.4f} → "
-                   f"{outcome.metrics['eval/primary']:.4f}; loss {result['losses'][0]:.4f} → {result['losses'][-1]:.4f}; "
+                   f"eval on {split} {before.metrics.get(key, float('nan')):.4f} → "
+                   f"{outcome.metrics[key]:.4f}; loss {result['losses'][0]:.4f} → {result['losses'][-1]:.4f}; "
                    f"non-zero parameters {result['params_before']:,} → {result['params_after']:,}; "
                    f"{result['seconds']:.1f} s")
     return 0

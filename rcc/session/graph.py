@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcc.errors import RccError
+from rcc.session.metric_keys import metric_key, modern_metrics, modern_split
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -50,7 +51,13 @@ class NodeRecord:
     summary: str = ""
     label: str = ""
     note: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # "<split>/<metric>" and "size/…" (metric_keys)
+    eval_split: str = ""  # the session's eval split: ``eval_metric`` is its primary metric
+
+    @property
+    def eval_metric(self) -> float | None:
+        """The node's primary metric on the eval split (what the cascade and search compare), if measured."""
+        return self.metrics.get(metric_key(self.eval_split)) if self.eval_split else None
 
 
 @dataclass(frozen=True)
@@ -220,17 +227,24 @@ class HistoryGraph:
     def has_node(self, node: int) -> bool:
         return self.db.execute("SELECT 1 FROM nodes WHERE id = ?", (node,)).fetchone() is not None
 
+    def eval_split(self) -> str:
+        """The session's eval split by its current name ('' before the first op)."""
+        return modern_split(self.meta("data"), self.meta("eval_split")) or ""
+
     def nodes(self) -> list[NodeRecord]:
-        """Every node, oldest first, with its parent, op, label and metrics."""
+        """Every node, oldest first, with its parent, op, label and metrics (legacy keys renamed)."""
+        data, eval_split = self.meta("data"), self.eval_split()
         metrics: dict[int, dict[str, float]] = {}
         for node, key, value in self.db.execute("SELECT node, key, value FROM metrics"):
             metrics.setdefault(node, {})[key] = value
+        metrics = {node: modern_metrics(values, data, eval_split) for node, values in metrics.items()}
         parents = dict(self.db.execute("SELECT child, parent FROM edges"))
         rows = self.db.execute(
             "SELECT n.id, n.op_seq, o.kind, n.created, n.params, n.summary, n.label, n.note "
             "FROM nodes n JOIN ops o ON o.seq = n.op_seq ORDER BY n.id")
         return [NodeRecord(id=i, parent=parents.get(i), op_seq=seq, op_kind=kind, created=created, params=params,
-                           summary=summary, label=label, note=note, metrics=metrics.get(i, {}))
+                           summary=summary, label=label, note=note, metrics=metrics.get(i, {}),
+                           eval_split=eval_split)
                 for i, seq, kind, created, params, summary, label, note in rows]
 
     def node(self, node: int) -> NodeRecord:

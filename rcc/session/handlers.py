@@ -62,18 +62,23 @@ def _layer_progress(op: str, progress: ProgressFn | None):
 
 
 def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
-    from rcc.session.workspace import check_split, default_eval_split
+    from rcc.data.registry import canonical_spec
+    from rcc.data.roles import data_roles
 
     if session.head is not None:
         raise O.OpError("op 'load_model': this session has a model already; allowed: only as the first op "
                         "(start a new session for another model)")
-    eval_split = check_split(op.data, op.eval_split or default_eval_split(op.data))
-    check_split(op.data, op.test_split)
-    session._load_workspace(op.model, op.data, eval_split, op.test_split, progress)
+    # Filled in before the op is logged: the log holds every option that decides the splits
+    # (held-out size, fractions, seed), so a replay cuts the same splits whatever the defaults become.
+    object.__setattr__(op, "data", canonical_spec(op.data))
+    roles = data_roles(op.data, op.eval_split, op.test_split)
+    session._load_workspace(op.model, op.data, roles.eval, roles.test, progress)
+    items = {split: len(session.workspace.dataset(split)) for split in (roles.calibration, roles.eval, roles.test)}
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"load {op.model} on {op.data}",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)},
-                  result={"eval_split": eval_split})
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
+                  result={"eval_split": roles.eval, "test_split": roles.test,
+                          "splits": {"layout": roles.layout, "items": items}})
 
 
 def _primary(session: Session, progress, cancel) -> float:
@@ -82,6 +87,13 @@ def _primary(session: Session, progress, cancel) -> float:
     if progress:
         progress(OpProgress(op="evaluate", phase="evaluate", detail=session.workspace.eval_split))
     return primary_metric(session.workspace.evaluate(cancel=cancel))
+
+
+def _eval_metric(session: Session, metric: float) -> dict[str, float]:
+    """A node's eval metric under the key that names its split (``val/primary``)."""
+    from rcc.session.metric_keys import metric_key
+
+    return {metric_key(session.workspace.eval_split): metric}
 
 
 def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
@@ -144,7 +156,7 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)},
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
                   result={"changed": run.changed, "params_before": run.params_before,
                           "params_after": run.params_after, "seconds": run.seconds})
 
@@ -169,18 +181,19 @@ def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
     kept = sum(a.accepted for a in result.attempts)
     return Effect(new_node=True, summary=f"cascade {'→'.join(op.stages)} ≥{op.threshold:g}: "
                                          f"{result.removed_fraction:.0%} removed, {kept} attempts kept",
-                  metrics={"eval/primary": result.final_metric, **size_metrics(session.model)},
+                  metrics={**_eval_metric(session, result.final_metric), **size_metrics(session.model)},
                   result=result.as_dict())
 
 
 def evaluate(session: Session, op: O.Evaluate, progress, cancel) -> Effect:
     from rcc.eval.suite import primary_metric
+    from rcc.session.metric_keys import metric_key
     from rcc.session.workspace import check_split
 
-    check_split(session.workspace.data, op.split)
-    report = session.workspace.evaluate(op.split, cancel=cancel)
-    metrics = {f"{op.split}/{k}": float(v) for k, v in report.metrics.items() if isinstance(v, (int, float))}
-    metrics[f"{op.split}/primary"] = primary_metric(report)
+    split = check_split(session.workspace.data, op.split)
+    report = session.workspace.evaluate(split, cancel=cancel)
+    metrics = {metric_key(split, k): float(v) for k, v in report.metrics.items() if isinstance(v, (int, float))}
+    metrics[metric_key(split)] = primary_metric(report)
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
 
 
@@ -267,7 +280,7 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "
                                          f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)},
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
                   result={"teacher": teacher_node, "losses": result.losses, "evals": result.evals,
                           "best_step": result.best_step, "params_before": result.params_before,
                           "params_after": result.params_after, "seconds": result.seconds})
@@ -311,7 +324,7 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
                                          f"{result.removed_fraction:.0%} removed",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)}, plan=plan,
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)}, plan=plan,
                   result={"study": op.study, "trial": op.trial, "record": record.as_dict(),
                           "params_before": result.params_before, "params_after": result.params_after,
                           "removed_fraction": result.removed_fraction, "seconds": result.seconds})

@@ -95,7 +95,9 @@ class LoadModel(Op):
     changes_model: ClassVar[bool] = True
     model: str = "rcc-mini"
     data: str = "digits"
-    eval_split: str | None = None  # checked after each stage; default: calib if the dataset has one
+    # The data roles (rcc.data.roles): eval reads val, test reads test; both fields may only name
+    # those (digits' old name calib is val) and stay for recipes that wrote them out.
+    eval_split: str | None = None
     test_split: str = "test"
 
     def validate(self) -> None:

@@ -171,6 +171,34 @@ class Session:
     def setting(self, key: str) -> str | None:
         return self.graph.meta(key)
 
+    @property
+    def eval_split(self) -> str:
+        """The split the cascade, backoff, search, sensitivity and training's model selection read."""
+        return self.graph.eval_split()
+
+    @property
+    def test_split(self) -> str:
+        """The split reports read (the ``evaluate`` op's default)."""
+        return self.graph.meta("test_split") or "test"
+
+    @property
+    def eval_key(self) -> str:
+        """The metric key of a node's eval metric: ``<eval split>/primary``."""
+        from rcc.session.metric_keys import metric_key
+
+        return metric_key(self.eval_split)
+
+    def splits(self) -> dict:
+        """How the data was split: {"layout": words with sizes and seed, "items": split → count} (items:
+        as measured when the session was made; absent for sessions older than the data roles)."""
+        stored = self.graph.meta("splits")
+        if stored:
+            return json.loads(stored)
+        from rcc.data.registry import split_layout
+
+        data = self.graph.meta("data")
+        return {"layout": split_layout(data)} if data else {}
+
     # -- changing ------------------------------------------------------------------------
     def apply(self, op: O.Op, progress: ProgressFn | None = None, cancel: CancelCheck | None = None) -> OpOutcome:
         """Run ``op`` and record it; on any error the session stays exactly as before."""
@@ -207,7 +235,7 @@ class Session:
             meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True)}
             if isinstance(op, O.LoadModel):
                 meta.update(model=op.model, data=op.data, eval_split=effect.result["eval_split"],
-                            test_split=op.test_split)
+                            test_split=effect.result["test_split"], splits=json.dumps(effect.result["splits"]))
             seconds = time.perf_counter() - start
             seq, node_id = self.graph.record(
                 op.kind, O.op_to_dict(op), before, seconds, new_node=new_node, head=effect.head,
@@ -240,9 +268,24 @@ class Session:
         self._current = manifest_of(loaded.module)
 
     def _load_base(self, progress: ProgressFn | None = None) -> None:
-        """Load the base model from its spec (the state of the root node's spec, not of any node)."""
-        self._load_workspace(self.graph.meta("model"), self.graph.meta("data"), self.graph.meta("eval_split"),
-                             self.graph.meta("test_split"), progress)
+        """Load the base model from its spec (the state of the root node's spec, not of any node).
+
+        A session made before the data roles whose eval split was its test split is refused:
+        continuing it would keep optimising on the split it reports.
+        """
+        from rcc.data.roles import data_roles
+        from rcc.errors import DataError
+
+        data = self.graph.meta("data")
+        try:
+            roles = data_roles(data, self.eval_split, self.test_split)
+        except DataError:
+            raise RccError(f"session {str(self.directory)!r} cannot continue: its eval split {self.eval_split!r} is "
+                           f"not val (it was made before rcc kept calibration, eval and test apart, and optimised on "
+                           f"the split it reports); allowed: read it (session show/log/graph), or replay its recipe "
+                           f"into a new session, which evaluates on val (`rcc-tui replay {self.directory} --out NEW`)"
+                           ) from None
+        self._load_workspace(self.graph.meta("model"), data, roles.eval, roles.test, progress)
 
     def _reload(self, progress: ProgressFn | None = None) -> None:
         """Load the base model from its spec and bring it to the head node (opening a session)."""

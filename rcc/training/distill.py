@@ -132,14 +132,18 @@ class DistillResult:
 
 
 def distill_data(data_spec: str, corpus_sentences: int = 160) -> DistillData:
-    """The training split's images and its prompts (or captions), plus general sentences."""
-    from rcc.data.registry import dataset_splits, load_dataset
+    """The train split's images and its prompts (or captions), plus general sentences.
+
+    The train split only (``rcc.data.roles``): the eval split, which picks the best step, and
+    the test split stay unseen.
+    """
+    from rcc.data.registry import load_dataset
+    from rcc.data.roles import CALIBRATION_SPLIT
     from rcc.data.text_corpus import docstring_sentences
     from rcc.data.types import ClassificationDataset
     from rcc.eval.templates import default_templates, fill
 
-    splits = dataset_splits(data_spec)
-    dataset = load_dataset(data_spec, "train" if "train" in splits else splits[0])
+    dataset = load_dataset(data_spec, CALIBRATION_SPLIT)
     if isinstance(dataset, ClassificationDataset):
         prompts = [tuple(fill(t, name) for t in default_templates(data_spec)) for name in dataset.classnames]
         texts = tuple(prompt for per_class in prompts for prompt in per_class)

@@ -181,9 +181,9 @@ class MainScreen(Screen):
         node = view.head_node
         parts = [f"{view.model} · {view.data}", f"node {view.head} of {len(view.nodes)}"]
         if node is not None:
-            metric = node.metrics.get("eval/primary")
+            metric = node.eval_metric
             if metric is not None:
-                parts.append(f"eval {metric:.2%}")
+                parts.append(f"{node.eval_split} {metric:.2%}")
             parts.append(f"{short_number(node.metrics.get('size/params', node.params))} params")
             if node.label:
                 parts.append(f"[{node.label}]")
@@ -249,11 +249,11 @@ class MainScreen(Screen):
             chart = self.query_one(MetricChart)
             chart.start_run(event.title, second_label="params")
             head = self.view.head_node if self.view else None
-            if head is not None and "eval/primary" in head.metrics:
-                chart.add_point(0, head.metrics["eval/primary"], head.metrics.get("size/params"))
+            if head is not None and head.eval_metric is not None:
+                chart.add_point(0, head.eval_metric, head.metrics.get("size/params"))
             threshold = getattr(event.op, "threshold", None)
-            if threshold is not None and head is not None and "eval/primary" in head.metrics:
-                chart.set_threshold(threshold * head.metrics["eval/primary"])
+            if threshold is not None and head is not None and head.eval_metric is not None:
+                chart.set_threshold(threshold * head.eval_metric)
             else:
                 chart.set_threshold(None)
         elif kind == "train":
@@ -294,7 +294,7 @@ class MainScreen(Screen):
         view = event.view
         self.app.title = f"rcc-tui · {_session_name(view.directory)}"
         head = view.head_node
-        metric = head.metrics.get("eval/primary") if head else None
+        metric = head.eval_metric if head else None
         self.log_line(f"session {self._path(view.directory)}: {view.model} on {view.data}, {len(view.layers)} layers, "
                       f"{len(view.nodes)} nodes" + (f", eval {metric:.2%} on {view.eval_split}" if metric else ""))
         self.query_one(LayerTree).focus()
@@ -315,8 +315,8 @@ class MainScreen(Screen):
         seconds = time.perf_counter() - self._started
         where = ""
         if outcome.new_node is not None and node is not None:
-            metric = node.metrics.get("eval/primary")
-            where = (f" → node {node.id}" + (f", eval {metric:.2%}" if metric is not None else "")
+            metric = node.eval_metric
+            where = (f" → node {node.id}" + (f", {node.eval_split} {metric:.2%}" if metric is not None else "")
                      + f", {short_number(node.metrics.get('size/params', node.params))} params")
         elif outcome.node_after != outcome.node_before:
             where = f" → node {outcome.node_after}"
@@ -330,8 +330,8 @@ class MainScreen(Screen):
                 self.log_line(f"  {getattr(event.op, 'split', '')}: {primary:.2%}")
         if event.op.kind in ("run_stage", "run_cascade") and node is not None:
             self._step += 1
-            if "eval/primary" in node.metrics:
-                self.query_one(MetricChart).add_point(self._step, node.metrics["eval/primary"],
+            if node.eval_metric is not None:
+                self.query_one(MetricChart).add_point(self._step, node.eval_metric,
                                                       node.metrics.get("size/params"))
             self.app.notify(f"{self.runner.title} done{where}", title="done")
         elif event.op.kind == "train":
@@ -471,8 +471,8 @@ class MainScreen(Screen):
         chart.set_threshold(None)
         self._step = 0
         head = self.view.head_node if self.view else None
-        if head is not None and "eval/primary" in head.metrics:
-            chart.add_point(0, head.metrics["eval/primary"])
+        if head is not None and head.eval_metric is not None:
+            chart.add_point(0, head.eval_metric)
 
     def _training_finished(self, outcome: Any, node: Any, where: str) -> None:
         """Log the loss first → last and the eval before → after, as a stage's end is logged."""
@@ -483,10 +483,10 @@ class MainScreen(Screen):
                           f"(teacher node {result.get('teacher')})")
         parent = next((n for n in self.view.nodes if node is not None and n.id == node.parent), None) \
             if self.view else None
-        before = parent.metrics.get("eval/primary") if parent is not None else None
-        after = node.metrics.get("eval/primary") if node is not None else None
+        before = parent.eval_metric if parent is not None else None
+        after = node.eval_metric if node is not None else None
         if before is not None and after is not None:
-            self.log_line(f"  eval {before:.2%} → {after:.2%}")
+            self.log_line(f"  {node.eval_split} {before:.2%} → {after:.2%}")
         best = result.get("best_step")
         if best is not None and losses and best != len(losses):
             self.log_line(f"  kept the best evaluated state, step {best}")
@@ -679,8 +679,8 @@ class MainScreen(Screen):
         ]
         if self.view is not None:
             for node in reversed(self.view.nodes):
-                metric = node.metrics.get("eval/primary")
-                about = f"{node.op_kind}" + (f" · eval {metric:.2%}" if metric is not None else "") + \
+                metric = node.eval_metric
+                about = f"{node.op_kind}" + (f" · {node.eval_split} {metric:.2%}" if metric is not None else "") + \
                         (f" · [{node.label}]" if node.label else "")
                 if node.id != self.view.head:
                     items.append((f"Check out node {node.id}", about, lambda n=node.id: self.checkout(n)))

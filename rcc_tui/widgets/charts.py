@@ -227,6 +227,7 @@ class ParetoChart(_ThemedPlot):
         self._points: list[tuple[int, float, float]] = []  # (node id, params, accuracy)
         self._front: list[int] = []  # indices into _points
         self._head_node: int | None = None
+        self._split = ""  # the eval split the accuracies are measured on
 
     @property
     def front_nodes(self) -> list[int]:
@@ -235,15 +236,17 @@ class ParetoChart(_ThemedPlot):
 
     def show(self, nodes: Sequence[NodeRecord], head: int | None) -> None:
         """Every node with an eval metric, the Pareto front, the head."""
-        self._points = [(n.id, float(n.metrics.get("size/params", n.params)), float(n.metrics["eval/primary"]))
-                        for n in nodes if "eval/primary" in n.metrics]
+        self._points = [(n.id, float(n.metrics.get("size/params", n.params)), float(n.eval_metric))
+                        for n in nodes if n.eval_metric is not None]
+        self._split = next((n.eval_split for n in nodes if n.eval_split), "")
         self._front = pareto_front([(x, y) for _, x, y in self._points])
         self._head_node = head
         self.refresh()
 
     def draw(self) -> None:
         plt = self.plt
-        plt.title("size vs accuracy" + ("" if self._points else "  (no evaluated node yet)"))
+        plt.title(f"size vs {self._split} accuracy".replace("  ", " ")
+                  + ("" if self._points else "  (no evaluated node yet)"))
         plt.xlabel("parameters")
         if not self._points:
             return

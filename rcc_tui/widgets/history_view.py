@@ -188,7 +188,9 @@ class HistoryView(DataTable):
         self.add_column("label", key="label", width=max([5, *(min(len(x), LABEL_WIDTH) for x in labels)]))
         self.add_column("op", key="op", width=max([2, *(len(n.op_kind) for n in self._records)]))
         self.add_column(Text("params", justify="right"), key="params", width=6)
-        self.add_column(Text("eval", justify="right"), key="eval", width=6)
+        # Headed by the split each column is measured on: the eval split (val), then test.
+        eval_split = next((n.eval_split for n in self._records if n.eval_split), "eval")
+        self.add_column(Text(eval_split, justify="right"), key="eval", width=6)
         if with_test:
             self.add_column(Text("test", justify="right"), key="test", width=6)
         lane_colours = [self._colour(variable) for variable in LANE_COLOURS]
@@ -207,7 +209,7 @@ class HistoryView(DataTable):
                 Text(label, label_style + bold, no_wrap=True),
                 Text(node.op_kind, bold, no_wrap=True),
                 Text(human_count(node.metrics.get("size/params", node.params)), bold, justify="right"),
-                Text(metric_text(node.metrics.get("eval/primary")), bold, justify="right"),
+                Text(metric_text(node.eval_metric), bold, justify="right"),
             ]
             if with_test:
                 test = node.metrics.get("test/primary")
