@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
 from rcc.errors import RccError
 from rcc.session import ops as O
-from rcc.session.progress import OpProgress, ProgressFn
+from rcc.session.flows import layer_progress, stage_options
+from rcc.session.progress import OpProgress
 
 if TYPE_CHECKING:
     from rcc.session.session import Session
@@ -49,16 +50,6 @@ def size_metrics(model) -> dict[str, float]:
         kept += count
         stored += count * param.element_size() + (0 if mask is None else (mask.numel() + 7) // 8)
     return {"size/params": kept, "size/total": total, "size/bytes": stored}
-
-
-def _layer_progress(op: str, progress: ProgressFn | None):
-    if progress is None:
-        return None
-
-    def report(stage: str, i: int, total: int, name: str) -> None:
-        progress(OpProgress(op=op, phase=stage, done=i + 1, total=total, detail=name))
-
-    return report
 
 
 def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
@@ -138,19 +129,13 @@ def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> Co
     return replace(plan, overrides=overrides)
 
 
-def _options(op: O._Compress):
-    from rcc.compression.stage_context import StageOptions
-
-    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve)
-
-
 def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
     from rcc.compression.cascade import run_stage as run_one_stage
 
     plan = restricted_plan(session.plan, session.model, op.layers)
     calibration, preserved = session.workspace.calibration(op.calib_per_class, plan.seed)
-    run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, _options(op),
-                        progress=_layer_progress(op.kind, progress), cancel=cancel)
+    run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, stage_options(op),
+                        progress=layer_progress(op.kind, progress), cancel=cancel)
     if not run.changed:  # a node equal to its parent would only clutter the history
         what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
@@ -162,22 +147,10 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
 
 
 def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
-    from rcc.compression.cascade import CascadeConfig
-    from rcc.compression.cascade import run_cascade as cascade
+    from rcc.session.flows import cascade_on
 
     plan = restricted_plan(session.plan, session.model, op.layers)
-    config = CascadeConfig(stages=op.stages, threshold=op.threshold, max_attempts=op.max_attempts,
-                           schedule=op.schedule, steps=op.steps, options=_options(op))
-    calibration, preserved = session.workspace.calibration(op.calib_per_class, plan.seed)
-
-    def on_attempt(attempt) -> None:
-        if progress:
-            progress(OpProgress(op=op.kind, phase=attempt.stage, detail=f"step {attempt.step} attempt "
-                                f"{attempt.attempt}", metric=attempt.metric, params=attempt.params,
-                                accepted=attempt.accepted))
-
-    result = cascade(session.model, plan, session.workspace.evaluator(cancel), calibration, preserved, config,
-                     progress=_layer_progress(op.kind, progress), cancel=cancel, on_attempt=on_attempt)
+    result = cascade_on(session.workspace, plan, op, progress, cancel)
     kept = sum(a.accepted for a in result.attempts)
     return Effect(new_node=True, summary=f"cascade {'→'.join(op.stages)} ≥{op.threshold:g}: "
                                          f"{result.removed_fraction:.0%} removed, {kept} attempts kept",
@@ -186,14 +159,9 @@ def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
 
 
 def evaluate(session: Session, op: O.Evaluate, progress, cancel) -> Effect:
-    from rcc.eval.suite import primary_metric
-    from rcc.session.metric_keys import metric_key
-    from rcc.session.workspace import check_split
+    from rcc.session.flows import evaluate_on
 
-    split = check_split(session.workspace.data, op.split)
-    report = session.workspace.evaluate(split, cancel=cancel)
-    metrics = {metric_key(split, k): float(v) for k, v in report.metrics.items() if isinstance(v, (int, float))}
-    metrics[metric_key(split)] = primary_metric(report)
+    metrics, report = evaluate_on(session.workspace, op.split, cancel)
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
 
 
@@ -316,7 +284,7 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
     plan = record.compression_plan()
     resolve_plan(plan, session.model.layers())
     calibration, preserved = session.workspace.calibration(record.calib_per_class, plan.seed)
-    result = compress(session.model, record, calibration, preserved, progress=_layer_progress(op.kind, progress),
+    result = compress(session.model, record, calibration, preserved, progress=layer_progress(op.kind, progress),
                       cancel=cancel)
     if result is None:
         raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
