@@ -153,14 +153,19 @@ def _read_ops(items: list[str]) -> list:
         text = item
         if not item.lstrip().startswith(("{", "[")):
             try:
-                text = Path(item).read_text()
+                text = Path(item).read_text(encoding="utf-8")
             except OSError as exc:
                 raise RccError(f"op {item!r} is neither JSON nor a readable file: {exc.strerror or exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise RccError(f"op file {item!r} is a binary file; allowed: a JSON op or a list of ops") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RccError(f"op {item[:60]!r} is not valid JSON: {exc}") from exc
-        ops.extend(op_from_dict(entry) for entry in (data if isinstance(data, list) else [data]))
+        entries = data if isinstance(data, list) else [data]
+        if not entries:
+            raise RccError(f"op {item[:60]!r} is an empty list; allowed: one op or a non-empty list of ops")
+        ops.extend(op_from_dict(entry) for entry in entries)
     return ops
 
 
@@ -192,9 +197,11 @@ def run_gc(args: argparse.Namespace) -> int:
 
 def run_export_recipe(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
+    from rcc.output_paths import check_output_file
     from rcc.session.replay import write_recipe
     from rcc.session.session import Session
 
+    check_output_file(args.recipe, "recipe file")
     with Session.open(args.session, read_only=True) as session:
         path = write_recipe(session, args.recipe)
         count = len(session.ops())

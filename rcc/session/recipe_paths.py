@@ -30,6 +30,15 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.endswith(_WEIGHT_SUFFIXES) or ".." in Path(text).parts
 
 
+def _known_pretrained_tag(name: str, tag: str) -> bool:
+    """Whether open_clip knows ``tag`` as a pretrained tag of model ``name`` (then it downloads, never reads a file)."""
+    if not tag or name.endswith(".json"):
+        return False
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(name, tag))
+
+
 def confine_model_spec(spec: str, roots: list[Path]) -> str:
     """The model spec with its file paths resolved under ``roots`` (hub ids and names pass)."""
     scheme, sep, target = spec.partition(":")
@@ -39,7 +48,9 @@ def confine_model_spec(spec: str, roots: list[Path]) -> str:
         name, at, weights = target.partition("@")
         if _looks_like_path(name):
             name = _inside(name, roots, "model config")
-        if at and (_looks_like_path(weights) or "/" in weights):
+        if at and not _known_pretrained_tag(name, weights):
+            # open_clip reads anything that is not one of the model's tags as a file, bare names
+            # (no slash, no suffix) included: relative to the working directory, not the roots.
             weights = _inside(weights, roots, "model weights")
         return f"{scheme}:{name}{at}{weights}"
     if _looks_like_path(target) or (roots[0] / target).exists():

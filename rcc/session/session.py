@@ -78,10 +78,13 @@ class Session:
                progress: ProgressFn | None = None,
                cancel: CancelCheck | None = None) -> Session:
         """A new session in ``directory`` (new or empty), with its model loaded as the root node."""
+        from rcc.output_paths import check_output_dir
+
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise RccError(f"session directory {str(directory)!r} exists and is not empty; "
                            f"allowed: a new or empty directory (or `rcc-tui open` it if it is a session)")
+        check_output_dir(directory, "session directory")  # not under a file, writable
         directory.mkdir(parents=True, exist_ok=True)
         session = cls._open(directory, device, read_only=False)
         try:
