@@ -53,10 +53,10 @@ def add_parser(sub) -> None:
 
 
 def sessions_home() -> Path:
-    """Where sessions live unless told otherwise: $RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions."""
-    import os
+    """Where sessions live unless told otherwise (rcc.session.home)."""
+    from rcc.session.home import sessions_home as home
 
-    return Path(os.environ.get("RCC_SESSIONS_DIR") or Path.home() / ".local/share/rcc-tui/sessions")
+    return home()
 
 
 def _when(timestamp: float) -> str:
