@@ -199,9 +199,9 @@ def run_apply(args: argparse.Namespace) -> int:
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items()))
             stdout().print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}")
             for healed in outcome.result.get("healed_blobs", []):
+                users = [*healed["nodes"], outcome.new_node]
                 print(f"rcc-tui: warning: blob {healed['blob'][:12]} ({healed['tensor']}) was corrupt and was "
-                      f"rewritten from the model; nodes using it: {', '.join(map(str, healed['nodes']))}",
-                      file=sys.stderr)
+                      f"rewritten from the model; nodes using it: {', '.join(map(str, users))}", file=sys.stderr)
     return 0
 
 

@@ -257,7 +257,7 @@ class Session:
                          seconds=seconds, metrics=effect.metrics, result=result)
 
     def _healed_report(self, captured) -> list[dict]:
-        """Corrupt blobs the new node needed, rewritten from the live model, with the nodes that share them."""
+        """Corrupt blobs the new node needed, rewritten from the live model, with the earlier nodes using them."""
         report = []
         for name in captured.healed:
             digest = captured.tensors[name][0]
