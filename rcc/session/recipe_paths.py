@@ -16,14 +16,21 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 
 
 def _inside(path: str, roots: list[Path], what: str) -> str:
-    """``path`` resolved (relative: against the first root) and checked to lie under some root."""
+    """``path`` resolved (relative: against the first root), checked to lie under some root and to exist.
+
+    Existence is checked here, before the replay's first op runs, so a recipe that names a
+    file the roots lack stops with one line instead of failing after work began.
+    """
     candidate = Path(path).expanduser()
     resolved = (candidate if candidate.is_absolute() else roots[0] / candidate).resolve()
-    if any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        return str(resolved)
     allowed = ", ".join(repr(str(r)) for r in roots)
-    raise OpError(f"{what} path {path!r} escapes the data roots; allowed: a path under {allowed} "
-                  f"(relative paths are relative to the first; give more with --data-root)")
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise OpError(f"{what} path {path!r} escapes the data roots; allowed: a path under {allowed} "
+                      f"(relative paths are relative to the first; give more with --data-root)")
+    if not resolved.exists():
+        raise OpError(f"{what} path {path!r} (resolved to {str(resolved)!r}) does not exist; allowed: a file or "
+                      f"folder under {allowed}")
+    return str(resolved)
 
 
 def _looks_like_path(text: str) -> bool:
