@@ -161,3 +161,16 @@ def test_a_session_with_its_own_blobs_keeps_working_and_sharing_can_be_off(tmp_p
         outcome = reopened.apply(O.RunStage(stage="dare", layers=(LAYER,)))
         new = set(reopened.graph.state(outcome.new_node).tensors.values()) - set(reopened.graph.state(1).tensors.values())
         assert new and new <= TensorStore(shared_store_root()).all_hashes()  # new blobs are shared from now on
+
+
+def test_a_corrupt_blob_in_the_shared_store_is_never_linked_into_a_new_session(tmp_path, tiny_spec):
+    Session.create(tmp_path / "a", model=tiny_spec, device="cpu").close()
+    shared = TensorStore(shared_store_root())
+    digest = sorted(shared.all_hashes())[0]
+    _flip_a_byte(shared.path(digest))  # in place: session a's copy is the same file
+    with Session.create(tmp_path / "b", model=tiny_spec, device="cpu") as b:
+        b.store.verify(digest, force=True)  # b wrote its own copy from the model...
+        assert os.stat(b.store.path(digest)).st_ino == os.stat(shared.path(digest)).st_ino
+    shared.verify(digest, force=True)  # ...and the shared store now links that good copy
+    with pytest.raises(RccError, match="corrupt"):
+        TensorStore(tmp_path / "a" / "store").verify(digest, force=True)  # a's file is still the bad one

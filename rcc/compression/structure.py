@@ -50,9 +50,9 @@ def apply_structure(module: nn.Module, structure: dict) -> None:
         module.set_submodule(path, SplitAttention(child) if isinstance(child, nn.MultiheadAttention) else SplitQKV(child))
     for path, rank in structure.get("factorised", {}).items():
         child = module.get_submodule(path)
-        up = child.weight.new_zeros(child.out_features, rank)
-        down = child.weight.new_zeros(rank, child.in_features)
-        module.set_submodule(path, LowRankLinear(up, down, child.bias))
+        up = child.weight.new_empty(child.out_features, rank)  # values come from the state dict
+        down = child.weight.new_empty(rank, child.in_features)
+        module.set_submodule(path, LowRankLinear(up, down, child.bias, copy=False))
     for name, shape in structure.get("masks", {}).items():
         holder_path, _, leaf = name.rpartition(".")
         module.get_submodule(holder_path).register_buffer(leaf, torch.ones(shape, dtype=torch.bool))

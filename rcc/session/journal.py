@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcc.errors import RccError
+from rcc.session.store import fsync_dir
 
 JOURNAL = "session.journal"
 
@@ -87,7 +88,7 @@ class Journal:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def append(self, record: dict) -> None:
         with open(self.path, "ab") as out:
@@ -126,10 +127,3 @@ class Journal:
 def _line(record: dict) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

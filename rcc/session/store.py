@@ -98,7 +98,6 @@ class TensorStore:
         self.shared = None
         self._verified: dict[str, tuple[Signature, float]] = {}  # hash → (signature, when it hashed right)
         self._verified_changed = False
-        self.healed: list[str] = []  # corrupt blobs rewritten from a live tensor since the last look
         if not read_only:
             self.blobs.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)
@@ -124,9 +123,11 @@ class TensorStore:
         """
         digest = digest or tensor_hash(tensor)
         data = _raw(tensor)
-        if not self.has(digest) and not self._link_from_shared(digest):
-            self._write(digest, tensor.dtype, tuple(tensor.shape), data)
-            self._share(digest)
+        if not self.has(digest):
+            linked = self._link_from_shared(digest)
+            if not linked:
+                self._write(digest, tensor.dtype, tuple(tensor.shape), data)
+                self._share(digest, replace=linked is False)  # False: the shared copy was corrupt
         return BlobInfo(digest, data.nbytes)
 
     def ensure(self, tensor: torch.Tensor, digest: str) -> bool:
@@ -144,12 +145,12 @@ class TensorStore:
         except BlobError:
             self._write(digest, tensor.dtype, tuple(tensor.shape), _raw(tensor))
             self._share(digest, replace=True)
-            self.healed.append(digest)
             return True
 
-    def _link_from_shared(self, digest: str) -> bool:
+    def _link_from_shared(self, digest: str) -> bool | None:
+        """Link the shared store's blob in: True if done, None if it has none, False if it cannot be used."""
         if self.shared is None or not self.shared.has(digest):
-            return False
+            return None
         try:
             self.shared.verify(digest)
         except BlobError:
@@ -162,7 +163,7 @@ class TensorStore:
             return True
         except OSError:  # another file system, a collected blob, links not allowed: write it
             return False
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         self._remember(digest, _signature(target.stat()))  # its content hashed right just above
         return True
 
@@ -178,7 +179,7 @@ class TensorStore:
             temporary = self.shared.tmp / f"{digest}.{uuid.uuid4().hex}.link"
             os.link(source, temporary)
             os.replace(temporary, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOENT, errno.EACCES):
                 raise
@@ -198,7 +199,7 @@ class TensorStore:
         target = self.path(digest)
         target.parent.mkdir(exist_ok=True)
         os.replace(temporary, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         self._remember(digest, written)  # its bytes came from the tensor that has this hash
 
     # -- reading and checking --------------------------------------------------------------
@@ -366,7 +367,8 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or link in ``directory`` durable (the directory entry, not only the file)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
