@@ -213,3 +213,32 @@ def test_a_public_host_needs_allow_remote_and_warns(monkeypatch, capsys, tmp_pat
     (tmp_path / "file").write_text("x")
     assert main(["serve", "--session", str(tmp_path / "file" / "s")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_real_app_is_served_to_a_tab_with_the_token(tmp_path, tiny_spec):
+    """No stand-in: the default command opens the served session in the workbench app over the socket."""
+    from rcc.session.session import Session
+
+    Session.create(tmp_path / "session", model=tiny_spec, device="cpu").close()
+    server = Served(tmp_path, "--session", str(tmp_path / "session"))
+    try:
+        async def first_frames() -> bytes:
+            url = f"ws://127.0.0.1:{server.port}/ws/{server.token}?width=100&height=30"
+            seen = b""
+            async with aiohttp.ClientSession() as client:
+                socket_ = await client.ws_connect(url, headers={"Origin": server.origin})
+                deadline = time.monotonic() + 120
+                while b"rcc-tui" not in seen and time.monotonic() < deadline:
+                    message = await asyncio.wait_for(socket_.receive(), 120)
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        seen += message.data
+                    elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        break
+                await socket_.close()
+            return seen
+
+        frames = asyncio.run(first_frames())
+        assert b"rcc-tui" in frames, frames[-500:]
+    finally:
+        server.stop()

@@ -299,9 +299,7 @@ class Session:
     def model_at(self, node: int):
         """A second, independent copy of the model at ``node`` (e.g. a teacher for training)."""
         from rcc.models.registry import load_model
-        from rcc.session.state import manifest_of, restore
-
-        from rcc.session.state import RestoreError
+        from rcc.session.state import RestoreError, manifest_of, restore
 
         target = self.graph.state(node)
         model = load_model(self.graph.meta("model"), device=self.device)
