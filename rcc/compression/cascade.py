@@ -51,7 +51,7 @@ class CascadeConfig:
         if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
             raise RccError(f"threshold {self.threshold} is out of range; allowed: 0 ≤ threshold ≤ 1 (of the dense metric)")
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
-            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer from 1 to {MAX_ATTEMPTS}")
+            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_ATTEMPTS}")
         check_schedule(self.schedule, self.steps)
 
 

@@ -29,7 +29,7 @@ def check_schedule(kind: str, steps: int) -> None:
     if kind not in SCHEDULES:
         raise RccError(f"schedule {kind!r} is unknown; allowed: {', '.join(SCHEDULES)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise RccError(f"schedule steps {steps!r} is invalid; allowed: an integer from 1 to {MAX_STEPS}")
+        raise RccError(f"schedule steps {steps!r} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_STEPS}")
 
 
 def fixed_fraction(kind: str, step: int, steps: int) -> float:

@@ -38,10 +38,9 @@ MAX_INT = 2**63 - 1
 def _int(op: str, name: str, value: Any, low: int | None = None, high: int | None = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
             or (high is not None and value > high):
-        if low is not None and high is not None:
-            bounds = f"an integer from {low} to {high}"
-        else:
-            bounds = f"an integer{f' ≥ {low}' if low is not None else ''}{f' ≤ {high}' if high is not None else ''}"
+        bounds = " and".join(part for part in (f" ≥ {low}" if low is not None else "",
+                                                f" ≤ {high}" if high is not None else "") if part)
+        bounds = f"an integer{bounds}"
         raise _fail(op, name, value, bounds)
     return value
 

@@ -367,6 +367,7 @@ class Session:
         if self.store.shared is not None:
             # Blobs no session links any more (link count 1: the shared store's own), this one's included.
             shared_removed, shared_freed = self.store.shared.collect_shared()
+            self.store.shared.clean_temporary()  # links a crash left half made (another writer's fail harmlessly)
         return GcReport(removed=len(garbage), freed_bytes=freed + shared_freed, kept=len(stored & reachable),
                         shared_removed=shared_removed, shared_freed_bytes=shared_freed)
 

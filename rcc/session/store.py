@@ -23,7 +23,6 @@ system), the blob is written as before: a session directory always holds all its
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import mmap
@@ -155,6 +154,8 @@ class TensorStore:
             self.shared.verify(digest)
         except BlobError:
             return False  # written here instead, then linked over the shared one (``_share``)
+        except OSError:  # unreadable shared store: write it here
+            return None
         target = self.path(digest)
         target.parent.mkdir(exist_ok=True)
         try:
@@ -180,9 +181,8 @@ class TensorStore:
             os.link(source, temporary)
             os.replace(temporary, target)
             fsync_dir(target.parent)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOENT, errno.EACCES):
-                raise
+        except OSError:  # another file system, no permission, no space: sharing is only a saving
+            return
 
     def _write(self, digest: str, dtype: torch.dtype, shape: tuple[int, ...], data: memoryview) -> None:
         meta = {"t": {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [0, data.nbytes]}}
