@@ -54,6 +54,7 @@ import rcc.models.open_clip_adapter  # noqa: F401
 import rcc.session.handlers  # noqa: F401
 import rcc.session.state  # noqa: F401
 from rcc.data.text_corpus import docstring_sentences
+from rcc.errors import RccError
 from rcc.session import ops as O
 from rcc.session.journal import Journal
 from rcc.session.session import Session
@@ -66,6 +67,9 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
 def write(directory, pause_at, mode, out):
+    # Each writer its own shared store: the four writers run the same ops on equal sessions, and
+    # one linking a blob another already wrote would never write (nor pause in) a blob of its own.
+    os.environ["RCC_DATA_HOME"] = directory + ".data-home"
     session = Session.open(directory, device="cpu")
     commits = len(session.nodes())
     set_meta, fsync = session.graph._set_meta, os.fsync
@@ -96,8 +100,11 @@ def write(directory, pause_at, mode, out):
     session.graph._set_meta, os.fsync = pausing_set_meta, pausing_fsync
     session.graph.journal.append = pausing_append
     print(f"committed {commits}", file=out, flush=True)
-    for i in range(10_000):
-        session.apply(O.RunStage(stage="dare", fraction=FRACTIONS[i % 4], layers=(LAYERS[i % len(LAYERS)],)))
+    for i in range(commits, commits + 10_000):  # a writer started again goes on where the last one was
+        try:
+            session.apply(O.RunStage(stage="dare", fraction=FRACTIONS[i % 4], layers=(LAYERS[i % len(LAYERS)],)))
+        except RccError:  # that layer is at this strength already (an earlier writer's op): the next one
+            continue
         commits = len(session.nodes())
         print(f"committed {commits}", file=out, flush=True)
 
