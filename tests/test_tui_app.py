@@ -655,26 +655,6 @@ def test_open_and_new_refuse_bad_directories_with_exit_2(tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
 
 
-def test_serve_binds_to_loopback_unless_told(monkeypatch):
-    from rcc.cli.main import main
-
-    servers = []
-
-    class FakeServer:
-        def __init__(self, command, host="localhost", port=8000, title=None):
-            servers.append((command, host, port))
-
-        def serve(self):
-            pass
-
-    monkeypatch.setattr("textual_serve.server.Server", FakeServer)
-    assert main(["serve"]) == 0
-    command, host, port = servers[-1]
-    assert (host, port) == ("127.0.0.1", 8000) and command.endswith("-m rcc.cli.main new")
-    assert main(["serve", "--host", "0.0.0.0", "--port", "9000", "--command", "rcc-tui open S"]) == 0
-    assert servers[-1] == ("rcc-tui open S", "0.0.0.0", 9000)
-
-
 def test_help_and_the_first_frame_import_nothing_heavy():
     """`rcc-tui --help` loads neither Textual nor torch; the app module loads Textual but no ML library."""
     script = (

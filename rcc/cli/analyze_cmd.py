@@ -25,6 +25,7 @@ def _source_args(parser: argparse.ArgumentParser, node_help: str = "node to anal
 def _out_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--out", required=default is None, default=default, metavar="DIR",
                         help="folder for the JSON, the Markdown report and its PNG plots")
+    parser.set_defaults(out_folder=True)  # checked before any work (rcc.cli.main.check_outputs)
 
 
 def add_parser(sub) -> None:

@@ -17,7 +17,9 @@ def add_parser(sub) -> None:
     )
     add_model_args(parser)
     parser.add_argument("--plan", required=True, metavar="PLAN.json", help="a plan from `rcc-tui plan`")
-    parser.add_argument("--out", required=True, metavar="DIR", help="where to write the compressed model")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="where to write the compressed model: a new or empty directory (or --force)")
+    parser.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
     parser.add_argument("--data", default="digits", metavar="SPEC", help=DATA_HELP)
     parser.add_argument("--eval-split", default=None,
                         help="split checked after each stage: always val, the eval split (calibration reads train, "
@@ -54,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from rcc.data.roles import data_roles
     from rcc.eval.suite import evaluator
     from rcc.models.registry import load_model, resolve_device
+    from rcc.output_paths import check_output_dir
     from rcc.session.metric_keys import metric_key
 
+    # Everything the run will write is checked first: the cascade must not find out at its end.
+    check_output_dir(args.out, "--out", force=args.force)
     plan = load_plan(args.plan)
     config = CascadeConfig(
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), threshold=args.threshold,

@@ -24,9 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rcc.cli.common import stdout
+    from rcc.output_paths import check_output_dir
     from rcc.session.ops import Export
     from rcc.session.session import Session
 
+    check_output_dir(args.out, "--out")  # before the model loads
     op = Export(format=args.format, out=str(Path(args.out).resolve()), node=args.node)
     with Session.open(args.session, device=args.device) as session:
         outcome = session.apply(op)

@@ -47,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tolerance < 0:
         raise RccError(f"tolerance {args.tolerance} is negative; allowed: a number ≥ 0")
+    from rcc.output_paths import check_output_dir
+
     recipe = load_recipe(args.source)
     out = args.out or _default_out(args.source)
+    check_output_dir(out, "--out session directory")  # a new or empty directory, before any op runs
     roots = [Path(r) for r in (args.data_root or ["."])]
     console = stderr()
 

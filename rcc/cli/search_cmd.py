@@ -203,15 +203,19 @@ def _columns(split: str) -> list[str]:
 def run_search_command(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stderr, stdout, table, write_json
     from rcc.search.seeds import read_scores, session_sensitivity
-    from rcc.search.storage import resolve_url
+    from rcc.search.space import SearchError
+    from rcc.search.storage import open_storage, resolve_url, sqlite_path
     from rcc.search.study import Limits, StudySettings, existing_settings, read_source, run_search
-
-    url = resolve_url(args.storage, session)
     from rcc.session.session import is_session
 
+    if args.workers < 1:  # before a study is created or joined
+        raise SearchError(f"workers {args.workers} is invalid; allowed: an integer ≥ 1")
+    url = resolve_url(args.storage, session)
     if not is_session(session):
         raise RccError(f"{session!r} is not a session; allowed: a directory made by `rcc-tui new` or "
                        f"`rcc-tui session new`")
+    if sqlite_path(url) is None:  # a server: unreachable or unusable is one line now, before any study is touched
+        open_storage(url, create=False)
     stored = existing_settings(url, args.study)
     settings = build_settings(args, stored or StudySettings())
     trials = args.trials if args.trials is not None else (None if args.timeout or args.patience else 20)

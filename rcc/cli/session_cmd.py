@@ -1,10 +1,11 @@
-"""``rcc-tui session new|ls|show|log|graph|apply|gc|export-recipe``: sessions, headless."""
+"""``rcc-tui session new|ls|show|log|graph|apply|gc|repair|export-recipe``: sessions, headless."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 from rcc.cli.common import DATA_HELP, MODEL_HELP
@@ -48,6 +49,15 @@ def add_parser(sub) -> None:
     gc.add_argument("session", metavar="SESSION")
     gc.set_defaults(run=run_gc)
 
+    repair = actions.add_parser("repair", help="rebuild a damaged or lost session database from its journal and store",
+                                description="Rebuilds session.db from session.journal (every commit, as JSON lines) "
+                                            "when SQLite cannot read it or it lacks commits; the damaged file is kept "
+                                            "beside it. Then hashes every blob and names the nodes that cannot be "
+                                            "checked out (a blob missing or corrupt).")
+    repair.add_argument("session", metavar="SESSION")
+    repair.add_argument("--force", action="store_true", help="rebuild even if the database looks intact")
+    repair.set_defaults(run=run_repair)
+
     recipe = actions.add_parser("export-recipe", help="write the op log alone (no weights) as a recipe")
     recipe.add_argument("session", metavar="SESSION")
     recipe.add_argument("recipe", metavar="RECIPE.json")
@@ -55,10 +65,10 @@ def add_parser(sub) -> None:
 
 
 def sessions_home() -> Path:
-    """Where sessions live unless told otherwise: $RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions."""
-    import os
+    """Where sessions live unless told otherwise (rcc.session.home)."""
+    from rcc.session.home import sessions_home as home
 
-    return Path(os.environ.get("RCC_SESSIONS_DIR") or Path.home() / ".local/share/rcc-tui/sessions")
+    return home()
 
 
 def _when(timestamp: float) -> str:
@@ -125,9 +135,16 @@ def run_show(args: argparse.Namespace) -> int:
                 ["head", f"node {session.head}" if head else "–"],
                 ["head metrics", ", ".join(f"{k} {v:.4g}" for k, v in sorted(head.metrics.items())) if head else "–"],
                 ["plan", json.dumps(json.loads(session.setting("plan") or "{}"), sort_keys=True)],
-                ["disk", f"{session.disk_bytes() / 2**20:.1f} MiB"]]
+                ["disk", _disk(session.disk_usage())]]
         stdout().print(table(f"session {args.session}", ["", "value"], rows))
     return 0
+
+
+def _disk(usage) -> str:
+    if not usage.shared:
+        return f"{usage.total / 2**20:.1f} MiB"
+    return (f"{usage.total / 2**20:.1f} MiB, of which {usage.shared / 2**20:.1f} MiB are blobs linked with the data "
+            f"home's shared store (stored once for all sessions; its own: {usage.own / 2**20:.1f} MiB)")
 
 
 def run_log(args: argparse.Namespace) -> int:
@@ -168,14 +185,19 @@ def _read_ops(items: list[str]) -> list:
         text = item
         if not item.lstrip().startswith(("{", "[")):
             try:
-                text = Path(item).read_text()
+                text = Path(item).read_text(encoding="utf-8")
             except OSError as exc:
                 raise RccError(f"op {item!r} is neither JSON nor a readable file: {exc.strerror or exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise RccError(f"op file {item!r} is a binary file; allowed: a JSON op or a list of ops") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RccError(f"op {item[:60]!r} is not valid JSON: {exc}") from exc
-        ops.extend(op_from_dict(entry) for entry in (data if isinstance(data, list) else [data]))
+        entries = data if isinstance(data, list) else [data]
+        if not entries:
+            raise RccError(f"op {item[:60]!r} is an empty list; allowed: one op or a non-empty list of ops")
+        ops.extend(op_from_dict(entry) for entry in entries)
     return ops
 
 
@@ -191,6 +213,10 @@ def run_apply(args: argparse.Namespace) -> int:
             made = f"node {outcome.new_node}" if outcome.new_node else f"head node {outcome.node_after}"
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items()))
             stdout().print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}")
+            for healed in outcome.result.get("healed_blobs", []):
+                users = [*healed["nodes"], outcome.new_node]
+                print(f"rcc-tui: warning: blob {healed['blob'][:12]} ({healed['tensor']}) was corrupt and was "
+                      f"rewritten from the model; nodes using it: {', '.join(map(str, users))}", file=sys.stderr)
     return 0
 
 
@@ -200,16 +226,41 @@ def run_gc(args: argparse.Namespace) -> int:
 
     with Session.open(args.session, load=False) as session:
         report = session.gc()
-    stdout().print(f"removed {report.removed} unreferenced blobs ({report.freed_bytes / 2**20:.1f} MiB); "
+    shared = (f"; {report.shared_removed} blobs of the shared store no session uses"
+              if report.shared_removed else "")
+    stdout().print(f"removed {report.removed} unreferenced blobs{shared} ({report.freed_bytes / 2**20:.1f} MiB freed); "
                    f"kept {report.kept}")
+    return 0
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.repair import repair
+
+    report = repair(args.session, force=args.force)
+    out = stdout()
+    if not report.rebuilt:
+        out.print(f"session {args.session}: {report.reason}; nothing to repair (--force rebuilds anyway)")
+        return 0
+    kept = f"; the damaged one is kept as {report.kept_as.name}" if report.kept_as else ""
+    out.print(f"session {args.session}: database rebuilt from the journal ({report.reason}): {report.ops} ops, "
+              f"{report.nodes} nodes{kept}", markup=False, highlight=False)
+    for problem in report.journal_problems:
+        out.print(f"  journal: {problem}", markup=False, highlight=False)
+    for node, problem in report.broken_nodes.items():
+        out.print(f"  cannot be rebuilt: node {node}: {problem}", markup=False, highlight=False)
+    if not report.broken_nodes:
+        out.print("  every node's blobs are in the store and match their hashes", markup=False, highlight=False)
     return 0
 
 
 def run_export_recipe(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
+    from rcc.output_paths import check_output_file
     from rcc.session.replay import write_recipe
     from rcc.session.session import Session
 
+    check_output_file(args.recipe, "recipe file")
     with Session.open(args.session, read_only=True) as session:
         path = write_recipe(session, args.recipe)
         count = len(session.ops())

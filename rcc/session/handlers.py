@@ -179,10 +179,11 @@ def label(session: Session, op: O.Label, progress, cancel) -> Effect:
 
 
 def export(session: Session, op: O.Export, progress, cancel) -> Effect:
+    from rcc.output_paths import check_output_dir
     from rcc.session.export import export_compressed, export_dense
 
     node = op.node or session.head
-    out = session.resolve_export_path(op.out)
+    out = check_output_dir(session.resolve_export_path(op.out), "export directory")  # before the checkout
     target = session.graph.state(node)
     moved = node != session.head
     if moved:

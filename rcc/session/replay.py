@@ -123,8 +123,8 @@ def load_recipe(source: str | Path) -> Recipe:
     if not source.is_file():
         raise RccError(f"{str(source)!r} is neither a session directory nor a recipe file")
     try:
-        data = json.loads(source.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError (a binary file)
         raise RccError(f"recipe {str(source)!r} cannot be read as JSON: {exc}") from exc
     return parse_recipe(data, f"recipe {str(source)!r}")
 
