@@ -117,8 +117,9 @@ def app_command(*args: str) -> list[str]:
 
 
 def app_env(sessions: Path) -> dict[str, str]:
+    # The benchmark's sessions and their shared blobs stay in its own folder, not the user's data home.
     return {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor", "RCC_SESSIONS_DIR": str(sessions),
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            "RCC_DATA_HOME": str(sessions / "data-home"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def first_frame_seconds(work: Path, runs: int) -> list[float]:

@@ -36,6 +36,7 @@ async def draw(out: Path) -> None:
     from rcc_tui.app import RccApp
 
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["RCC_DATA_HOME"] = str(Path(tmp) / "data-home")  # its blobs leave with it, none in the real home
         app = RccApp(session_dir=str(Path(tmp) / "demo"), new=True, device="cpu")
         app.deterministic = True
         async with app.run_test(size=SIZE) as pilot:

@@ -43,18 +43,28 @@ def add_parsers(sub) -> None:
     new.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help=MODEL_HELP)
     new.add_argument("--data", default=DEFAULT_DATA, metavar="SPEC", help=DATA_HELP)
     new.add_argument("--session", default=None, metavar="DIR",
-                     help="a new or empty directory (default: a new one under the sessions home, "
-                          "$RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions)")
+                     help="a new or empty directory (default: a new one under the sessions home: "
+                          "$RCC_SESSIONS_DIR, else sessions/ in the data home, $RCC_DATA_HOME or "
+                          "~/.local/share/rcc-tui)")
     _app_options(new)
     new.set_defaults(run=run_new)
 
     serve = sub.add_parser("serve", help="serve the workbench in a web browser (textual-serve)",
-                           description="Serve the workbench app over HTTP with textual-serve: each browser tab runs "
-                                       "its own app process. Bound to 127.0.0.1 unless --host says otherwise.")
+                           description="Serve the workbench app over HTTP with textual-serve, on 127.0.0.1 unless "
+                                       "--host and --allow-remote say otherwise. The URL printed at start carries "
+                                       "a random token that the page and its socket require; requests naming "
+                                       "another host or coming from another site's page are refused. Every "
+                                       "browser tab works on the same session (one tab at a time).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a --host other than a loopback address (anyone who can reach it and has the URL "
+                            "can drive the app as you)")
+    serve.add_argument("--session", default=None, metavar="DIR",
+                       help="the session the tabs work on: an existing session, or a new or empty directory that "
+                            "the first tab creates it in (default: a new one under the sessions home)")
     serve.add_argument("--command", dest="serve_command", default=None, metavar="CMD",
-                       help="the command each browser tab runs (default: `rcc-tui new` with this Python)")
+                       help="the command each connection runs instead (default: open --session with this Python)")
     serve.set_defaults(run=run_serve)
 
 
@@ -136,22 +146,32 @@ def run_default(args: argparse.Namespace | None = None) -> int:
     return _run_app(None, True, DEFAULT_MODEL, DEFAULT_DATA, "auto", None, None)
 
 
-def serve_command(python: str | None = None) -> str:
-    """The shell command each browser tab runs: this Python running ``rcc-tui new``."""
-    import shlex
-    import sys
-
-    return f"{shlex.quote(python or sys.executable)} -m rcc.cli.main new"
-
-
 def run_serve(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
     from rcc.errors import RccError
+    from rcc.output_paths import check_output_dir
+    from rcc.session.session import is_session
+    from rcc_tui.serve import ServeAccess, check_bind, is_loopback, make_server, new_token, session_command
 
-    if not 0 < args.port < 65536:
-        raise RccError(f"port {args.port} is out of range; allowed: 1 to 65535")
-    from textual_serve.server import Server
+    check_bind(args.host, args.port, args.allow_remote)
+    if args.session is not None and not is_session(args.session):
+        check_output_dir(args.session, "--session")  # a new or empty directory: the first tab creates it there
+    if args.session is None:
+        from rcc.services.sessions import new_session_dir
 
-    command = args.serve_command or serve_command()
-    print(f"rcc-tui: serving `{command}` on http://{args.host}:{args.port} (ctrl+c stops)")
-    Server(command, host=args.host, port=args.port, title="rcc-tui").serve()
+        args.session = str(new_session_dir())
+    session = str(Path(args.session).resolve())
+    if not is_loopback(args.host):
+        print(f"rcc-tui: warning: serving on {args.host!r}, not this machine only: anyone who can reach it and "
+              f"has the URL (its token) can drive the app and read and write files as you", file=sys.stderr)
+    access = ServeAccess(host=args.host, port=args.port, token=new_token(), allow_remote=args.allow_remote)
+    command = (lambda: args.serve_command) if args.serve_command else (lambda: session_command(session))
+    print(f"rcc-tui: session {session}", flush=True)
+    try:
+        make_server(access, command, announce=lambda line: print(line, flush=True)).serve()
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        raise RccError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}; allowed: a free port "
+                       f"on an address of this machine") from exc
     return 0

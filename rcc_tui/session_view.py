@@ -93,6 +93,6 @@ def read_view(session: Session, layers: tuple | None = None, with_state: bool = 
         state = previous.state
     return SessionView(
         directory=str(session.directory), model=session.setting("model") or "", data=session.setting("data") or "",
-        eval_split=session.setting("eval_split") or "", head=session.head, nodes=tuple(session.nodes()),
+        eval_split=session.eval_split, head=session.head, nodes=tuple(session.nodes()),
         plan=session.plan, layers=tuple(layers), state=state, ops=len(session.ops()),
-        test_split=session.setting("test_split") or "test")
+        test_split=session.test_split)

@@ -66,6 +66,11 @@ class Job:
         return self.started > 0 and self.ended is None
 
     @property
+    def eval_split(self) -> str:
+        """The split its events' metrics are measured on: the session's eval split ('' when unknown)."""
+        return getattr(self.head, "eval_split", "") or ""
+
+    @property
     def cancelling(self) -> bool:
         return self.running and self._cancel.is_set()
 
@@ -371,11 +376,13 @@ def _copy(message: JobMessage) -> JobMessage:
 LAYER_PHASES = ("dare", "nullu", "alphaedit", "sensitivity")  # phases counted in layers (detail: the layer)
 
 
-def describe_event(event: OpProgress) -> str:
-    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc``, ``evaluate · 128/360 images``, …"""
+def describe_event(event: OpProgress, split: str = "") -> str:
+    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc``, ``evaluate · 128/360 images``,
+    ``dare step 1 attempt 2: val 96.11% kept`` (a metric on ``split``), …"""
     if event.metric is not None:
         verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
-        return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}"
+        measured = f"{split} {event.metric:.2%}".strip()
+        return f"{event.phase} {event.detail}: {measured}{verdict}".replace(" : ", ": ")
     if event.loss is not None:
         return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
     if event.total:

@@ -64,6 +64,8 @@ def rcc_mini_layers() -> tuple[LayerInfo, ...]:
 LAYERS = rcc_mini_layers()
 ROOT_BYTES = 91_412_345  # about rcc-mini's 22.8M values in float32
 ROOT_EVAL, ROOT_TEST = 0.9806, 0.9833
+EVAL_SPLIT, TEST_SPLIT = "val", "test"  # digits' data roles: calibration reads train
+EVAL_KEY = f"{EVAL_SPLIT}/primary"  # a node's eval metric, named by its split
 
 
 @dataclass
@@ -86,8 +88,8 @@ class FakeSession:
     def __post_init__(self) -> None:
         if not self.nodes:
             self.nodes = [NodeRecord(1, None, 1, "load_model", 1.0, 22_853_086, "load rcc-mini on digits",
-                                     metrics={"eval/primary": ROOT_EVAL, "size/params": 22_853_086,
-                                              "size/bytes": ROOT_BYTES})]
+                                     metrics={EVAL_KEY: ROOT_EVAL, "size/params": 22_853_086,
+                                              "size/bytes": ROOT_BYTES}, eval_split=EVAL_SPLIT)]
             self.head = 1
         self._states = {node.id: {} for node in self.nodes}  # node → layer states
 
@@ -98,9 +100,9 @@ class FakeSession:
                                                                       layer.params * BYTES_PER_VALUE,
                                                                       layer.params * BYTES_PER_VALUE)
                  for layer in self.layers}
-        return SessionView(directory=str(self.directory), model="rcc-mini", data="digits", eval_split="calib",
+        return SessionView(directory=str(self.directory), model="rcc-mini", data="digits", eval_split=EVAL_SPLIT,
                            head=self.head, nodes=tuple(self.nodes), plan=self.plan, layers=self.layers,
-                           state=state, ops=len(self.applied), test_split="test")
+                           state=state, ops=len(self.applied), test_split=TEST_SPLIT)
 
     def close(self) -> None:
         self.closed = True
@@ -155,7 +157,7 @@ class FakeSession:
                                            layer.params * BYTES_PER_VALUE)
         saved_bytes = sum((self.state.get(l.name).stored_bytes if l.name in self.state else l.params * 4)
                           - state[l.name].stored_bytes for l in targets)
-        metric = parent.metrics["eval/primary"] - sum(resolved[l.name].sparsity for l in targets) / 10
+        metric = parent.metrics[EVAL_KEY] - sum(resolved[l.name].sparsity for l in targets) / 10
         if evaluated_attempts and targets:
             self._tick(progress, cancel, OpProgress(op.kind, "dare", detail="step 1 attempt 1", metric=metric,
                                                     accepted=True,
@@ -164,10 +166,10 @@ class FakeSession:
             self._tick(progress, cancel, OpProgress(op.kind, "evaluate", done * 120, 360, "images"))
         self._tick(progress, cancel, OpProgress(op.kind, "saving", 1, 1, "tensors"))
         if state == self.state:
-            return None, {"eval/primary": parent.metrics["eval/primary"]}, {"unchanged": True}, True
+            return None, {EVAL_KEY: parent.metrics[EVAL_KEY]}, {"unchanged": True}, True
         self.state = state
         values = parent.metrics["size/params"] - sum(l.params - state[l.name].stored for l in targets)
-        return self._new_node(op.kind, {"eval/primary": round(metric, 4), "size/params": values,
+        return self._new_node(op.kind, {EVAL_KEY: round(metric, 4), "size/params": values,
                                         "size/bytes": parent.metrics["size/bytes"] - saved_bytes},
                               f"{op.kind}: {len(targets)} layers")
 
@@ -186,8 +188,8 @@ class FakeSession:
             self._tick(progress, cancel, OpProgress(op.kind, "train", step, op.steps, loss=1.0 / step))
             if op.eval_every and step % op.eval_every == 0:
                 self._tick(progress, cancel, OpProgress(op.kind, "train", step, op.steps,
-                                                        metric=parent.metrics["eval/primary"] + step / 1e4))
-        return self._new_node(op.kind, {**parent.metrics, "eval/primary": parent.metrics["eval/primary"] + 0.001},
+                                                        metric=parent.metrics[EVAL_KEY] + step / 1e4))
+        return self._new_node(op.kind, {**parent.metrics, EVAL_KEY: parent.metrics[EVAL_KEY] + 0.001},
                               f"train {op.steps} steps")
 
     def _checkout(self, op: O.Checkout, progress, cancel):
@@ -203,12 +205,12 @@ class FakeSession:
         return None, {}, {}, False
 
     def _evaluate(self, op: O.Evaluate, progress, cancel):
-        if op.split not in ("calib", "test", "train"):
-            raise RccError(f"split {op.split!r} is not a split of 'digits'; allowed: train, calib, test")
+        if op.split not in ("train", EVAL_SPLIT, TEST_SPLIT):
+            raise RccError(f"unknown split '{op.split}' for dataset 'digits'; allowed: train, val, test")
         for done in range(0, 4):
             self._tick(progress, cancel, OpProgress(op.kind, "evaluate", done * 120, 360, "images"))
         node = self._node(self.head)
-        metrics = {f"{op.split}/primary": ROOT_TEST - (ROOT_EVAL - node.metrics["eval/primary"])}
+        metrics = {f"{op.split}/primary": ROOT_TEST - (ROOT_EVAL - node.metrics[EVAL_KEY])}
         self.nodes = [replace(n, metrics={**n.metrics, **metrics}) if n.id == node.id else n for n in self.nodes]
         return None, metrics, {}, False
 
@@ -225,7 +227,7 @@ class FakeSession:
 
     def _new_node(self, kind: str, metrics: dict, summary: str):
         node = NodeRecord(len(self.nodes) + 1, self.head, len(self.applied) + 2, kind, time.time(),
-                          int(metrics.get("size/params", 0)), summary, metrics=metrics)
+                          int(metrics.get("size/params", 0)), summary, metrics=metrics, eval_split=EVAL_SPLIT)
         self.nodes.append(node)
         self.head = node.id
         self._states[node.id] = dict(self.state)
@@ -253,11 +255,11 @@ def branched(directory: Path) -> FakeSession:
 
     def child(node_id: int, parent: int, kind: str, eval_: float, stored: int, label: str = "",
               test: float | None = None) -> NodeRecord:
-        metrics = {"eval/primary": eval_, "size/params": stored // 4, "size/bytes": stored}
+        metrics = {EVAL_KEY: eval_, "size/params": stored // 4, "size/bytes": stored}
         if test is not None:
-            metrics["test/primary"] = test
+            metrics[f"{TEST_SPLIT}/primary"] = test
         return NodeRecord(node_id, parent, node_id, kind, 1.0 + node_id, stored // 4, f"{kind} on 2 layers",
-                          label=label, metrics=metrics)
+                          label=label, metrics=metrics, eval_split=EVAL_SPLIT)
 
     session.nodes = [root, child(2, 1, "run_stage", 0.9722, 89_300_000),
                      child(3, 2, "run_cascade", 0.9667, 85_100_000, label="dare-50"),

@@ -76,7 +76,7 @@ def test_an_op_that_changes_no_tensor_is_recorded_without_a_node_and_says_so(tin
     assert text.headline == f"#{again.seq} run_cascade changed no tensor: no node recorded (node 2 stays current)"
     made = describe_outcome(first, tiny.nodes())
     stored = tiny.nodes()[1].metrics["size/bytes"]
-    assert made.headline.startswith(f"#{first.seq} run_cascade → node 2: eval ")
+    assert made.headline.startswith(f"#{first.seq} run_cascade → node 2: val ")  # the metric names its split
     assert f"{stored:,.0f} bytes stored" in made.headline and "from node 1" in made.headline
 
 
@@ -102,6 +102,7 @@ def test_sessions_are_found_by_name_or_path_and_the_latest_demo_is_known(tmp_pat
     entries = list_sessions()
     assert [e.name for e in entries] == sorted([first.name, second.name])
     assert all(e.nodes == 1 and e.head == 1 and e.head_eval is not None for e in entries)
+    assert entries[0].head_eval_text() == f"val {entries[0].head_eval:.4f}"  # as `session ls` prints it
     assert find_session(first.name) == home / first.name  # the name `session ls` prints
     assert find_session(str(second)) == second  # or a path
     with pytest.raises(RccError, match="is not a session; allowed: a session directory .* or a name from"):
@@ -113,6 +114,17 @@ def test_sessions_are_found_by_name_or_path_and_the_latest_demo_is_known(tmp_pat
     assert reopen_command(second) == f"rcc-tui open {second.name}"
     assert reopen_command(tmp_path / "elsewhere" / "s") == f"rcc-tui open {tmp_path / 'elsewhere' / 's'}"
     assert latest.describe().startswith(f"{latest.name} ({tiny_spec} on digits, 1 node, last change ")
+
+
+def test_new_sessions_go_to_the_data_homes_sessions_folder_unless_told_otherwise(tmp_path, monkeypatch):
+    from rcc.services.sessions import new_session_dir, sessions_home
+
+    monkeypatch.delenv("RCC_SESSIONS_DIR", raising=False)
+    monkeypatch.setenv("RCC_DATA_HOME", str(tmp_path / "data"))
+    assert sessions_home() == tmp_path / "data" / "sessions"  # beside the shared store, data/store
+    assert new_session_dir().parent == tmp_path / "data" / "sessions"
+    monkeypatch.setenv("RCC_SESSIONS_DIR", str(tmp_path / "mine"))
+    assert new_session_dir().parent == tmp_path / "mine"
 
 
 def test_the_sessions_home_holds_nothing_when_it_does_not_exist(tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def test_a_child_differs_from_its_parent_in_the_layers_its_op_changed(session):
     assert layers[Q].bytes_b == 32 * 32 * 4 + 32 * 4 + 32 * 32  # fp32 weight and bias, bool mask
 
     metrics = {m.key: m for m in comparison.metrics}
-    assert comparison.metrics[0].key == "eval/primary"
+    assert comparison.metrics[0].key == "val/primary"
     assert metrics["size/params"].a == session.graph.node(1).metrics["size/params"]
     assert metrics["size/params"].difference == -(32 * 32 // 2 + 32 * 16 // 2)  # half of q and of proj
     assert comparison.node_b.label == "dare q+proj"
@@ -112,7 +112,7 @@ def test_branches_compare_across_their_common_ancestor_with_every_metric_of_eith
     metrics = {m.key: m for m in comparison.metrics}
     assert metrics["test/primary"].a is None and metrics["test/primary"].b is not None
     assert metrics["test/primary"].difference is None
-    assert set(metrics) >= {"eval/primary", "size/params", "size/total", "size/bytes", "test/primary"}
+    assert set(metrics) >= {"val/primary", "size/params", "size/total", "size/bytes", "test/primary"}
 
 
 @pytest.mark.slow

@@ -144,7 +144,7 @@ def test_a_recipe_file_replays_and_verifies(recipe_file, model_root, tmp_path, c
 
 def test_verify_fails_when_a_recorded_metric_was_edited(recipe_file, model_root, tmp_path, capsys):
     data = json.loads(recipe_file.read_text())
-    data["nodes"]["2"]["eval/primary"] += 0.125
+    data["nodes"]["2"]["val/primary"] += 0.125
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(data))
     assert _replay_cli(edited, tmp_path / "again", model_root, "--verify") == 1
@@ -279,7 +279,8 @@ def _lines(text: str) -> list[str]:
 def test_session_show_log_graph_and_ls_describe_a_session(recorded, tiny_spec, capsys):
     assert main(["session", "show", str(recorded)]) == 0
     out = capsys.readouterr().out
-    for word in (tiny_spec.split(":", 1)[1][:40], "digits", "calib", "node 4", "test/top1", '"seed": 5'):
+    for word in (tiny_spec.split(":", 1)[1][:40], "digits", "val (180 items)", "train (1,257 items)",
+                 "test (360 items)", "test 20 % of scikit-learn's", "node 4", "test/top1", "val/primary", '"seed": 5'):
         assert word in out, (word, out)
 
     assert main(["session", "log", str(recorded)]) == 0
@@ -304,7 +305,7 @@ def test_session_show_log_graph_and_ls_describe_a_session(recorded, tiny_spec, c
     cells = [cell.strip() for cell in rows[0].split("│")[1:-1]]
     with Session.open(recorded, read_only=True) as session:
         head = session.nodes()[-1]
-    assert cells[2:7] == ["digits", "4", "4", f"{head.metrics['eval/primary']:.4f}", f"{head.params:,}"], cells
+    assert cells[2:7] == ["digits", "4", "4", f"val {head.metrics['val/primary']:.4f}", f"{head.params:,}"], cells
 
 
 def test_session_ls_of_a_folder_without_sessions_lists_nothing(tmp_path, capsys, monkeypatch):
@@ -330,7 +331,7 @@ def test_session_apply_runs_ops_as_the_app_would(copy, tmp_path, capsys):
     lines = [line for line in _lines(out) if line.startswith("#")]  # each op's headline (details follow it)
     assert lines[0].startswith("#9 label: head node 4")
     assert lines[1].startswith("#10 checkout: head node 1")
-    assert lines[2].startswith("#11 run_stage: node 5") and "eval/primary" in lines[2]
+    assert lines[2].startswith("#11 run_stage: node 5") and "val/primary" in lines[2]
     with Session.open(copy, read_only=True) as session:
         nodes = session.nodes()
         assert [(n.id, n.parent) for n in nodes][-1] == (5, 1) and session.head == 5
@@ -353,6 +354,7 @@ def test_session_new_makes_a_session_with_its_root_node(tmp_path, tiny_spec, cap
     assert main(["session", "new", str(tmp_path / "s"), "--model", tiny_spec, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "node 1" in out and "1,233,345 parameters" in out
+    assert "(the eval split)" in out and "val 0." in out and "test 20 % of scikit-learn's 1,797 digits" in out
     assert main(["session", "new", str(tmp_path / "s"), "--model", tiny_spec]) == 2
     assert "not empty" in capsys.readouterr().err
 

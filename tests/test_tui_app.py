@@ -52,7 +52,7 @@ async def test_opening_the_demo_paints_first_then_loads_the_model_in_a_worker(tm
         session = app.session
         nodes = session.nodes()
         assert [n.op_kind for n in nodes] == ["load_model"] and session.head == nodes[0].id
-        assert nodes[0].metrics["eval/primary"] > 0.9
+        assert nodes[0].metrics["val/primary"] > 0.9
         assert op_kinds(session) == ["load_model"]
         tree = app.main.query_one("#layer-tree")
         assert [child.data.tower for child in tree.root.children] == ["vision", "text"]
@@ -97,11 +97,11 @@ async def test_run_a_stage_then_check_out_the_root_and_branch_then_label(session
         stage = nodes[-1]
         assert stage.parent == 1 and app.session.head == stage.id
         assert stage.metrics["size/params"] == nodes[0].metrics["size/params"] - 32768
-        assert stage.metrics["eval/primary"] > 0.8
+        assert stage.metrics["val/primary"] > 0.8
         assert app.session.ops()[-1].body["layers"] == [C_FC]
         assert app.main.view.state[C_FC].sparsity == pytest.approx(0.5)
         chart = app.main.query_one("#metric-chart")
-        assert chart.points == [(0, nodes[0].metrics["eval/primary"]), (1, stage.metrics["eval/primary"])]
+        assert chart.points == [(0, nodes[0].metrics["val/primary"]), (1, stage.metrics["val/primary"])]
         assert chart.second_label == "stored bytes"  # one quantity on the right axis: what each node stores
         assert [v for _, v in chart.second_points] == [n.metrics["size/bytes"] for n in nodes]
 
@@ -179,7 +179,7 @@ async def test_run_the_cascade_to_completion_with_every_phase_on_the_status_bar(
         assert len(chart.points) >= 1 + len(record.result["attempts"])  # every attempt is a chart point
         assert chart.second_label == "stored bytes" and chart.second_points[-1][1] == nodes[-1].metrics["size/bytes"]
         assert "done" in text_of(app, "#run-status")
-        assert f"→ node 2: eval {nodes[-1].metrics['eval/primary']:.4f}" in log_text(app)
+        assert f"→ node 2: val {nodes[-1].metrics['val/primary']:.4f}" in log_text(app)
 
 
 @pytest.mark.slow
@@ -331,26 +331,6 @@ def test_open_and_new_refuse_bad_directories_with_exit_2(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["new", "--session", str(tmp_path)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
-
-
-def test_serve_binds_to_loopback_unless_told(monkeypatch):
-    from rcc.cli.main import main
-
-    servers = []
-
-    class FakeServer:
-        def __init__(self, command, host="localhost", port=8000, title=None):
-            servers.append((command, host, port))
-
-        def serve(self):
-            pass
-
-    monkeypatch.setattr("textual_serve.server.Server", FakeServer)
-    assert main(["serve"]) == 0
-    command, host, port = servers[-1]
-    assert (host, port) == ("127.0.0.1", 8000) and command.endswith("-m rcc.cli.main new")
-    assert main(["serve", "--host", "0.0.0.0", "--port", "9000", "--command", "rcc-tui open S"]) == 0
-    assert servers[-1] == ("rcc-tui open S", "0.0.0.0", 9000)
 
 
 def test_help_and_the_first_frame_import_nothing_heavy():

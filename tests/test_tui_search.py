@@ -73,6 +73,7 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
         await ready(pilot)
         screen = await open_search(pilot)
         assert screen.query_one("#search-table").row_count == 0  # no study yet: nothing listed, nothing run
+        assert str(screen.query_one("#search-table").columns["accuracy"].label) == "val accuracy"  # its split
         assert "no study 'app'" in str(screen.query_one("#search-status").render())
         await start(pilot, screen, 3)
         assert screen.job is not None
@@ -103,7 +104,7 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
         node = app.session.nodes()[-1]
         trial = load_study(default_url(session_dir), "app").trials[chosen.number]
         assert node.op_kind == "apply_trial" and node.parent == 1 and app.session.head == node.id
-        assert node.metrics["eval/primary"] == trial.user_attrs["accuracy"]
+        assert node.metrics["val/primary"] == trial.user_attrs["accuracy"]
         assert node.metrics["size/params"] == trial.user_attrs["size"]["size/params"]
 
         # The head moved off the searched node: applying again checks that node out first, then branches,
@@ -115,7 +116,7 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
         again = app.session.nodes()[-1]
         assert [r.kind for r in app.session.ops()][-2:] == ["checkout", "apply_trial"]
         assert again.op_kind == "apply_trial" and again.parent == 1 and app.session.head == again.id
-        assert again.metrics["eval/primary"] == trial.user_attrs["accuracy"]
+        assert again.metrics["val/primary"] == trial.user_attrs["accuracy"]
 
         # Reopening lists the stored study without starting anything.
         await pilot.press("escape")

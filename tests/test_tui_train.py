@@ -79,12 +79,12 @@ async def test_train_from_the_panel_puts_every_loss_and_each_eval_on_the_chart(s
         assert [loss for _, loss in chart.second_points] == pytest.approx(record.result["losses"])
         evals = [tuple(point) for point in record.result["evals"]]
         assert len(evals) >= 2 and set(evals) <= set(chart.points)  # each eval at the step it followed
-        assert chart.points[0] == (0, pytest.approx(nodes[parent].metrics["eval/primary"]))
+        assert chart.points[0] == (0, pytest.approx(nodes[parent].metrics["val/primary"]))
 
         log = log_text(app)
         losses = record.result["losses"]
         assert f"loss {losses[0]:.4f} → {losses[-1]:.4f} over 6 steps" in log
-        assert f"→ node {new.id}: eval {new.metrics['eval/primary']:.4f}" in log
+        assert f"→ node {new.id}: val {new.metrics['val/primary']:.4f}" in log
         assert "done" in str(app.main.query_one("#train-status").render())
         assert "Train (recovery)" in [name for name, _, _ in app.main.commands()]
 

@@ -35,7 +35,8 @@ from rcc_tui.workers import JobRunner
 def node(i: int, parent: int | None, acc: float, params: int, kind: str = "run_stage", label: str = "",
          **metrics: float) -> NodeRecord:
     return NodeRecord(id=i, parent=parent, op_seq=i, op_kind=kind, created=1000.0 + i, params=params, label=label,
-                      metrics={"eval/primary": acc, "size/params": params, "size/bytes": 4 * params, **metrics})
+                      metrics={"val/primary": acc, "size/params": params, "size/bytes": 4 * params, **metrics},
+                      eval_split="val")
 
 
 # 1 ← 2 ← 3, 2 ← 6; 1 ← 4 ← 5: two branches off the root and one off node 2.
@@ -97,6 +98,7 @@ async def test_history_draws_one_row_per_node_newest_first_with_the_lane_glyphs(
         assert cell_text(view, 3, "change") == "−4.4M −5.2%"
         assert cell_text(view, 5, "change") == ""  # the root has no parent
         assert cell_text(view, 3, "eval") == "96.00"  # a percentage; 80 columns leave room for two decimals
+        assert str(view.columns["eval"].label) == "val"  # the column is headed by the split it measures
         assert cell_text(view, 5, "op") == "load_model"
         assert "test" not in [c.value for c in view.columns]
         assert view.selected_node == 5  # the cursor starts on the head
@@ -181,7 +183,7 @@ async def test_show_before_mount_draws_on_mount_and_a_theme_change_redraws():
 @pytest.mark.asyncio
 async def test_a_test_metric_column_appears_when_a_node_has_one():
     nodes = [*NODES[:2], NodeRecord(id=3, parent=2, op_seq=3, op_kind="run_stage", created=0.0, params=1,
-                                    metrics={"eval/primary": 0.5, "test/primary": 0.875})]
+                                    metrics={"val/primary": 0.5, "test/primary": 0.875}, eval_split="val")]
     app = HistoryApp(nodes, head=3)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -382,7 +384,7 @@ def prepared_comparison() -> NodeComparison:
     a, b = NODES[1], NODES[5]
     return NodeComparison(
         a=2, b=6, node_a=a, node_b=b, common_ancestor=2,
-        metrics=(MetricDiff("eval/primary", 0.97, 0.9), MetricDiff("size/params", 21_000_000, 15_000_000),
+        metrics=(MetricDiff("val/primary", 0.97, 0.9), MetricDiff("size/params", 21_000_000, 15_000_000),
                  MetricDiff("test/primary", None, 0.88)),
         layers=(LayerDiff("visual.proj", LayerForm("dense"), LayerForm("masked", mask_shape=(128, 128)),
                           ("proj", "proj_mask"), 65536, 81920, stored_a=65536, stored_b=34816),
@@ -400,7 +402,7 @@ async def test_compare_screen_shows_metrics_and_layers_side_by_side():
         metrics = app.screen.query_one("#compare-metrics", DataTable)
         layers = app.screen.query_one("#compare-layers", DataTable)
         assert [cell_text(metrics, 0, c) for c in ("metric", "a", "b", "diff")] == \
-            ["eval/primary", "0.9700", "0.9000", "-0.0700"]
+            ["val/primary", "0.9700", "0.9000", "-0.0700"]
         assert cell_text(metrics, 1, "diff") == "-6,000,000"
         assert [cell_text(metrics, 2, c) for c in ("a", "diff")] == ["—", "—"]
         assert [cell_text(layers, 1, c) for c in ("layer", "a", "b")] == \

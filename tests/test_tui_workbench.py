@@ -209,8 +209,8 @@ async def test_a_finished_run_ends_on_a_new_node_and_its_chart_has_one_quantity_
         chart = app.main.query_one("#metric-chart")
         # Left axis: accuracy (the root's, each attempt's, the node's); right axis: stored bytes, nothing else.
         assert chart.second_label == "stored bytes"
-        assert chart.points[0] == (0, session.nodes[0].metrics["eval/primary"])
-        assert chart.points[-1][1] == node.metrics["eval/primary"]
+        assert chart.points[0] == (0, session.nodes[0].metrics["val/primary"])
+        assert chart.points[-1][1] == node.metrics["val/primary"]
         assert [value for _, value in chart.second_points] == [session.nodes[0].metrics["size/bytes"],
                                                               node.metrics["size/bytes"],
                                                               node.metrics["size/bytes"]]
@@ -219,7 +219,8 @@ async def test_a_finished_run_ends_on_a_new_node_and_its_chart_has_one_quantity_
         block = app.main.query_one("#layer-tree").expand_path(C_FC).parent
         assert " −16%" in str(block.label)
         saved = session.nodes[0].metrics["size/bytes"] - node.metrics["size/bytes"]
-        assert f"→ node 2: eval {node.metrics['eval/primary']:.4f}, {node.metrics['size/bytes']:,.0f} bytes stored " \
+        assert f"dare step 1 attempt 1: val {node.metrics['val/primary']:.2%} kept" in log_text(app)  # named split
+        assert f"→ node 2: val {node.metrics['val/primary']:.4f}, {node.metrics['size/bytes']:,.0f} bytes stored " \
                f"(−{saved:,} bytes" in log_text(app)
 
 
@@ -263,7 +264,11 @@ async def test_the_history_fits_its_pane_with_lanes_number_label_op_size_change_
         details = text_of(app, "#node-details")
         assert details.startswith("#3 “dare-50” run_cascade · stored 85,100,000 B "
                                   "(−4,200,000 B, −4.7% from #2)")
-        assert "eval 0.9667 (calib)" in details
+        assert "val 0.9667" in details and "test" not in details  # each metric named by its split
+        history.select_node(5)
+        await pilot.pause()
+        assert "val 0.9778 · test 0.9750" in text_of(app, "#node-details")
+        assert [str(history.columns[key].label) for key in ("eval", "test")] == ["val", "test"]
 
 
 async def test_the_palette_shows_each_node_with_its_label_and_checks_out_a_node(tmp_path):

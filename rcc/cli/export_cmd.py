@@ -24,9 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rcc.cli.common import stdout
+    from rcc.output_paths import check_output_dir
     from rcc.services.export import export_node
     from rcc.session.session import Session
 
+    check_output_dir(args.out, "--out")  # before the model loads
     with Session.open(args.session, device=args.device) as session:
         outcome = export_node(session, args.format, str(Path(args.out).resolve()), args.node)
     result = outcome.result

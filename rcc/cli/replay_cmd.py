@@ -40,11 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
     from rcc.cli.common import stderr, stdout, table, write_json
     from rcc.errors import RccError
+    from rcc.output_paths import check_output_dir
     from rcc.session.replay import load_recipe, replay
 
     if args.tolerance < 0:
         raise RccError(f"tolerance {args.tolerance} is negative; allowed: a number ≥ 0")
     recipe = load_recipe(args.source)
+    if args.out:
+        check_output_dir(args.out, "--out session directory")  # a new or empty directory, before any op runs
     roots = [Path(r) for r in (args.data_root or ["."])]
     console = stderr()
 

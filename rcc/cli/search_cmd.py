@@ -195,21 +195,28 @@ def _row_cells(row, dense_params: float | None = None) -> list:
             row.accuracy, "yes" if row.on_front else "", row.origin, row.note]
 
 
-COLUMNS = ["trial", "state", "size", "of dense", "removed", "accuracy", "front", "origin", "note"]
+def _columns(split: str) -> list[str]:
+    """The trial table's header; accuracy is measured on the eval split, and says so."""
+    return ["trial", "state", "size", "of dense", "removed", f"{split} accuracy", "front", "origin", "note"]
 
 
 def run_search_command(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stderr, stdout, table, write_json
+    from rcc.search.space import SearchError
+    from rcc.search.storage import resolve_url
     from rcc.search.study import Limits
     from rcc.services.search import plan_study, run_study
     from rcc.session.session import is_session
 
+    if args.workers < 1:  # before a study is created or joined
+        raise SearchError(f"workers {args.workers} is invalid; allowed: an integer ≥ 1")
+    resolve_url(args.storage, session)  # a malformed URL is refused before anything else
     if not is_session(session):
         raise RccError(f"{session!r} is not a session; allowed: a directory made by `rcc-tui new` or "
                        f"`rcc-tui session new`")
     start = plan_study(session, args.study, args.storage, adjust=lambda base: build_settings(args, base),
                        sensitivity_file=args.sensitivity)
-    settings = start.settings
+    settings, split = start.settings, start.eval_split
     trials = args.trials if args.trials is not None else (None if args.timeout or args.patience else 20)
     limits = Limits(trials=trials, timeout=args.timeout, patience=args.patience)
     console = stderr()
@@ -222,7 +229,7 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
         row = event.row
         total = f" of {event.total}" if event.total else ""
         measured = ("" if row.size is None else f"{row.size:,.0f} stored") + (
-            "" if row.accuracy is None else f", accuracy {row.accuracy:.4f}")
+            "" if row.accuracy is None else f", {split} accuracy {row.accuracy:.4f}")
         console.print(f"trial {event.done}{total} (#{row.number}) {row.state.lower()}: {measured}"
                       f"{' — ' + row.note if row.note else ''} · {event.best}", highlight=False, markup=False,
                       soft_wrap=True)
@@ -231,8 +238,8 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
                        progress=progress)
     dense = _dense_params(report)
     title = (f"{'Pareto front' if settings.objective.mode == 'pareto' else 'feasible front (smallest first)'} of "
-             f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f}")
-    stdout().print(table(title, COLUMNS, [_row_cells(row, dense) for row in report.front]))
+             f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f} on {split}")
+    stdout().print(table(title, _columns(split), [_row_cells(row, dense) for row in report.front]))
     counts = {state: sum(r.state == state for r in report.rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
     stdout().print(f"{report.ran} trials run in {report.seconds:.1f} s; the study holds {len(report.rows)} "
                    f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed). "
@@ -255,9 +262,10 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
     rows = list_trials(url, args.study)
     info = study_info(url, args.study)
     dense = info.dense_size.get("size/params")
-    accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f}"
+    split = info.eval_split
+    accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f} on {split}"
     stdout().print(table(f"trials of study {args.study} ({display_url(url)}; {info.mode}); dense accuracy {accuracy}",
-                         COLUMNS, [_row_cells(row, dense) for row in rows]))
+                         _columns(split), [_row_cells(row, dense) for row in rows]))
     if args.json:
         from dataclasses import asdict
 
@@ -272,11 +280,12 @@ def run_apply(args: argparse.Namespace, session: str) -> int:
 
     if args.trial is None:
         raise RccError("search apply needs --trial N; allowed: a COMPLETE trial number from `rcc-tui search trials`")
-    with Session.open(session, device=args.device) as opened:
+    # Opened without its model: a trial that cannot be read is refused before the model loads.
+    with Session.open(session, device=args.device, load=False) as opened:
         applied = apply_trial(opened, args.study, args.trial, storage=args.storage)
+        split, metric = opened.eval_split, applied.outcome.metrics.get(opened.eval_key)
     outcome = applied.outcome
-    metric = outcome.metrics.get("eval/primary")
     stdout().print(f"#{outcome.seq} apply_trial: node {outcome.new_node} from trial {args.trial} of {args.study}: "
-                   f"eval {metric:.4f} (the trial measured {applied.measured:.4f}), "
+                   f"eval on {split} {metric:.4f} (the trial measured {applied.measured:.4f}), "
                    f"{int(outcome.metrics.get('size/params', 0)):,} stored values")
     return 0

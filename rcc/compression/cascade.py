@@ -24,7 +24,7 @@ from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameter
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
 from rcc.compression.prune_stage import run_prune_stage
-from rcc.compression.schedule import check_schedule, next_fraction
+from rcc.compression.schedule import MAX_ATTEMPTS, check_schedule, next_fraction
 from rcc.compression.stage_context import LayerProgress, StageContext, StageOptions
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
@@ -32,6 +32,7 @@ from rcc.models.adapter import VLModel
 
 STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage}
 DEFAULT_STAGES = ("dare", "nullu", "alphaedit")
+CALIBRATION_PHASE = "calibration"  # the layer progress's phase while the calibration batches run
 Evaluator = Callable[[VLModel], float]
 
 
@@ -48,10 +49,10 @@ class CascadeConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
             raise RccError(f"stages {list(self.stages)} are invalid; allowed: a non-empty sequence of {', '.join(STAGES)}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
             raise RccError(f"threshold {self.threshold} is out of range; allowed: 0 ≤ threshold ≤ 1 (of the dense metric)")
-        if self.max_attempts < 1:
-            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_ATTEMPTS}")
         check_schedule(self.schedule, self.steps)
 
 
@@ -186,7 +187,7 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     # Calibration is a phase of its own (tens of seconds on a large model): reported through the
     # layer progress as phase "calibration", its units the images and texts run so far.
     calibrating = None if progress is None else (
-        lambda done, total, what: progress("calibration", done - 1, total, what))
+        lambda done, total, what: progress(CALIBRATION_PHASE, done - 1, total, what))
     stats = collect_input_stats(model, layers, calibration, gram=needs_gram, progress=calibrating, cancel=cancel)
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:

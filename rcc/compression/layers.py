@@ -31,12 +31,13 @@ MASK = "weight_mask"
 class LowRankLinear(nn.Module):
     """y = up(down(x)) + bias: a rank-r factorisation of an (out, in) Linear, r(out + in) weights."""
 
-    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None, copy: bool = True):
         super().__init__()
         if up.shape[1] != down.shape[0]:
             raise ValueError(f"factor shapes {tuple(up.shape)} and {tuple(down.shape)} do not chain")
-        self.up = nn.Parameter(up.detach().clone())
-        self.down = nn.Parameter(down.detach().clone())
+        # copy False: adopt the factors (fresh tensors nobody else holds, e.g. about to be loaded into).
+        self.up = nn.Parameter(up.detach().clone() if copy else up.detach())
+        self.down = nn.Parameter(down.detach().clone() if copy else down.detach())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
     @property

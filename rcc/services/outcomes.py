@@ -1,8 +1,9 @@
 """What an applied op did, in words: the lines the app's log and ``rcc-tui session apply`` print.
 
-A headline (``#7 run_cascade → node 5: eval 0.9611, 91,412,345 bytes stored``) and detail lines
-that depend on the op (a training run's loss, an evaluation's split, an export's folder, an op
-that changed no tensor). Sizes are ``size/bytes``: what the compressed export stores.
+A headline (``#7 run_cascade → node 5: val 0.9611, 91,412,345 bytes stored``: every metric
+named by its split), detail lines that depend on the op (a training run's loss, an evaluation's
+split, an export's folder, an op that changed no tensor) and warnings (a corrupt blob that was
+rewritten from the model). Sizes are ``size/bytes``: what the compressed export stores.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 class OutcomeText:
     headline: str
     details: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def size_change(new: float | None, old: float | None) -> str:
@@ -38,9 +40,9 @@ def describe_outcome(outcome: OpOutcome, nodes: Sequence[NodeRecord]) -> Outcome
     node = by_id.get(outcome.new_node) if outcome.new_node is not None else None
     if node is not None:
         parent = by_id.get(node.parent) if node.parent is not None else None
-        metric = node.metrics.get("eval/primary")
+        metric = node.eval_metric
         stored = node.metrics.get("size/bytes")
-        parts = [f"eval {metric:.4f}" if metric is not None else "",
+        parts = [f"{node.eval_split} {metric:.4f}" if metric is not None else "",
                  f"{stored:,.0f} bytes stored" if stored is not None else ""]
         change = size_change(stored, None if parent is None else parent.metrics.get("size/bytes"))
         headline = f"#{outcome.seq} {kind} → node {node.id}: " + ", ".join(p for p in parts if p) + \
@@ -55,7 +57,17 @@ def describe_outcome(outcome: OpOutcome, nodes: Sequence[NodeRecord]) -> Outcome
     details = list(_DETAILS.get(kind, _none)(outcome, by_id))
     if node is not None and node.summary:
         details.insert(0, node.summary)
-    return OutcomeText(headline, tuple(details))
+    return OutcomeText(headline, tuple(details), tuple(_healed(outcome)))
+
+
+def _healed(outcome: OpOutcome) -> list[str]:
+    """One warning per corrupt blob the op's new node needed (rewritten from the live model)."""
+    lines = []
+    for healed in outcome.result.get("healed_blobs", []):
+        users = [*healed["nodes"], *([outcome.new_node] if outcome.new_node is not None else [])]
+        lines.append(f"blob {healed['blob'][:12]} ({healed['tensor']}) was corrupt and was rewritten from the "
+                     f"model; nodes using it: {', '.join(map(str, users))}")
+    return lines
 
 
 def _none(outcome: OpOutcome, nodes: dict) -> list[str]:
@@ -76,10 +88,10 @@ def _train(outcome: OpOutcome, nodes: dict) -> list[str]:
                      f"(teacher node {result.get('teacher')})")
     node = nodes.get(outcome.new_node)
     parent = nodes.get(node.parent) if node is not None and node.parent is not None else None
-    before = parent.metrics.get("eval/primary") if parent is not None else None
-    after = node.metrics.get("eval/primary") if node is not None else None
+    before = parent.eval_metric if parent is not None else None
+    after = node.eval_metric if node is not None else None
     if before is not None and after is not None:
-        lines.append(f"eval {before:.4f} → {after:.4f}")
+        lines.append(f"{node.eval_split} {before:.4f} → {after:.4f}")
     best = result.get("best_step")
     if best is not None and losses and best != len(losses):
         lines.append(f"kept the best evaluated state, step {best}")

@@ -30,6 +30,7 @@ class StudyStart:
     study: str
     settings: StudySettings
     joining: bool
+    eval_split: str  # the split its trials are measured on (the session's eval split)
     sensitivity: dict[str, float] | None = None
     sensitivity_source: str | None = None  # the file the seed came from
 
@@ -42,23 +43,28 @@ def plan_study(session_dir: str | Path, study: str, storage: str | None = None,
 
     A new study without ``sensitivity_file`` is seeded from the session's scan of the node it
     searches from, when there is one (``rcc-tui analyze sensitivity --session`` or the app's scan).
+    A storage server that cannot be reached is refused here, before any study is touched.
     """
     from rcc.search.seeds import read_scores, session_sensitivity
-    from rcc.search.storage import resolve_url
+    from rcc.search.storage import open_storage, resolve_url, sqlite_path
     from rcc.search.study import StudySettings, existing_settings, read_source
 
-    stored = existing_settings(resolve_url(storage, session_dir), study)
+    url = resolve_url(storage, session_dir)
+    if sqlite_path(url) is None:  # a server: unreachable or unusable is one line now, not a new study later
+        open_storage(url, create=False)
+    source = read_source(session_dir)
+    stored = existing_settings(url, study)
     settings = stored or base or StudySettings()
     if adjust is not None:
         settings = adjust(settings)
-    sensitivity, source = None, None
+    sensitivity, origin = None, None
     if sensitivity_file:
-        sensitivity, source = read_scores(sensitivity_file), str(sensitivity_file)
+        sensitivity, origin = read_scores(sensitivity_file), str(sensitivity_file)
     elif stored is None:
-        found = session_sensitivity(session_dir, read_source(session_dir).node)
+        found = session_sensitivity(session_dir, source.node)
         if found:
-            source, sensitivity = str(found[0]), found[1]
-    return StudyStart(study, settings, stored is not None, sensitivity, source)
+            origin, sensitivity = str(found[0]), found[1]
+    return StudyStart(study, settings, stored is not None, source.eval_split, sensitivity, origin)
 
 
 def run_study(session_dir: str | Path, start: StudyStart, limits: Limits, storage: str | None = None,

@@ -41,7 +41,9 @@ def scan_layers(model: VLModel, data: str, split: str, setting: ScanSetting, lay
                 calibration: CalibrationData | None = None) -> SensitivityResult:
     """Scan ``layers`` of ``model`` (``rcc.analysis.sensitivity.select_layers`` picks them) on ``split`` of ``data``.
 
-    ``dataset`` and ``calibration`` may be given when the caller has them loaded already (a
+    ``split`` must be the eval split: a scan guides what gets compressed, so it never reads the
+    split reported as test (``rcc.data.roles.eval_split_of`` refuses it). ``dataset`` and
+    ``calibration`` (train split) may be given when the caller has them loaded already (a
     session's workspace caches both); otherwise they are loaded here. Progress is phase
     ``sensitivity``, one unit per scanned layer (or group).
     """
@@ -49,7 +51,9 @@ def scan_layers(model: VLModel, data: str, split: str, setting: ScanSetting, lay
     from rcc.analysis.sensitivity import scan_sensitivity
     from rcc.compression.calibration_sets import calibration_sets
     from rcc.data.registry import load_dataset
+    from rcc.data.roles import eval_split_of
 
+    split = eval_split_of(data, split)
     if dataset is None:
         dataset = load_dataset(data, split)
     if calibration is None:

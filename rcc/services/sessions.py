@@ -1,7 +1,8 @@
-"""Where sessions live and how a person names one: the sessions home, listing, lookup, the latest.
+"""How a person names a session: listing the sessions home, lookup by name or path, the latest.
 
 ``rcc-tui session ls`` lists the sessions home; ``rcc-tui open NAME`` takes a name from that list
-(or a path); the app creates new sessions here. One place decides all of it.
+(or a path); the app creates new sessions here. Where the sessions home is, is decided once, by
+``rcc.session.home.sessions_home`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rcc.errors import RccError
+from rcc.session.home import sessions_home  # the one rule for where sessions live ($RCC_SESSIONS_DIR, data home)
 
 DEMO_MODEL = "rcc-mini"
 DEMO_DATA = "digits"
-
-
-def sessions_home() -> Path:
-    """Where sessions live unless told otherwise: $RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions."""
-    return Path(os.environ.get("RCC_SESSIONS_DIR") or Path.home() / ".local/share/rcc-tui/sessions")
 
 
 @dataclass(frozen=True)
@@ -32,9 +29,14 @@ class SessionEntry:
     data: str
     nodes: int
     head: int | None
-    head_eval: float | None
+    head_eval: float | None  # the head's primary metric on the eval split
     head_params: int | None
     last_change: float | None  # when its newest node was made (seconds since the epoch)
+    eval_split: str = ""  # the split ``head_eval`` was measured on ('' before the first op)
+
+    def head_eval_text(self) -> str:
+        """``val 0.9722``: the head's eval metric named by its split (``–`` when unmeasured)."""
+        return "–" if self.head_eval is None else f"{self.eval_split} {self.head_eval:.4f}".strip()
 
     @property
     def is_demo(self) -> bool:
@@ -57,9 +59,9 @@ def read_entry(directory: Path) -> SessionEntry:
         return SessionEntry(
             name=directory.name, path=directory, model=session.setting("model") or "",
             data=session.setting("data") or "", nodes=len(nodes), head=session.head,
-            head_eval=None if head is None else head.metrics.get("eval/primary"),
+            head_eval=None if head is None else head.eval_metric,
             head_params=None if head is None else head.params,
-            last_change=max((n.created for n in nodes), default=None))
+            last_change=max((n.created for n in nodes), default=None), eval_split=session.eval_split)
 
 
 def list_sessions(root: Path | None = None) -> list[SessionEntry]:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rcc.data.roles import EVAL_SPLIT, TEST_SPLIT
 from rcc.session.graph import HistoryGraph, NodeRecord
+from rcc.session.metric_keys import metric_key
 
 # Leaves that belong to the module holding them; any other leaf names a layer of its own.
 MODULE_LEAVES = frozenset({"weight", "bias", "up", "down", "in_proj_weight", "in_proj_bias",
                            "weight_mask", "up_mask", "down_mask"})
 FACTOR_MASKS = ("up_mask", "down_mask")
-# Metrics shown first, in this order; the rest follow alphabetically.
-METRIC_ORDER = ("eval/primary", "test/primary", "size/params", "size/total", "size/bytes")
+# Metrics shown first, in this order (the eval split's, then test's); the rest follow alphabetically.
+METRIC_ORDER = (metric_key(EVAL_SPLIT), metric_key(TEST_SPLIT), "size/params", "size/total", "size/bytes")
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,27 @@ class Captured:
     structure: dict
     tensors: dict[str, tuple[str, int]]  # name → (hash, bytes)
     written: int  # bytes of new blobs
+    healed: tuple[str, ...] = ()  # names whose existing blob was corrupt and was rewritten from the model
 
 
 class RestoreError(RccError):
     """A node whose tensors cannot be loaded (missing or corrupt blob)."""
 
+    def __init__(self, message: str, digest: str | None = None):
+        super().__init__(message)
+        self.digest = digest
+
 
 def capture(module: nn.Module, store: TensorStore, progress: Callable[[int, int], None] | None = None) -> Captured:
-    """Hash every tensor of ``module``'s state dict and store the new ones; ``progress(done, total)`` per tensor."""
+    """Hash every tensor of ``module``'s state dict and store the new ones; ``progress(done, total)`` per tensor.
+
+    A blob the store has already is checked (unless verified since it last changed): a
+    corrupt one, e.g. a tensor the root shares with later nodes, is rewritten from the
+    model's tensor, whose hash it is, so the new node never points at bad bytes.
+    """
     tensors: dict[str, tuple[str, int]] = {}
     written = 0
+    healed = []
     state = module.state_dict()
     if progress:
         progress(0, len(state))
@@ -44,10 +55,12 @@ def capture(module: nn.Module, store: TensorStore, progress: Callable[[int, int]
         digest = tensor_hash(tensor)
         if not store.has(digest):
             written += store.put(tensor, digest).nbytes
+        elif store.ensure(tensor, digest):
+            healed.append(name)
         tensors[name] = (digest, tensor.numel() * tensor.element_size())
         if progress:
             progress(done, len(state))
-    return Captured(structure_of(module), tensors, written)
+    return Captured(structure_of(module), tensors, written, tuple(healed))
 
 
 def same_state(captured: Captured, structure: dict, tensors: Mapping[str, str]) -> bool:
@@ -96,7 +109,7 @@ def restore(module: nn.Module, current: Mapping[str, str], current_structure: di
     except BlobError as exc:
         digest = next((d for d in names_by_hash if d[:12] in str(exc)), "")
         tensor = names_by_hash.get(digest, ["?"])[0]
-        raise RestoreError(f"node {node}: tensor {tensor!r}: {exc}") from exc
+        raise RestoreError(f"node {node}: tensor {tensor!r}: {exc}", digest or None) from exc
     if current_structure != target_structure:
         invalid = restructure(module, current_structure, target_structure)
         missing = sorted(set(invalid) - wanted)

@@ -175,9 +175,9 @@ class MainScreen(Screen):
         parts = [first] if first else []
         parts += [f"{view.model} · {view.data}", f"node {view.head} of {len(view.nodes)}"]
         if node is not None:
-            metric = node.metrics.get("eval/primary")
+            metric = node.eval_metric
             if metric is not None:
-                parts.append(f"eval {metric:.2%}")
+                parts.append(f"{node.eval_split} {metric:.2%}")
             parts.append(f"{bytes_text(node.metrics.get('size/bytes'))} stored")
             if node.label:
                 parts.append(f"“{node.label}”")
@@ -209,7 +209,7 @@ class MainScreen(Screen):
         tree = self.query_one(LayerTree)
         tree.show(view.layers, view.state, view.plan)
         history = self.query_one(HistoryView)
-        history.show(view.nodes, view.head)
+        history.show(view.nodes, view.head, view.test_split)
         if moved and view.head is not None:
             history.select_node(view.head)  # the cursor follows a new or checked-out node
         if moved:
@@ -252,7 +252,7 @@ class MainScreen(Screen):
         if message.job.lane == SESSION and getattr(event, "metric", None) is not None:
             for point in message.events:
                 if point.metric is not None:
-                    self.log_line(f"  {describe_event(point)}")  # an evaluated attempt or step
+                    self.log_line(f"  {describe_event(point, message.job.eval_split)}")  # an evaluated attempt or step
 
     def on_job_finished(self, message: JobFinished) -> None:
         result = message.result
@@ -306,10 +306,10 @@ class MainScreen(Screen):
         view = result.view
         self.app.title = f"rcc-tui · {Path(view.directory).name}"
         head = view.head_node
-        metric = head.metrics.get("eval/primary") if head else None
+        metric = head.eval_metric if head else None
         self.log_line(f"session {self._path(view.directory)}")
         self.log_line(f"  {view.model} on {view.data}, {len(view.layers)} layers, {len(view.nodes)} nodes"
-                      + (f", eval {metric:.2%} on {view.eval_split}" if metric is not None else ""))
+                      + (f", {head.eval_split} {metric:.2%}" if metric is not None else ""))
         self.query_one(LayerTree).focus()
 
     def _ops_applied(self, job: Job, result: OpsApplied) -> None:
@@ -478,7 +478,7 @@ class MainScreen(Screen):
             self.app.notify("the session is not open yet", severity="warning")
             return
         device = self.app.config.device  # type: ignore[attr-defined]
-        self.app.push_screen(SearchScreen(self.view.directory, device=device))
+        self.app.push_screen(SearchScreen(self.view.directory, device=device, eval_split=self.view.eval_split))
 
     def export(self, format: str = "compressed") -> bool:
         from rcc.services.export import export_op
@@ -604,9 +604,9 @@ class MainScreen(Screen):
         ]
         if self.view is not None:
             for node in reversed(self.view.nodes):
-                metric = node.metrics.get("eval/primary")
+                metric = node.eval_metric
                 about = " · ".join(part for part in (
-                    node.op_kind, f"eval {metric:.2%}" if metric is not None else "",
+                    node.op_kind, f"{node.eval_split} {metric:.2%}" if metric is not None else "",
                     f"“{node.label}”" if node.label else "") if part)
                 named = f"node {node.id}" + (f" “{node.label}”" if node.label else "")
                 if node.id != self.view.head:

@@ -170,10 +170,11 @@ class SearchScreen(Screen[None]):
     ]
 
     def __init__(self, session_dir: str, study: str = DEFAULT_STUDY, *, device: str = "auto",
-                 settings: StudySettings | None = None, name: str | None = None, id: str | None = None,
-                 classes: str | None = None) -> None:
+                 settings: StudySettings | None = None, eval_split: str = "", name: str | None = None,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.session_dir = str(session_dir)
+        self.eval_split = eval_split  # the session's eval split: what every trial's accuracy is measured on
         self.initial_study = study
         self.device = device
         self.base_settings = settings  # a new study's settings before the form's choices (None: the CLI's)
@@ -222,6 +223,8 @@ class SearchScreen(Screen[None]):
         table = self.query_one("#search-table", DataTable)
         for label, key in COLUMNS:
             justify = "right" if key in ("trial", "size", "kept", "accuracy") else "left"
+            if key == "accuracy":  # headed by the split it is measured on
+                label = f"{self.eval_split} {label}".strip()
             table.add_column(Text(label, justify=justify), key=key)
         table.focus()
         self.app.jobs.subscribe(self)  # type: ignore[attr-defined]
@@ -479,7 +482,8 @@ class SearchScreen(Screen[None]):
     def _summary(study: str, rows: list[TrialRow], info: StudyInfo | None, outcome: str | None = None) -> str:
         counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
         front = sum(r.on_front for r in rows)
-        dense = "" if info is None or info.dense_accuracy is None else f" · dense accuracy {info.dense_accuracy:.4f}"
+        dense = ("" if info is None or info.dense_accuracy is None
+                 else f" · dense accuracy {info.dense_accuracy:.4f} on {info.eval_split}")
         ended = f"{outcome}; " if outcome else ""
         return (f"study {study!r}: {ended}{len(rows)} trials ({counts['COMPLETE']} complete, "
                 f"{counts['PRUNED']} pruned, "

@@ -159,6 +159,7 @@ class MetricChart(_ThemedPlot):
         self._second: list[tuple[int, float]] = []
         self._threshold: float | None = None
         self._job = None  # the job this run follows
+        self._split = ""  # the eval split the accuracies are measured on (the head's, as the run starts)
         self._start_size: float | None = None  # the head's stored bytes, plotted once the right axis is sizes
 
     def on_mount(self) -> None:
@@ -234,7 +235,8 @@ class MetricChart(_ThemedPlot):
         self._job = job
         self.start_run(job.title)
         head = job.head
-        metric = head.metrics.get("eval/primary") if head is not None else None
+        metric = head.eval_metric if head is not None else None
+        self._split = head.eval_split if head is not None else ""
         self._start_size = head.metrics.get("size/bytes") if head is not None else None
         if metric is not None:
             self.add_point(0, metric)
@@ -264,15 +266,14 @@ class MetricChart(_ThemedPlot):
         outcome = getattr(message.result, "outcome", None)
         view = getattr(message.result, "view", None)
         node = view.node(outcome.new_node) if outcome is not None and view is not None else None
-        if node is None or "eval/primary" not in node.metrics:
+        if node is None or node.eval_metric is None:
             return
         if self._second_label == self.LOSS:  # a training run: its last step
             step = self._second[-1][0] if self._second else (self._steps[-1] + 1 if self._steps else 1)
-            self.add_point(step, node.metrics["eval/primary"])
+            self.add_point(step, node.eval_metric)
             return
         self._right_axis(self.STORED)
-        self.add_point(self._steps[-1] + 1 if self._steps else 1, node.metrics["eval/primary"],
-                       node.metrics.get("size/bytes"))
+        self.add_point(self._steps[-1] + 1 if self._steps else 1, node.eval_metric, node.metrics.get("size/bytes"))
 
     def on_job_failed(self, message: JobFailed) -> None:
         if message.job is self._job:
@@ -302,7 +303,7 @@ class MetricChart(_ThemedPlot):
             plt.xticks(step_ticks(low, high))
         if self._steps:
             plt.plot(self._steps, self._values, marker="braille", color=self._colour("primary", "blue"),
-                     label="accuracy")
+                     label=f"{self._split} accuracy".strip())
             plt.scatter(self._steps[-1:], self._values[-1:], marker="●", color=self._colour("primary", "blue"))
         if self._second:
             steps, values = zip(*self._second)
@@ -322,9 +323,10 @@ class ParetoChart(_ThemedPlot):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None,
                  disabled: bool = False) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
-        self._points: list[tuple[int, float, float]] = []  # (node id, params, accuracy)
+        self._points: list[tuple[int, float, float]] = []  # (node id, stored bytes, accuracy)
         self._front: list[int] = []  # indices into _points
         self._head_node: int | None = None
+        self._split = ""  # the eval split the accuracies are measured on
 
     @property
     def front_nodes(self) -> list[int]:
@@ -333,15 +335,17 @@ class ParetoChart(_ThemedPlot):
 
     def show(self, nodes: Sequence[NodeRecord], head: int | None) -> None:
         """Every node with an eval metric and a stored size, the Pareto front, the head."""
-        self._points = [(n.id, float(n.metrics["size/bytes"]), float(n.metrics["eval/primary"]))
-                        for n in nodes if "eval/primary" in n.metrics and "size/bytes" in n.metrics]
+        self._points = [(n.id, float(n.metrics["size/bytes"]), float(n.eval_metric))
+                        for n in nodes if n.eval_metric is not None and "size/bytes" in n.metrics]
+        self._split = next((n.eval_split for n in nodes if n.eval_split), "")
         self._front = pareto_front([(x, y) for _, x, y in self._points])
         self._head_node = head
         self.replot()
 
     def draw(self) -> None:
         plt = self.plt
-        plt.title("size vs accuracy" + ("" if self._points else "  (no evaluated node yet)"))
+        plt.title(f"size vs {self._split} accuracy".replace("  ", " ")
+                  + ("" if self._points else "  (no evaluated node yet)"))
         plt.xlabel("stored bytes")
         if not self._points:
             return

@@ -30,6 +30,7 @@ from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from rcc.session.graph import NodeRecord
 from rcc.session.lanes import graph_rows
+from rcc.session.metric_keys import metric_key
 from rcc_tui.sizes import change_text, short_count
 from rcc_tui.theme_colours import theme_style
 
@@ -150,6 +151,7 @@ class HistoryView(DataTable):
         self.fixed_columns = 2  # lanes and node numbers stay when the table scrolls sideways
         self._records: list[NodeRecord] = []
         self._head_node: int | None = None
+        self._test_split = "test"
         self._marked_node: int | None = None
         self._draw_on_mount = False  # show() before mount: draw on mount
         self._layout: Columns | None = None
@@ -180,10 +182,15 @@ class HistoryView(DataTable):
         """The layout of the last redraw (for tests and the details pane)."""
         return self._layout
 
-    def show(self, nodes: Sequence[NodeRecord], head: int | None) -> None:
-        """Redraw with these nodes; the cursor stays on the node it was on, else goes to the head."""
+    def show(self, nodes: Sequence[NodeRecord], head: int | None, test_split: str = "test") -> None:
+        """Redraw with these nodes; the cursor stays on the node it was on, else goes to the head.
+
+        ``test_split``: the session's split reported as test (``Session.test_split``), whose
+        primary metric fills the last column once a node has it.
+        """
         self._records = list(nodes)
         self._head_node = head
+        self._test_split = test_split
         if self._marked_node is not None and all(n.id != self._marked_node for n in self._records):
             self._marked_node = None
         if not self.is_mounted:
@@ -231,6 +238,10 @@ class HistoryView(DataTable):
             text.append(glyph, style)
         return text
 
+    @property
+    def _test_key(self) -> str:
+        return metric_key(self._test_split)
+
     def _columns(self) -> tuple[list, dict[int, str], dict[int, str], dict[str, int], Columns]:
         """(graph rows, stored text and change text by node, fixed column widths, the layout for this width)."""
         rows = graph_rows(self._records, self._head_node)
@@ -245,7 +256,7 @@ class HistoryView(DataTable):
             "change": max([2, *map(len, change.values())]),
         }
         fixed = sum(width + 1 for width in widths.values())
-        metrics = 2 if any("test/primary" in n.metrics for n in self._records) else 1
+        metrics = 2 if any(self._test_key in n.metrics for n in self._records) else 1
         available = self.scrollable_content_region.width or self.size.width or 80
         layout = fit_columns(available, fixed, [n.label for n in self._records], [n.op_kind for n in self._records],
                              metrics)
@@ -257,7 +268,7 @@ class HistoryView(DataTable):
     def _redraw(self, keep: int | None) -> None:
         rows, stored, change, widths, layout = self._columns()
         self._layout = layout
-        with_test = any("test/primary" in n.metrics for n in self._records)
+        with_test = any(self._test_key in n.metrics for n in self._records)
         self.clear(columns=True)
         # Widths computed here, not measured by the table: measuring every cell of a long
         # history costs more than drawing it. The table's own cell padding is 0 (a narrow
@@ -270,9 +281,11 @@ class HistoryView(DataTable):
         self.add_column(Text("op"), key="op", width=max([2, *(len(op_name(n.op_kind)) for n in self._records)]) + 1)
         self.add_column(Text("stored", justify="right"), key="stored", width=widths["stored"] + 1)
         self.add_column(Text("Δ", justify="right"), key="change", width=widths["change"] + 1)
-        self.add_column(Text("eval", justify="right"), key="eval", width=metric + 1)
+        # Headed by the split each column is measured on: the eval split (val), then the test split.
+        eval_split = next((n.eval_split for n in self._records if n.eval_split), "eval")
+        self.add_column(Text(eval_split, justify="right"), key="eval", width=metric + 1)
         if with_test:
-            self.add_column(Text("test", justify="right"), key="test", width=metric + 1)
+            self.add_column(Text(self._test_split, justify="right"), key="test", width=metric + 1)
         lane_colours = [theme_style(self.app, variable) for variable in LANE_COLOURS]
         mark_style = theme_style(self.app, "warning") + Style(bold=True)
         label_style = theme_style(self.app, "accent")
@@ -292,10 +305,10 @@ class HistoryView(DataTable):
                 Text(op_name(node.op_kind), bold, no_wrap=True),
                 Text(stored[node.id], bold, justify="right"),
                 Text(change[node.id], bold, justify="right"),
-                Text(percent_text(node.metrics.get("eval/primary"), layout.decimals), bold, justify="right"),
+                Text(percent_text(node.eval_metric, layout.decimals), bold, justify="right"),
             ]
             if with_test:
-                test = node.metrics.get("test/primary")
+                test = node.metrics.get(self._test_key)
                 cells.append(Text(percent_text(test, layout.decimals), bold if test is not None else muted,
                                   justify="right"))
             self.add_row(*cells, key=str(node.id))

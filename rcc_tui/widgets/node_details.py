@@ -10,11 +10,12 @@ from rich.text import Text
 from textual.widgets import Static
 
 from rcc.session.graph import NodeRecord
+from rcc.session.metric_keys import metric_key
 from rcc_tui.sizes import MINUS, exact_bytes, percent_change
 
 
 def details_text(node: NodeRecord, parent: NodeRecord | None, eval_split: str = "", test_split: str = "") -> Text:
-    """``#5 “dare-50” run_cascade · stored 91,412,345 B (−2,123,456 B, −2.3% from #3) · …``."""
+    """``#5 “dare-50” run_cascade · stored 91,412,345 B (−2,123,456 B, −2.3% from #3) · val 0.9611 …``."""
     text = Text(no_wrap=False)
     text.append(f"#{node.id}", "bold")
     if node.label:
@@ -27,10 +28,11 @@ def details_text(node: NodeRecord, parent: NodeRecord | None, eval_split: str = 
         delta = stored - before
         text.append(f" ({delta:+,.0f} B, {percent_change(stored, before) or '±0'} from #{parent.id})"
                     .replace("-", MINUS))
-    for key, split in (("eval/primary", eval_split or "eval"), ("test/primary", test_split or "test")):
-        value = node.metrics.get(key)
+    # Each metric named by its split: the eval split (val) first, then the split reported as test.
+    for split in dict.fromkeys(filter(None, (node.eval_split or eval_split, test_split or "test"))):
+        value = node.metrics.get(metric_key(split))
         if value is not None:
-            text.append(f" · {key.split('/')[0]} {value:.4f}" + (f" ({split})" if key.startswith("eval") else ""))
+            text.append(f" · {split} {value:.4f}")
     values = node.metrics.get("size/params")
     if values is not None:
         text.append(f" · {values:,.0f} values")

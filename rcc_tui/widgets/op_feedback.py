@@ -98,7 +98,7 @@ class OpFeedback:
 
     def on_job_progressed(self, message: JobProgressed) -> None:
         if message.job.lane == SESSION and hasattr(message.event, "phase"):
-            self.set_status(describe_event(message.event))
+            self.set_status(describe_event(message.event, message.job.eval_split))
 
     def on_job_finished(self, message: JobFinished) -> None:
         if message.job.lane != SESSION:

@@ -134,7 +134,7 @@ class StatusBar(Static):
             eta = self._clock.eta(event.phase, event.done, event.total)
         elif event.metric is not None:
             fraction = self.fraction  # an evaluated attempt: the bar stays where its phase left it
-        self._draw_running(message.job, describe_event(event), fraction, eta)
+        self._draw_running(message.job, describe_event(event, message.job.eval_split), fraction, eta)
 
     def on_job_finished(self, message: JobFinished) -> None:
         if message.job is self.job:
