@@ -510,18 +510,31 @@ def test_progress_events_count_layers_up_and_end_with_saving(tiny):
     attempts = [e for e in events if e.accepted is not None]
     assert [e.phase for e in attempts] == ["dare", "nullu"]
     assert all(e.metric is not None and e.params is not None for e in attempts)
-    runs, current = [], []
+    # Every counted phase: calibration, the dense evaluation, each stage's layers, each attempt's
+    # evaluation, saving; each reports done = 0 as it starts (or its first layer) and climbs to its total.
+    runs: list[tuple[str, list[int], int]] = []
     for e in events:
-        if e.total is None:
-            if current:
-                runs.append(current)
-            current = []
+        if e.total is None or e.metric is not None:
+            continue
+        if runs and runs[-1][0] == e.phase and runs[-1][2] == e.total and e.done >= runs[-1][1][-1]:
+            runs[-1][1].append(e.done)
         else:
-            current.append(e.done)
-    runs.append(current)
-    layer_runs = [run for run in runs if run]
-    assert layer_runs and all(run == list(range(1, len(run) + 1)) for run in layer_runs)
-    assert events[-1].phase == "saving"
+            runs.append((e.phase, [e.done], e.total))
+    assert [phase for phase, _, _ in runs] == ["calibration", "evaluate", "dare", "evaluate", "nullu", "evaluate",
+                                              "saving"]
+    for phase, counts, total in runs:
+        assert counts[0] == (1 if phase in ("dare", "nullu") else 0) and counts[-1] == total, (phase, counts)
+        assert counts == sorted(counts)
+    calibration = runs[0]
+    assert calibration[2] == 10 * 16 + len(calibration_texts(tiny))  # images (16 per class) and texts
+    assert events[-1].phase == "saving" and events[-1].done == events[-1].total
+    attempt_sizes = [e.stored_bytes for e in attempts]
+    assert attempt_sizes[-1] == tiny.nodes()[-1].metrics["size/bytes"]  # what the node stores after the last
+
+
+def calibration_texts(session) -> tuple[str, ...]:
+    calibration, _ = session.workspace.calibration(16, session.plan.seed)
+    return calibration.texts
 
 
 # -- more failure paths ---------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_rcc_tui_train_trains_a_blip_node(session_dir, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_the_apps_train_tab_trains_a_blip_node(session_dir, tmp_path):
-    from tui_pilot import make_app, ready, settle, type_into, wait_until
+    from tui_pilot import make_app, ready, running, settle, type_into, wait_until
 
     directory = tmp_path / "app"
     shutil.copytree(session_dir, directory, ignore=shutil.ignore_patterns("session.lock"))
@@ -182,12 +182,13 @@ async def test_the_apps_train_tab_trains_a_blip_node(session_dir, tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
         app.main.query_one("#layer-tree").focus()
-        await pilot.press("5")  # the Train tab
+        await pilot.press("4")  # the Train tab, the fourth
         await pilot.pause()
         for field, text in (("steps", "1"), ("batch", "2"), ("eval-every", "")):
             await type_into(pilot, f"#train-{field}", text)
         await pilot.click("#train")
-        await wait_until(pilot, lambda: app.main.runner.running, 30, "training to start")
+        # One step may end between two polls: started means running now, or a node already made.
+        await wait_until(pilot, lambda: running(app) or app.main.view.head != 3, 60, "training to start")
         await settle(pilot)
         session = app.session
         head = next(node for node in session.nodes() if node.id == session.head)

@@ -182,33 +182,24 @@ def _write(out: str, name: str, payload: dict, title: str, sections: list[str]) 
 # -- actions --------------------------------------------------------------------------------------
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from rcc.analysis.probe import outcome_probe
     from rcc.analysis.report import sensitivity_section
-    from rcc.analysis.sensitivity import (
-        ScanSetting, save_sensitivity, scan_sensitivity, select_layers, sensitivity_path,
-    )
+    from rcc.analysis.sensitivity import ScanSetting, select_layers
     from rcc.cli.common import stdout, table
-    from rcc.compression.calibration_sets import calibration_sets
-    from rcc.data.registry import load_dataset
-    from rcc.data.roles import eval_split_of
+    from rcc.services.sensitivity import scan_layers, store_scan
 
     setting = ScanSetting(rank=args.rank, sparsity=args.sparsity, method=args.method, whiten=not args.no_whiten,
                           seed=args.seed)
     model, data, eval_split, _, _, node = _load_source(args)
-    # A scan guides what gets compressed: it reads the eval split, never the one reported as test.
-    split = eval_split_of(data, args.split or eval_split)
     layers = select_layers(model, args.layer, args.tower, args.kind)
-    dataset = load_dataset(data, split)
-    calibration, _ = calibration_sets(data, per_class=args.calib_per_class, seed=args.seed)
     with _progress_bar() as bar:
-        result = scan_sensitivity(model, setting, outcome_probe(dataset), calibration, layers, args.group_by,
-                                  progress=_updater(bar, "sensitivity"), data=data, split=split)
+        update = _updater(bar, "sensitivity")
+        result = scan_layers(model, data, args.split or eval_split, setting, layers, args.group_by,
+                             calib_per_class=args.calib_per_class,
+                             progress=lambda event: update(event.done, event.total or 0, event.detail))
     if node is not None:
-        result = replace(result, node=node)
-        stored = save_sensitivity(result, sensitivity_path(args.session, node))
-        stdout().print(f"stored in the session: {stored}")
+        stored = store_scan(result, args.session, node)
+        result = stored.result
+        stdout().print(f"stored in the session: {stored.path}")
     rows = [[u.name, u.drift, u.metric_drop, u.saved] for u in result.ranked()[:15]]
     stdout().print(table(f"most sensitive of {len(result.units)} ({setting.describe()})",
                          ["unit", "drift", "drop", "saved"], rows))

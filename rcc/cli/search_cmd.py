@@ -202,35 +202,27 @@ def _columns(split: str) -> list[str]:
 
 def run_search_command(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stderr, stdout, table, write_json
-    from rcc.search.seeds import read_scores, session_sensitivity
     from rcc.search.space import SearchError
-    from rcc.search.storage import open_storage, resolve_url, sqlite_path
-    from rcc.search.study import Limits, StudySettings, existing_settings, read_source, run_search
+    from rcc.search.storage import resolve_url
+    from rcc.search.study import Limits
+    from rcc.services.search import plan_study, run_study
     from rcc.session.session import is_session
 
     if args.workers < 1:  # before a study is created or joined
         raise SearchError(f"workers {args.workers} is invalid; allowed: an integer ≥ 1")
-    url = resolve_url(args.storage, session)
+    resolve_url(args.storage, session)  # a malformed URL is refused before anything else
     if not is_session(session):
         raise RccError(f"{session!r} is not a session; allowed: a directory made by `rcc-tui new` or "
                        f"`rcc-tui session new`")
-    if sqlite_path(url) is None:  # a server: unreachable or unusable is one line now, before any study is touched
-        open_storage(url, create=False)
-    stored = existing_settings(url, args.study)
-    settings = build_settings(args, stored or StudySettings())
+    start = plan_study(session, args.study, args.storage, adjust=lambda base: build_settings(args, base),
+                       sensitivity_file=args.sensitivity)
+    settings, split = start.settings, start.eval_split
     trials = args.trials if args.trials is not None else (None if args.timeout or args.patience else 20)
     limits = Limits(trials=trials, timeout=args.timeout, patience=args.patience)
     console = stderr()
-    sensitivity = None
-    if args.sensitivity:
-        sensitivity = read_scores(args.sensitivity)
-    elif stored is None:  # a new study starts from the session's scan of its node, when there is one
-        found = session_sensitivity(session, read_source(session).node)
-        if found:
-            console.print(f"seeding from the sensitivity scan {found[0]}", highlight=False, markup=False)
-            sensitivity = found[1]
-    split = read_source(session).eval_split
-    console.print(f"{'joining' if stored else 'creating'} study {args.study!r}: {settings.objective.mode}, "
+    if start.sensitivity_source and not args.sensitivity:
+        console.print(f"seeding from the sensitivity scan {start.sensitivity_source}", highlight=False, markup=False)
+    console.print(f"{'joining' if start.joining else 'creating'} study {args.study!r}: {settings.objective.mode}, "
                   f"{settings.space.level} space, {settings.sampler}, {args.workers} worker(s)", highlight=False)
 
     def progress(event) -> None:
@@ -242,8 +234,8 @@ def run_search_command(args: argparse.Namespace, session: str) -> int:
                       f"{' — ' + row.note if row.note else ''} · {event.best}", highlight=False, markup=False,
                       soft_wrap=True)
 
-    report = run_search(session, args.study, settings, limits, storage=args.storage, workers=args.workers,
-                        sensitivity=sensitivity, device=args.device, progress=progress)
+    report = run_study(session, start, limits, storage=args.storage, workers=args.workers, device=args.device,
+                       progress=progress)
     dense = _dense_params(report)
     title = (f"{'Pareto front' if settings.objective.mode == 'pareto' else 'feasible front (smallest first)'} of "
              f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f} on {split}")
@@ -265,13 +257,12 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stdout, table, write_json
     from rcc.search.storage import display_url, resolve_url
     from rcc.search.trials import list_trials, study_info
-    from rcc.session.metric_keys import modern_split
 
     url = resolve_url(args.storage, session)
     rows = list_trials(url, args.study)
     info = study_info(url, args.study)
     dense = info.dense_size.get("size/params")
-    split = modern_split(info.source.get("data"), info.source.get("eval_split")) or "eval"
+    split = info.eval_split
     accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f} on {split}"
     stdout().print(table(f"trials of study {args.study} ({display_url(url)}; {info.mode}); dense accuracy {accuracy}",
                          _columns(split), [_row_cells(row, dense) for row in rows]))
@@ -284,26 +275,17 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
 
 def run_apply(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stdout
-    from rcc.search.storage import resolve_url, without_password
-    from rcc.search.record import record_from_dict
-    from rcc.search.trials import load_trial
-    from rcc.session import ops as O
+    from rcc.services.search import apply_trial
     from rcc.session.session import Session
 
     if args.trial is None:
         raise RccError("search apply needs --trial N; allowed: a COMPLETE trial number from `rcc-tui search trials`")
-    url = resolve_url(args.storage, session)
-    trial = load_trial(url, args.study, args.trial)
-    record = record_from_dict(trial.user_attrs["record"])
-    measured = float(trial.user_attrs.get("accuracy", float("nan")))
-    recorded_storage = None if args.storage is None else without_password(url)
-    with Session.open(session, device=args.device) as opened:
-        if opened.head != record.node:
-            opened.apply(O.Checkout(node=record.node))
-        outcome = opened.apply(O.ApplyTrial(study=args.study, trial=args.trial, storage=recorded_storage,
-                                            record=record.as_dict()))
-        split, metric = opened.eval_split, outcome.metrics.get(opened.eval_key)
+    # Opened without its model: a trial that cannot be read is refused before the model loads.
+    with Session.open(session, device=args.device, load=False) as opened:
+        applied = apply_trial(opened, args.study, args.trial, storage=args.storage)
+        split, metric = opened.eval_split, applied.outcome.metrics.get(opened.eval_key)
+    outcome = applied.outcome
     stdout().print(f"#{outcome.seq} apply_trial: node {outcome.new_node} from trial {args.trial} of {args.study}: "
-                   f"eval on {split} {metric:.4f} (the trial measured {measured:.4f}), "
+                   f"eval on {split} {metric:.4f} (the trial measured {applied.measured:.4f}), "
                    f"{int(outcome.metrics.get('size/params', 0)):,} stored values")
     return 0

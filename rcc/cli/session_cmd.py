@@ -64,13 +64,6 @@ def add_parser(sub) -> None:
     recipe.set_defaults(run=run_export_recipe)
 
 
-def sessions_home() -> Path:
-    """Where sessions live unless told otherwise (rcc.session.home)."""
-    from rcc.session.home import sessions_home as home
-
-    return home()
-
-
 def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -107,19 +100,15 @@ def run_new(args: argparse.Namespace) -> int:
 
 def run_ls(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout, table
-    from rcc.session.session import Session, is_session
+    from rcc.services.sessions import list_sessions, sessions_home
 
     root = Path(args.root) if args.root else sessions_home()
-    rows = []
-    for directory in sorted(p for p in root.glob("*") if is_session(p)) if root.is_dir() else []:
-        with Session.open(directory, read_only=True) as session:
-            nodes = session.nodes()
-            head = next((n for n in nodes if n.id == session.head), None)
-            rows.append([directory.name, session.setting("model"), session.setting("data"), len(nodes),
-                         session.head, head and _metric(head), head and head.params,
-                         _when(nodes[-1].created) if nodes else "–"])
+    rows = [[entry.name, entry.model, entry.data, entry.nodes, entry.head,
+             entry.head_eval_text(), entry.head_params,
+             _when(entry.last_change) if entry.last_change is not None else "–"] for entry in list_sessions(root)]
     stdout().print(table(f"sessions in {root}", ["session", "model", "data", "nodes", "head", "eval", "params",
                                                  "last change"], rows))
+    stdout().print("open one: rcc-tui open NAME", highlight=False)
     return 0
 
 
@@ -203,6 +192,7 @@ def _read_ops(items: list[str]) -> list:
 
 def run_apply(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
+    from rcc.services.outcomes import describe_outcome
     from rcc.session.session import Session
 
     ops = _read_ops(args.ops)  # every op checked before the session is even opened
@@ -212,11 +202,14 @@ def run_apply(args: argparse.Namespace) -> int:
             outcome = session.apply(op)
             made = f"node {outcome.new_node}" if outcome.new_node else f"head node {outcome.node_after}"
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items()))
-            stdout().print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}")
-            for healed in outcome.result.get("healed_blobs", []):
-                users = [*healed["nodes"], outcome.new_node]
-                print(f"rcc-tui: warning: blob {healed['blob'][:12]} ({healed['tensor']}) was corrupt and was "
-                      f"rewritten from the model; nodes using it: {', '.join(map(str, users))}", file=sys.stderr)
+            out = stdout()
+            out.print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}",
+                      highlight=False, markup=False)
+            text = describe_outcome(outcome, session.nodes())
+            for line in ((text.headline,) if outcome.unchanged else ()) + text.details:
+                out.print(f"  {line}", highlight=False, markup=False)
+            for warning in text.warnings:
+                print(f"rcc-tui: warning: {warning}", file=sys.stderr)
     return 0
 
 

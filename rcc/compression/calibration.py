@@ -64,7 +64,11 @@ def collect_input_stats(
     model: VLModel, layers: Sequence[LayerInfo], data: CalibrationData, gram: bool = True,
     batch_size: int = 64, progress: Progress | None = None, cancel: CancelCheck | None = None,
 ) -> dict[str, InputStats]:
-    """Input statistics of every given layer that is a Linear / LowRankLinear module."""
+    """Input statistics of every given layer that is a Linear / LowRankLinear module.
+
+    ``progress(done, total, what)`` is called once at the start (``done = 0``) and after every
+    batch, ``total`` counting the images and texts run through the model.
+    """
     stats: dict[str, InputStats] = {}
     handles = []
     # Token rows that are real text (not padding) for the batch in flight; None = all rows.
@@ -93,9 +97,12 @@ def collect_input_stats(
             handles.append(target.register_forward_pre_hook(hook_for(layer.name, model.reads_image_states(layer))))
     try:
         images = data.images
-        total = (len(images) if images is not None else 0) + len(data.texts)
+        texts = list(data.texts) if model.embeds_text else []
+        total = (len(images) if images is not None else 0) + len(texts)
         done = 0
         pairs = bool(data.pair_texts) and model.grounds_text
+        if progress:  # the phase shows from its start, not after its first batch
+            progress(0, total, "images" if images is not None else "texts")
         if images is not None:
             for start in range(0, len(images), batch_size):
                 check_cancel(cancel)
@@ -112,9 +119,8 @@ def collect_input_stats(
                     model.encode_image(pixels)
                 done = stop
                 if progress:
-                    progress(done, total, "calibration images" + (" and their texts" if pairs else ""))
-        texts = list(data.texts)
-        if texts and model.embeds_text:
+                    progress(done, total, "images and their texts" if pairs else "images")
+        if texts:
             # Sorted by length and cut to each batch's longest text (where the model allows it),
             # so short sentences do not pay for the longest one's padding.
             tokens = model.tokenize(texts)
@@ -126,7 +132,7 @@ def collect_input_stats(
                 model.encode_text(model.tokens_to_device(batch))
                 done += len(rows)
                 if progress:
-                    progress(done, total, "calibration texts")
+                    progress(done, total, "texts")
     finally:
         valid_rows[0] = None
         for handle in handles:

@@ -32,6 +32,7 @@ from rcc.models.adapter import VLModel
 
 STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage}
 DEFAULT_STAGES = ("dare", "nullu", "alphaedit")
+CALIBRATION_PHASE = "calibration"  # the layer progress's phase while the calibration batches run
 Evaluator = Callable[[VLModel], float]
 
 
@@ -183,11 +184,15 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     index = model.layer_index  # a property that walks the model: once, not per layer
     layers = [index[name] for name in plans]
     needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
-    stats = collect_input_stats(model, layers, calibration, gram=needs_gram, cancel=cancel)
+    # Calibration is a phase of its own (tens of seconds on a large model): reported through the
+    # layer progress as phase "calibration", its units the images and texts run so far.
+    calibrating = None if progress is None else (
+        lambda done, total, what: progress(CALIBRATION_PHASE, done - 1, total, what))
+    stats = collect_input_stats(model, layers, calibration, gram=needs_gram, progress=calibrating, cancel=cancel)
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:
         wanted = [layer for layer in layers if plans[layer.name].correction]
-        kept = collect_input_stats(model, wanted, preserved, gram=True, cancel=cancel)
+        kept = collect_input_stats(model, wanted, preserved, gram=True, progress=calibrating, cancel=cancel)
     dense = {layer.name: dense_weight(model.module, layer).detach().clone() for layer in layers}
     return StageContext(model=model, plans=plans, stats=stats, preserved=kept, dense=dense, seed=plan.seed,
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,

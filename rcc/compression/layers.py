@@ -352,6 +352,26 @@ def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
     return int(mask.sum()) if mask is not None else layer.params
 
 
+def stored_bytes(module: nn.Module, layer: LayerInfo) -> int:
+    """Bytes the compressed export writes for the layer's weights: kept values plus masks packed 8 per byte.
+
+    ``rcc.session.handlers.size_metrics`` counts the whole model the same way (``size/bytes``).
+    """
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        total = 0
+        for factor in ("up", "down"):
+            weight, mask = getattr(child, factor), getattr(child, f"{factor}_mask", None)
+            kept = weight.numel() if mask is None else int(mask.sum())
+            total += kept * weight.element_size() + (0 if mask is None else (mask.numel() + 7) // 8)
+        return total
+    from rcc.models.inventory import read_matrix
+
+    mask = get_mask(module, layer)
+    size = read_matrix(module, layer).element_size()
+    return stored_parameters(module, layer) * size + (0 if mask is None else (mask.numel() + 7) // 8)
+
+
 def masks_by_parameter(module: nn.Module) -> dict[int, torch.Tensor]:
     """id(parameter) → its keep-mask, for every compression mask in ``module``."""
     masks = {}

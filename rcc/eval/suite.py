@@ -100,15 +100,19 @@ def primary_metric(report: EvalReport) -> float:
 
 
 def evaluator(dataset: Dataset, task: str | None = None, templates: Sequence[str] | None = None,
-              precision: str = "fp32", batch_size: int = 128, cancel: CancelCheck | None = None):
+              precision: str = "fp32", batch_size: int = 128, cancel: CancelCheck | None = None,
+              progress: Progress | None = None):
     """A function model → primary metric on ``dataset`` (what the cascade checks after each stage).
 
     ``cancel`` is checked between batches, so a cancelled cascade stops inside an evaluation
-    rather than after it.
+    rather than after it; ``progress`` hears ``(0, n, "images")`` as each evaluation starts, then
+    every batch.
     """
 
     def evaluate(model: VLModel) -> float:
+        if progress:
+            progress(0, len(dataset), "images")
         return primary_metric(run_eval(model, dataset, task=task, templates=templates, precision=precision,
-                                       batch_size=batch_size, cancel=cancel))
+                                       batch_size=batch_size, progress=progress, cancel=cancel))
 
     return evaluate

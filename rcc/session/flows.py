@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rcc.compression.plan import CompressionPlan
 from rcc.session import ops as O
-from rcc.session.progress import OpProgress, ProgressFn
+from rcc.session.progress import OpProgress, ProgressFn, phase_progress
 
 
 def layer_progress(op: str, progress: ProgressFn | None):
@@ -35,32 +35,45 @@ def stage_options(op: O.RunStage | O.RunCascade):
 def cascade_on(workspace, plan: CompressionPlan, op: O.RunCascade, progress: ProgressFn | None = None,
                cancel=None):
     """Run the RCC cascade of ``op`` on the workspace's model following ``plan``: calibration from the
-    train split, every stage checked (and backed off) on the eval split. Returns the CascadeResult."""
+    train split, every stage checked (and backed off) on the eval split. Returns the CascadeResult.
+
+    ``progress`` hears every phase from its start: calibration and each stage's layers (through the
+    layer progress), each evaluation's batches (phase ``evaluate``), and each attempt with its metric
+    and, when kept, the bytes the whole model stores then.
+    """
     from rcc.compression.cascade import CascadeConfig, run_cascade
+    from rcc.session.handlers import size_metrics
 
     config = CascadeConfig(stages=op.stages, threshold=op.threshold, max_attempts=op.max_attempts,
                            schedule=op.schedule, steps=op.steps, options=stage_options(op))
     calibration, preserved = workspace.calibration(op.calib_per_class, plan.seed)
 
     def on_attempt(attempt) -> None:
-        if progress:
+        if progress:  # the model's stored bytes now: after a back-off, the state it was restored to
             progress(OpProgress(op=op.kind, phase=attempt.stage, detail=f"step {attempt.step} attempt "
                                 f"{attempt.attempt}", metric=attempt.metric, params=attempt.params,
-                                accepted=attempt.accepted))
+                                accepted=attempt.accepted,
+                                stored_bytes=size_metrics(workspace.model)["size/bytes"] if attempt.accepted
+                                else None))
 
-    return run_cascade(workspace.model, plan, workspace.evaluator(cancel), calibration, preserved, config,
+    evaluate = workspace.evaluator(cancel, phase_progress(op.kind, "evaluate", progress))
+    return run_cascade(workspace.model, plan, evaluate, calibration, preserved, config,
                        progress=layer_progress(op.kind, progress), cancel=cancel, on_attempt=on_attempt)
 
 
-def evaluate_on(workspace, split: str, cancel=None):
+def evaluate_on(workspace, split: str, cancel=None, progress: ProgressFn | None = None, op: str = "evaluate"):
     """(metrics named by their split — ``test/top1``, ``test/primary`` —, the full EvalReport) of the
-    workspace's model as it is now on ``split``."""
+    workspace's model as it is now on ``split``; ``progress`` hears phase ``evaluate`` of ``op`` from
+    its start (0 of the split's images) and after every batch."""
     from rcc.eval.suite import primary_metric
     from rcc.session.metric_keys import metric_key
     from rcc.session.workspace import check_split
 
     split = check_split(workspace.data, split)
-    report = workspace.evaluate(split, cancel=cancel)
+    evaluating = phase_progress(op, "evaluate", progress)
+    if evaluating:
+        evaluating(0, len(workspace.dataset(split)), "images")
+    report = workspace.evaluate(split, cancel=cancel, progress=evaluating)
     metrics = {metric_key(split, k): float(v) for k, v in report.metrics.items() if isinstance(v, (int, float))}
     metrics[metric_key(split)] = primary_metric(report)
     return metrics, report

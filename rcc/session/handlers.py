@@ -14,7 +14,7 @@ from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, 
 from rcc.errors import RccError
 from rcc.session import ops as O
 from rcc.session.flows import layer_progress, stage_options
-from rcc.session.progress import OpProgress
+from rcc.session.progress import OpProgress, phase_progress
 
 if TYPE_CHECKING:
     from rcc.session.session import Session
@@ -65,19 +65,16 @@ def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
     roles = data_roles(op.data, op.eval_split, op.test_split)
     session._load_workspace(op.model, op.data, roles.eval, roles.test, progress)
     items = {split: len(session.workspace.dataset(split)) for split in (roles.calibration, roles.eval, roles.test)}
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"load {op.model} on {op.data}",
                   metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
                   result={"eval_split": roles.eval, "test_split": roles.test,
                           "splits": {"layout": roles.layout, "items": items}})
 
 
-def _primary(session: Session, progress, cancel) -> float:
-    from rcc.eval.suite import primary_metric
-
-    if progress:
-        progress(OpProgress(op="evaluate", phase="evaluate", detail=session.workspace.eval_split))
-    return primary_metric(session.workspace.evaluate(cancel=cancel))
+def _primary(session: Session, progress, cancel, op: str = "evaluate") -> float:
+    """The primary metric on the eval split, its batches reported as phase ``evaluate``."""
+    return float(session.workspace.evaluator(cancel, phase_progress(op, "evaluate", progress))(session.model))
 
 
 def _eval_metric(session: Session, metric: float) -> dict[str, float]:
@@ -94,21 +91,14 @@ def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
 
 
 def edit_layers(session: Session, op: O.EditLayers, progress, cancel) -> Effect:
-    from rcc.compression.plan_rules import normalize_settings, settings_to_json
+    from rcc.services.edit_preview import edited_plan
 
     names = {layer.name for layer in session.model.layers()}
     unknown = [name for name in op.layers if name not in names]
     if unknown:
         raise RccError(f"layer {unknown[0]!r} is not in the model; allowed: a name from `rcc-tui layers` "
                        f"({len(names)} layers)")
-    overrides = {name: dict(settings) for name, settings in session.plan.overrides.items()}
-    for name in op.layers:
-        if op.reset:
-            overrides.pop(name, None)
-        if op.settings:
-            overrides[name] = {**overrides.get(name, {}), **normalize_settings(op.settings)}
-    budget = op.budget if op.budget is not None else session.plan.budget
-    plan = replace(session.plan, overrides={n: settings_to_json(s) for n, s in overrides.items()}, budget=budget)
+    plan = edited_plan(session.plan, op.layers, op.settings, op.reset, op.budget)
     resolve_plan(plan, session.model.layers())  # locked layers, ranks out of range, N:M that does not divide
     return Effect(plan=plan)
 
@@ -139,7 +129,7 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
     if not run.changed:  # a node equal to its parent would only clutter the history
         what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
                   metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
                   result={"changed": run.changed, "params_before": run.params_before,
@@ -161,7 +151,7 @@ def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
 def evaluate(session: Session, op: O.Evaluate, progress, cancel) -> Effect:
     from rcc.session.flows import evaluate_on
 
-    metrics, report = evaluate_on(session.workspace, op.split, cancel)
+    metrics, report = evaluate_on(session.workspace, op.split, cancel, progress, op.kind)
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
 
 
@@ -169,7 +159,7 @@ def checkout(session: Session, op: O.Checkout, progress, cancel) -> Effect:
     # The working plan stays: it is the user's draft (roll back, then re-run it gentler); the
     # plan that made the node is kept with the node (NodeState.plan).
     target = session.graph.state(op.node)  # raises for an unknown node
-    loaded = session._restore_to(target)
+    loaded = session._restore_to(target, progress, op.kind)
     return Effect(head=op.node, state=(target.structure, target.tensors), result={"bytes_loaded": loaded})
 
 
@@ -219,7 +209,8 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     if progress:
         progress(OpProgress(op=op.kind, phase="teacher", detail=f"node {teacher_node}"))
     teacher = session.model_at(teacher_node)
-    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0)
+    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0,
+                              progress=phase_progress(op.kind, "teacher", progress))
     # Grounded terms (BLIP's decoder and fusion layers) need the teacher itself at every step.
     live_teacher = teacher if config.kl_weight and uses_grounded_terms(session.model) else None
     del teacher
@@ -246,7 +237,7 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
                      evaluate=evaluate_during_training if op.eval_every else None,
                      on_step=on_step, cancel=cancel, teacher=live_teacher)
     del live_teacher
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "
                                          f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}",
                   metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
@@ -290,7 +281,7 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
     if result is None:
         raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
                        f"allowed: a trial whose plan gives some layer a sparsity or a rank")
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
                                          f"{result.removed_fraction:.0%} removed",
                   metrics={**_eval_metric(session, metric), **size_metrics(session.model)}, plan=plan,

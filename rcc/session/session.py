@@ -46,6 +46,7 @@ class OpOutcome:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
+    unchanged: bool = False  # the op could have made a node but changed no tensor: none was recorded
 
 
 @dataclass(frozen=True)
@@ -248,28 +249,35 @@ class Session:
         try:
             effect = HANDLERS[op.kind](self, op, progress, cancel)
             plan = effect.plan or self.plan
-            new_node, captured = None, None
+            new_node, captured, unchanged = None, None, False
+            metrics, metrics_node = effect.metrics, effect.metrics_node
             if effect.new_node:
-                if progress:
-                    progress(OpProgress(op=op.kind, phase="saving"))
-                from rcc.session.state import capture
+                from rcc.session.progress import phase_progress
+                from rcc.session.state import capture, same_state
 
-                captured = capture(self.model.module, self.store)
-                new_node = NewNode(parent=before, structure=captured.structure, plan=plan_to_dict(plan),
-                                   tensors=captured.tensors, params=int(effect.metrics.get("size/params", 0)),
-                                   summary=effect.summary)
+                saving = phase_progress(op.kind, "saving", progress)
+                captured = capture(self.model.module, self.store,
+                                   None if saving is None else lambda done, total: saving(done, total, "tensors"))
+                parent = self.graph.state(before) if before is not None else None
+                if parent is not None and same_state(captured, parent.structure, parent.tensors):
+                    # A node equal to its parent would only clutter the history: the op is
+                    # recorded (replay re-runs it), its node and that node's metrics are not.
+                    unchanged, metrics, metrics_node = True, {}, None
+                else:
+                    new_node = NewNode(parent=before, structure=captured.structure, plan=plan_to_dict(plan),
+                                       tensors=captured.tensors, params=int(effect.metrics.get("size/params", 0)),
+                                       summary=effect.summary)
             meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True)}
             if isinstance(op, O.LoadModel):
                 meta.update(model=op.model, data=op.data, eval_split=effect.result["eval_split"],
                             test_split=effect.result["test_split"], splits=json.dumps(effect.result["splits"]))
             seconds = time.perf_counter() - start
-            result = _jsonable(effect.result)
+            result = _jsonable({**effect.result, **({"unchanged": True} if unchanged else {})})
             if captured is not None and captured.healed:
                 result["healed_blobs"] = self._healed_report(captured)
             seq, node_id = self.graph.record(
                 op.kind, O.op_to_dict(op), before, seconds, new_node=new_node, head=effect.head,
-                metrics=effect.metrics, metrics_node=effect.metrics_node, label=effect.label,
-                result=result, meta=meta)
+                metrics=metrics, metrics_node=metrics_node, label=effect.label, result=result, meta=meta)
         except BaseException:
             self.plan = plan_before
             if op.changes_model or isinstance(op, (O.Checkout, O.Export)):
@@ -282,7 +290,7 @@ class Session:
             self._current = effect.state
         self.store.save_verified()
         return OpOutcome(seq=seq, op=op, node_before=before, node_after=self.head, new_node=node_id,
-                         seconds=seconds, metrics=effect.metrics, result=result)
+                         seconds=seconds, metrics=effect.metrics, result=result, unchanged=unchanged)
 
     def _healed_report(self, captured) -> list[dict]:
         """Corrupt blobs the new node needed, rewritten from the live model, with the earlier nodes using them."""
@@ -330,10 +338,8 @@ class Session:
         from rcc.session.state import RestoreError
 
         self._load_base(progress)
-        if progress:
-            progress(OpProgress(op="open", phase="checkout", detail=f"node {self.head}"))
         try:
-            self._restore_to(self.graph.state(self.head))
+            self._restore_to(self.graph.state(self.head), progress, op="open")
         except RestoreError as exc:
             self.workspace, self._current = None, None
             raise RestoreError(f"{exc}; the other nodes are intact: check one out with `rcc-tui session apply "
@@ -362,14 +368,17 @@ class Session:
             return exc
         return RestoreError(f"{exc}; nodes using this blob: {', '.join(map(str, users))}", exc.digest)
 
-    def _restore_to(self, target: NodeState) -> int:
+    def _restore_to(self, target: NodeState, progress: ProgressFn | None = None, op: str = "checkout") -> int:
         """Make the live model equal ``target``; returns the bytes loaded from the store."""
+        from rcc.session.progress import phase_progress
         from rcc.session.state import RestoreError, restore
 
         structure, tensors = self._current
+        reading = phase_progress(op, "checkout", progress)
+        counted = None if reading is None else (lambda done, total: reading(done, total, f"blobs of node {target.id}"))
         try:
             loaded = restore(self.model.module, tensors, structure, target.tensors, target.structure,
-                             self.store, target.id)
+                             self.store, target.id, counted)
         except RestoreError as exc:
             raise self._with_users(exc) from exc
         self._current = (target.structure, dict(target.tensors))

@@ -32,12 +32,12 @@ class Workspace:
 
         return run_eval(self.model, self.dataset(split or self.eval_split), cancel=cancel, progress=progress)
 
-    def evaluator(self, cancel=None):
+    def evaluator(self, cancel=None, progress=None):
         """model → primary metric on the eval split (what the cascade, backoff and training's model
-        selection check)."""
+        selection check); ``progress(done, total, what)`` hears each evaluation's batches."""
         from rcc.eval.suite import evaluator
 
-        return evaluator(self.dataset(self.eval_split), cancel=cancel)
+        return evaluator(self.dataset(self.eval_split), cancel=cancel, progress=progress)
 
     def calibration(self, per_class: int, seed: int):
         """(X, K₀) from the train split (``rcc.compression.calibration_sets``), cached per size and seed."""

@@ -164,20 +164,24 @@ def logit_scale_of(model: VLModel) -> float:
 ATTENTION_TARGETS_LIMIT = 4 << 30
 
 
-def teacher_targets(teacher: VLModel, data: DistillData, cancel=None, attention: bool = False) -> TeacherTargets:
+def teacher_targets(teacher: VLModel, data: DistillData, cancel=None, attention: bool = False,
+                    progress=None) -> TeacherTargets:
     """The teacher's normalised embeddings of every training image and text (computed once).
 
     ``attention``: also its head-averaged attention maps of every image (same forward pass).
+    ``progress(done, total, what)``: at the start and after every batch of images, then of texts.
     """
+    if progress:
+        progress(0, len(data.images), "images")
     if attention:
-        images, maps = _images_and_attention(teacher, data.images, cancel)
+        images, maps = _images_and_attention(teacher, data.images, cancel, progress=progress)
     else:
-        images, maps = encode_images(teacher, data.images, cancel=cancel), None
-    texts = encode_texts(teacher, list(data.texts), cancel=cancel) if teacher.embeds_text else None
+        images, maps = encode_images(teacher, data.images, cancel=cancel, progress=progress), None
+    texts = encode_texts(teacher, list(data.texts), cancel=cancel, progress=progress) if teacher.embeds_text else None
     return TeacherTargets(images, texts, logit_scale_of(teacher), attention=maps)
 
 
-def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128):
+def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128, progress=None):
     """As ``encode_images`` (same batches and numbers), capturing every block's maps as it goes."""
     blocks = attention_blocks(model.module)
     if not blocks:
@@ -205,6 +209,8 @@ def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128)
             maps = {name: torch.empty((total, *shape), dtype=torch.float16) for name in blocks}
         for name in blocks:
             maps[name][start:stop] = captured[name].to(torch.float16).cpu()
+        if progress:
+            progress(stop, total, "images")
     return (torch.cat(chunks) if chunks else torch.empty(0, 0)), maps
 
 
