@@ -308,7 +308,7 @@ class MainScreen(Screen):
         head = view.head_node
         metric = head.eval_metric if head else None
         self.log_line(f"session {self._path(view.directory)}")
-        self.log_line(f"  {view.model} on {view.data}, {len(view.layers)} layers, {len(view.nodes)} nodes"
+        self.log_line(f"  {view.model} on {view.data}, {len(view.layers)} layers, {len(view.nodes)} node{'s' if len(view.nodes) != 1 else ''}"
                       + (f", {head.eval_split} {metric:.2%}" if metric is not None else ""))
         self.query_one(LayerTree).focus()
 
