@@ -7,7 +7,7 @@ import pytest
 
 from rcc.cli.main import main
 from rcc.errors import RccError
-from rcc.search.record import record_from_dict
+from rcc.session.trial_record import record_from_dict
 from rcc.search.storage import StorageError, default_url, open_storage
 from rcc.search.trials import list_trials, load_record, load_study
 from rcc.session import ops as O
@@ -169,7 +169,8 @@ def test_a_study_starts_from_the_current_plan_and_from_sensitivity_figures(tmp_p
 
 
 def test_patience_timeouts_and_cancel_stop_a_search(tmp_path, tiny_spec):
-    from rcc.search.study import Limits, StudySettings, patience_exhausted, run_search
+    from rcc.search.run import run_search
+    from rcc.search.study import Limits, StudySettings, patience_exhausted
     from rcc.search.trials import TrialRow
 
     def row(number, state="COMPLETE", front=False):

@@ -359,15 +359,25 @@ def op_from_dict(data: Any) -> Op:
         raise OpError(f"op {kind!r}: {exc}") from exc
 
 
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:
+        return False
+
+
 @dataclass(frozen=True)
 class ApplyTrial(Op):
     """Apply a search trial: set its stored plan as the plan and run the compression it ran (a node).
 
-    ``record`` is the trial's stored record (rcc.search.record: plan, stages, calibration,
-    node searched from). An op that arrives without it gets it filled from the study's
-    storage (``storage`` None: the session's own search.db) before it is logged, so the op
-    log always holds the trial itself: replay re-runs the record and never opens a storage,
-    and ``study``, ``trial`` and ``storage`` stay in the recipe as provenance only. A storage
+    ``record`` is the trial's stored record (rcc.session.trial_record: plan, stages, calibration,
+    node searched from); the session refuses the op without it. The front ends fill it from the
+    study's storage (``storage`` None: the session's own search.db) before applying the op
+    (rcc.services.search.with_trial_record), so the op log always holds the trial itself:
+    replay re-runs the record and never opens a storage, and ``study``, ``trial`` and
+    ``storage`` stay in the recipe as provenance only. A storage
     URL with a password is refused (recipes are shared): use PGPASSWORD or ~/.pgpass.
     """
 
@@ -382,16 +392,14 @@ class ApplyTrial(Op):
         _text(self.kind, "study", self.study, limit=512)
         _int(self.kind, "trial", self.trial, 0)
         if self.storage is not None:
-            from rcc.search.storage import has_password
-
             _text(self.kind, "storage", self.storage)
-            if has_password(self.storage):
+            if _has_password(self.storage):
                 raise _fail(self.kind, "storage", "(a URL with a password)",
                             "a URL without one (the op log is shared); give the password via PGPASSWORD or ~/.pgpass")
         if not isinstance(self.record, Mapping):
             raise _fail(self.kind, "record", self.record, "a trial record object, or none to read it from storage")
         if self.record:
-            from rcc.search.record import record_from_dict
+            from rcc.session.trial_record import record_from_dict
 
             try:
                 record_from_dict(dict(self.record))

@@ -301,7 +301,7 @@ class Session:
         return report
 
     # -- model state ---------------------------------------------------------------------
-    def _load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
+    def load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
                         progress: ProgressFn | None = None) -> None:
         from rcc.models.registry import load_model
         from rcc.session.state import manifest_of
@@ -331,7 +331,7 @@ class Session:
                            f"the split it reports); allowed: read it (session show/log/graph), or replay its recipe "
                            f"into a new session, which evaluates on val (`rcc-tui replay {self.directory} --out NEW`)"
                            ) from None
-        self._load_workspace(self.graph.meta("model"), data, roles.eval, roles.test, progress)
+        self.load_workspace(self.graph.meta("model"), data, roles.eval, roles.test, progress)
 
     def _reload(self, progress: ProgressFn | None = None) -> None:
         """Load the base model from its spec and bring it to the head node (opening a session)."""
@@ -339,7 +339,7 @@ class Session:
 
         self._load_base(progress)
         try:
-            self._restore_to(self.graph.state(self.head), progress, op="open")
+            self.restore_to(self.graph.state(self.head), progress, op="open")
         except RestoreError as exc:
             self.workspace, self._current = None, None
             raise RestoreError(f"{exc}; the other nodes are intact: check one out with `rcc-tui session apply "
@@ -368,7 +368,7 @@ class Session:
             return exc
         return RestoreError(f"{exc}; nodes using this blob: {', '.join(map(str, users))}", exc.digest)
 
-    def _restore_to(self, target: NodeState, progress: ProgressFn | None = None, op: str = "checkout") -> int:
+    def restore_to(self, target: NodeState, progress: ProgressFn | None = None, op: str = "checkout") -> int:
         """Make the live model equal ``target``; returns the bytes loaded from the store."""
         from rcc.session.progress import phase_progress
         from rcc.session.state import RestoreError, restore
@@ -392,7 +392,7 @@ class Session:
 
         try:
             self._current = manifest_of(self.model.module)
-            self._restore_to(self.graph.state(self.head))
+            self.restore_to(self.graph.state(self.head))
         except Exception:  # the module is in a shape restore cannot follow: start from the base model
             try:
                 self._reload()
