@@ -104,6 +104,8 @@ def test_applying_is_refused_off_the_searched_node_and_for_unknown_or_unfinished
         if session.head == 1:
             session.apply(O.ApplyTrial(study="demo", trial=number, record=record))
         head, nodes = session.head, len(session.nodes())
+        with pytest.raises(RccError, match=rf"trial {number} of study 'demo' carries no trial record; allowed: "):
+            session.apply(O.ApplyTrial(study="demo", trial=number))  # the session itself never reads a study
         with pytest.raises(RccError, match=rf"was searched from node 1, but the head is node {head}; "
                                            r"allowed: checkout node 1 first"):
             session.apply(O.ApplyTrial(study="demo", trial=number, record=record))

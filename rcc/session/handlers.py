@@ -8,7 +8,10 @@ back as they were. Handlers never write the database.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
 from rcc.compression.stored_size import size_metrics
@@ -16,7 +19,7 @@ from rcc.errors import RccError
 from rcc.session import ops as O
 from rcc.session.flows import layer_progress, stage_options
 from rcc.session.op_context import OpContext
-from rcc.session.progress import OpProgress, phase_progress
+from rcc.session.progress import OpProgress, ProgressFn, phase_progress
 
 
 @dataclass
@@ -30,8 +33,27 @@ class Effect:
     label: tuple[int, str, str] | None = None
     plan: CompressionPlan | None = None  # the new working plan, if it changed
     result: dict = field(default_factory=dict)
+    op: O.Op | None = None  # the op as logged when the handler filled in a field (a new value: ops are frozen)
+    settings: dict[str, str] = field(default_factory=dict)  # session settings to record (load_model's)
 
 
+Handler = Callable[[OpContext, Any, ProgressFn | None, Callable[[], bool] | None], Effect]
+HANDLERS: dict[str, Handler] = {}  # op kind → what applying it does
+
+
+def handles(op_type: type[O.Op]) -> Callable[[Handler], Handler]:
+    """Register the decorated function as what applying an ``op_type`` op does (one handler per op kind)."""
+
+    def register(handler: Handler) -> Handler:
+        if op_type.kind in HANDLERS:
+            raise ValueError(f"op {op_type.kind!r} has a handler already: {HANDLERS[op_type.kind].__name__}")
+        HANDLERS[op_type.kind] = handler
+        return handler
+
+    return register
+
+
+@handles(O.LoadModel)
 def load_model(session: OpContext, op: O.LoadModel, progress, cancel) -> Effect:
     from rcc.data.registry import canonical_spec
     from rcc.data.roles import data_roles
@@ -41,15 +63,17 @@ def load_model(session: OpContext, op: O.LoadModel, progress, cancel) -> Effect:
                         "(start a new session for another model)")
     # Filled in before the op is logged: the log holds every option that decides the splits
     # (held-out size, fractions, seed), so a replay cuts the same splits whatever the defaults become.
-    object.__setattr__(op, "data", canonical_spec(op.data))
+    op = replace(op, data=canonical_spec(op.data))
     roles = data_roles(op.data, op.eval_split, op.test_split)
     session.load_workspace(op.model, op.data, roles.eval, roles.test, progress)
     items = {split: len(session.workspace.dataset(split)) for split in (roles.calibration, roles.eval, roles.test)}
     metric = _primary(session, progress, cancel, op.kind)
+    splits = {"layout": roles.layout, "items": items}
     return Effect(new_node=True, summary=f"load {op.model} on {op.data}",
                   metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
-                  result={"eval_split": roles.eval, "test_split": roles.test,
-                          "splits": {"layout": roles.layout, "items": items}})
+                  result={"eval_split": roles.eval, "test_split": roles.test, "splits": splits}, op=op,
+                  settings={"model": op.model, "data": op.data, "eval_split": roles.eval, "test_split": roles.test,
+                            "splits": json.dumps(splits)})
 
 
 def _primary(session: OpContext, progress, cancel, op: str = "evaluate") -> float:
@@ -64,12 +88,14 @@ def _eval_metric(session: OpContext, metric: float) -> dict[str, float]:
     return {metric_key(session.workspace.eval_split): metric}
 
 
+@handles(O.SetPlan)
 def set_plan(session: OpContext, op: O.SetPlan, progress, cancel) -> Effect:
     plan = plan_from_dict(dict(op.plan))
     resolve_plan(plan, session.model.layers())  # refuse a plan that does not fit before keeping it
     return Effect(plan=plan)
 
 
+@handles(O.EditLayers)
 def edit_layers(session: OpContext, op: O.EditLayers, progress, cancel) -> Effect:
     from rcc.compression.plan_edits import edited_plan
 
@@ -99,6 +125,7 @@ def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> Co
     return replace(plan, overrides=overrides)
 
 
+@handles(O.RunStage)
 def run_stage(session: OpContext, op: O.RunStage, progress, cancel) -> Effect:
     from rcc.compression.cascade import run_stage as run_one_stage
 
@@ -116,6 +143,7 @@ def run_stage(session: OpContext, op: O.RunStage, progress, cancel) -> Effect:
                           "params_after": run.params_after, "seconds": run.seconds})
 
 
+@handles(O.RunCascade)
 def run_cascade(session: OpContext, op: O.RunCascade, progress, cancel) -> Effect:
     from rcc.session.flows import cascade_on
 
@@ -128,6 +156,7 @@ def run_cascade(session: OpContext, op: O.RunCascade, progress, cancel) -> Effec
                   result=result.as_dict())
 
 
+@handles(O.Evaluate)
 def evaluate(session: OpContext, op: O.Evaluate, progress, cancel) -> Effect:
     from rcc.session.flows import evaluate_on
 
@@ -135,6 +164,7 @@ def evaluate(session: OpContext, op: O.Evaluate, progress, cancel) -> Effect:
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
 
 
+@handles(O.Checkout)
 def checkout(session: OpContext, op: O.Checkout, progress, cancel) -> Effect:
     # The working plan stays: it is the user's draft (roll back, then re-run it gentler); the
     # plan that made the node is kept with the node (NodeState.plan).
@@ -143,11 +173,13 @@ def checkout(session: OpContext, op: O.Checkout, progress, cancel) -> Effect:
     return Effect(head=op.node, state=(target.structure, target.tensors), result={"bytes_loaded": loaded})
 
 
+@handles(O.Label)
 def label(session: OpContext, op: O.Label, progress, cancel) -> Effect:
     session.graph.node(op.node)  # raises for an unknown node
     return Effect(label=(op.node, op.label, op.note))
 
 
+@handles(O.Export)
 def export(session: OpContext, op: O.Export, progress, cancel) -> Effect:
     from rcc.output_paths import check_output_dir
     from rcc.session.export import export_compressed, export_dense
@@ -169,6 +201,7 @@ def export(session: OpContext, op: O.Export, progress, cancel) -> Effect:
                           "dense_bytes": report.dense_bytes})
 
 
+@handles(O.Train)
 def train(session: OpContext, op: O.Train, progress, cancel) -> Effect:
     from rcc.training.attention import require_attention_blocks
     from rcc.training.distill import (
@@ -226,17 +259,11 @@ def train(session: OpContext, op: O.Train, progress, cancel) -> Effect:
                           "params_after": result.params_after, "seconds": result.seconds})
 
 
-HANDLERS = {
-    O.LoadModel.kind: load_model, O.SetPlan.kind: set_plan, O.EditLayers.kind: edit_layers,
-    O.RunStage.kind: run_stage, O.RunCascade.kind: run_cascade, O.Evaluate.kind: evaluate,
-    O.Checkout.kind: checkout, O.Label.kind: label, O.Export.kind: export, O.Train.kind: train,
-}
-
-
 def plan_json(plan: CompressionPlan) -> dict:
     return plan_to_dict(plan)
 
 
+@handles(O.ApplyTrial)
 def apply_trial(session: OpContext, op: O.ApplyTrial, progress, cancel) -> Effect:
     from rcc.session.trial_record import compress, record_from_dict
 
@@ -264,6 +291,3 @@ def apply_trial(session: OpContext, op: O.ApplyTrial, progress, cancel) -> Effec
                   result={"study": op.study, "trial": op.trial, "record": record.as_dict(),
                           "params_before": result.params_before, "params_after": result.params_after,
                           "removed_fraction": result.removed_fraction, "seconds": result.seconds})
-
-
-HANDLERS[O.ApplyTrial.kind] = apply_trial
