@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
+from rcc.compression.plan import CompressionPlan, plan_from_dict, resolve_plan
 from rcc.compression.stored_size import size_metrics
 from rcc.errors import RccError
 from rcc.session import ops as O
@@ -257,10 +257,6 @@ def train(session: OpContext, op: O.Train, progress, cancel) -> Effect:
                   result={"teacher": teacher_node, "losses": result.losses, "evals": result.evals,
                           "best_step": result.best_step, "params_before": result.params_before,
                           "params_after": result.params_after, "seconds": result.seconds})
-
-
-def plan_json(plan: CompressionPlan) -> dict:
-    return plan_to_dict(plan)
 
 
 @handles(O.ApplyTrial)
