@@ -34,12 +34,13 @@ from rcc.eval.encode import encode_texts  # noqa: E402
 from rcc.eval.fidelity import embedding_fidelity  # noqa: E402
 from rcc.eval.suite import evaluator  # noqa: E402
 from rcc.search.objective import ObjectiveConfig  # noqa: E402
-from rcc.search.record import compress, make_record, record_from_dict  # noqa: E402
+from rcc.session.trial_record import compress, make_record, record_from_dict  # noqa: E402
 from rcc.search.space import Bounds, SpaceConfig  # noqa: E402
 from rcc.search.storage import default_url  # noqa: E402
-from rcc.search.study import Limits, StudySettings, run_search  # noqa: E402
+from rcc.search.run import run_search  # noqa: E402
+from rcc.search.study import Limits, StudySettings  # noqa: E402
 from rcc.search.trials import load_study  # noqa: E402
-from rcc.session.handlers import size_metrics  # noqa: E402
+from rcc.compression.stored_size import size_metrics  # noqa: E402
 from rcc.session.session import Session  # noqa: E402
 
 CALIB_PER_CLASS = 4

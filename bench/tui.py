@@ -113,7 +113,7 @@ class Terminal:
 
 
 def app_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "rcc.cli.main", *args]
+    return [sys.executable, "-m", "rcc_tui.main", *args]
 
 
 def app_env(sessions: Path) -> dict[str, str]:

@@ -96,8 +96,8 @@ def session_command(session_dir: str | Path, python: str | None = None) -> str:
     python = shlex.quote(python or sys.executable)
     directory = shlex.quote(str(session_dir))
     if is_session(session_dir):
-        return f"{python} -m rcc.cli.main open {directory}"
-    return f"{python} -m rcc.cli.main new --session {directory}"
+        return f"{python} -m rcc_tui.main open {directory}"
+    return f"{python} -m rcc_tui.main new --session {directory}"
 
 
 def make_server(access: ServeAccess, command: Callable[[], str], title: str = "rcc-tui", announce=print):

@@ -174,9 +174,6 @@ class JobRunner:
         """``node`` receives every job message from now on (until it is removed)."""
         self._subscribers.add(node)
 
-    def unsubscribe(self, node: DOMNode) -> None:
-        self._subscribers.discard(node)
-
     # -- state seen from the main thread --
     @property
     def session_job(self) -> Job | None:
@@ -325,10 +322,6 @@ class JobRunner:
             idle = not self._jobs and not self._queue and not self._latest
         if idle and self._timer is not None:
             self._timer.pause()
-
-    def deliver_now(self) -> None:
-        """Deliver whatever is pending at once."""
-        self._flush()
 
 
 def _as_messages(items: list[tuple[Job, Any]]) -> list[JobMessage]:

@@ -133,7 +133,7 @@ class FakeSession:
             time.sleep(self.step_seconds)
 
     def _edit_layers(self, op: O.EditLayers, progress, cancel):
-        from rcc.services.edit_preview import edited_plan
+        from rcc.compression.plan_edits import edited_plan
 
         plan = edited_plan(self.plan, op.layers, op.settings, op.reset, op.budget)
         resolve_plan(plan, self.layers)
@@ -155,9 +155,9 @@ class FakeSession:
             state[layer.name] = LayerState("masked", sparsity, None, kept,
                                            kept * BYTES_PER_VALUE + (layer.params + 7) // 8,
                                            layer.params * BYTES_PER_VALUE)
-        saved_bytes = sum((self.state.get(l.name).stored_bytes if l.name in self.state else l.params * 4)
-                          - state[l.name].stored_bytes for l in targets)
-        metric = parent.metrics[EVAL_KEY] - sum(resolved[l.name].sparsity for l in targets) / 10
+        saved_bytes = sum((self.state.get(t.name).stored_bytes if t.name in self.state else t.params * 4)
+                          - state[t.name].stored_bytes for t in targets)
+        metric = parent.metrics[EVAL_KEY] - sum(resolved[t.name].sparsity for t in targets) / 10
         if evaluated_attempts and targets:
             self._tick(progress, cancel, OpProgress(op.kind, "dare", detail="step 1 attempt 1", metric=metric,
                                                     accepted=True,
@@ -168,7 +168,7 @@ class FakeSession:
         if state == self.state:
             return None, {EVAL_KEY: parent.metrics[EVAL_KEY]}, {"unchanged": True}, True
         self.state = state
-        values = parent.metrics["size/params"] - sum(l.params - state[l.name].stored for l in targets)
+        values = parent.metrics["size/params"] - sum(t.params - state[t.name].stored for t in targets)
         return self._new_node(op.kind, {EVAL_KEY: round(metric, 4), "size/params": values,
                                         "size/bytes": parent.metrics["size/bytes"] - saved_bytes},
                               f"{op.kind}: {len(targets)} layers")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from rcc.cli.main import main
+from rcc_tui.main import main
 from rcc.compression.plan import CompressionPlan, Rule, plan_to_dict
 from rcc.session import ops as O
 from rcc.session.replay import write_recipe
@@ -452,7 +452,7 @@ def test_a_few_bad_inputs_in_a_real_process(world, tmp_path):
             (["session", "apply", str(session), str(world["B"])], "binary"),
             (["session", "apply", str(session), '{"op": "checkout", "node": 1000000000000000000000000000000}'],
              "9223372036854775807")):
-        done = subprocess.run([sys.executable, "-m", "rcc.cli.main", *argv], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "rcc_tui.main", *argv], capture_output=True, text=True,
                               env=env, timeout=300)
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and word in done.stderr, done.stderr

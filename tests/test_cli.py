@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from rcc.cli.main import build_parser, main
+from rcc_tui.main import build_parser, main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rcc.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rcc_tui.main", *args], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -25,12 +25,25 @@ def test_every_subcommand_has_help(capsys):
         assert f"rcc-tui {name}" in capsys.readouterr().out
 
 
+
+def test_the_engine_cli_has_only_the_headless_commands_and_no_app():
+    """rcc.cli builds the headless commands; the app's (open, new, serve) come from rcc_tui.main."""
+    from rcc.cli import main as headless
+
+    engine = set(headless.build_parser()._subparsers._group_actions[0].choices)
+    full = set(build_parser()._subparsers._group_actions[0].choices)
+    assert full - engine == {"open", "new", "serve"} and {"eval", "session", "search"} <= engine
+    done = subprocess.run([sys.executable, "-c", "import sys\nfrom rcc.cli.main import main\ncode = main([])"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no command given" in done.stderr and len(done.stderr.splitlines()) == 1
+
 @pytest.mark.slow
 def test_eval_on_the_demo_prints_top1_and_is_repeatable(tmp_path):
     first = _run("eval", "--json", str(tmp_path / "a.json"), "--device", "cpu")
     assert first.returncode == 0, first.stderr
     assert "top1" in first.stdout and "rcc-mini" in first.stdout
     second = _run("eval", "--json", str(tmp_path / "b.json"), "--device", "cpu", "--no-cache")
+    assert second.returncode == 0, second.stderr
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text())
     assert a["metrics"]["top1"] >= 0.90

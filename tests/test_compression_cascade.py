@@ -167,8 +167,9 @@ def test_cancel_restores_every_weight_and_module(tiny, ticks_before_cancel):
 
 def test_an_evaluator_error_also_restores_the_model(tiny):
     saved = _state(tiny)
+    calls = []
 
-    def broken(model, calls=[]):
+    def broken(model):
         calls.append(1)
         if len(calls) > 1:
             raise RuntimeError("evaluation crashed")

@@ -16,12 +16,13 @@ import pytest
 from rcc.compression.plan import uniform_plan
 from rcc.search.objective import ObjectiveConfig
 from rcc.search.pruning import PruningConfig
-from rcc.search.record import compress, make_record
+from rcc.session.trial_record import compress, make_record
 from rcc.search.space import Bounds, SpaceConfig
 from rcc.search.storage import default_url
-from rcc.search.study import Limits, StudySettings, run_search
+from rcc.search.run import run_search
+from rcc.search.study import Limits, StudySettings
 from rcc.search.trials import dominates, list_trials, load_study
-from rcc.session.handlers import size_metrics
+from rcc.compression.stored_size import size_metrics
 from rcc.session.replay import load_recipe, replay
 from rcc.session.session import Session
 

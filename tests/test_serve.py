@@ -1,6 +1,6 @@
 """``rcc-tui serve`` against a real server on 127.0.0.1: token, Host and Origin checks, one session.
 
-The server runs as its own process (``python -m rcc.cli.main serve``); requests are made with
+The server runs as its own process (``python -m rcc_tui.main serve``); requests are made with
 aiohttp's client, which lets a test send the Host and Origin headers a hostile page (or a
 DNS-rebinding one) would.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rcc.cli.main import main
+from rcc_tui.main import main
 from rcc_tui.serve import ServeAccess, check_bind, session_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ class Served:
     def __init__(self, tmp_path: Path, *args: str):
         self.port = _free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", "rcc.cli.main", "serve", "--port", str(self.port),
+        self.process = subprocess.Popen([sys.executable, "-m", "rcc_tui.main", "serve", "--port", str(self.port),
                                          *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=env, cwd=tmp_path)
         self.lines: list[str] = []
@@ -163,10 +163,10 @@ def test_tabs_share_one_session_one_at_a_time(served):
 
 def test_each_connection_opens_the_served_session(tmp_path):
     directory = tmp_path / "s"
-    assert session_command(directory, python="py").endswith(f"-m rcc.cli.main new --session {directory}")
+    assert session_command(directory, python="py").endswith(f"-m rcc_tui.main new --session {directory}")
     directory.mkdir()
     (directory / "session.db").touch()
-    assert session_command(directory, python="py") == f"py -m rcc.cli.main open {directory}"
+    assert session_command(directory, python="py") == f"py -m rcc_tui.main open {directory}"
 
 
 def test_hosts_and_origins_that_name_this_server():

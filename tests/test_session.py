@@ -193,7 +193,7 @@ def test_checkout_restores_each_node_bit_for_bit_across_structure_changes(tiny):
     tiny.apply(O.Checkout(node=1))
     tiny.apply(O.SetPlan(plan=plan_to_dict(OTHER)))
     assert tiny.apply(O.RunStage(stage="nullu")).new_node == 4
-    tiny.apply(O.RunStage(stage="dare")).new_node
+    assert tiny.apply(O.RunStage(stage="dare")).new_node == 5
     saved[5] = _state(tiny)
     other_structure = structure_of(tiny.model.module)
 
@@ -368,7 +368,7 @@ def test_a_cancelled_or_failed_create_leaves_the_directory_empty(tmp_path, tiny_
 
 def test_nodes_that_change_one_layer_each_cost_about_that_layer_in_the_store(tiny):
     tiny.apply(O.SetPlan(plan=plan_to_dict(MLP_HALF)))
-    for i, layer in enumerate(VISION_MLP):
+    for layer in VISION_MLP:
         before = _blob_bytes(tiny)
         parent = tiny.graph.state(tiny.head).tensors
         outcome = tiny.apply(O.RunStage(stage="dare", fraction=0.5, layers=(layer,)))
@@ -432,7 +432,7 @@ def test_reopening_brings_back_the_head_node_bit_for_bit_and_the_plan(tmp_path, 
     with Session.open(directory, device="cpu", load=False) as session:
         assert session.workspace is None and session.head == 1
         with pytest.raises(RccError, match="no model loaded"):
-            session.model
+            _ = session.model
 
 
 def test_a_second_writer_is_refused_in_one_line_while_readers_are_welcome(tiny):

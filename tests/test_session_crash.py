@@ -337,8 +337,8 @@ def _kill_at_random_moments(zygote, directory: Path, seed: int) -> list[dict]:
     for kill in range(KILLS_PER_SESSION):
         writer = zygote.fork(directory, "after-commit", seed=rng.randrange(10**6), tag=f"-{seed}-{kill}")
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(line.strip() for line in open(writer.fifo)),
-                                  daemon=True)
+        reader = threading.Thread(target=lambda lines=lines, fifo=writer.fifo: lines.extend(
+            line.strip() for line in open(fifo)), daemon=True)
         reader.start()
         deadline = time.monotonic() + 120
         while not lines and time.monotonic() < deadline:  # the writer opened the session

@@ -230,7 +230,7 @@ async def test_quitting_while_a_run_goes_asks_then_cancels_and_closes_the_sessio
 
 
 def test_the_app_commands_parse():
-    from rcc.cli.main import build_parser
+    from rcc_tui.main import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["open", "S", "--device", "cuda:0", "--theme", "rcc-light", "--keymap", "k.toml"])
@@ -242,7 +242,7 @@ def test_the_app_commands_parse():
 
 
 def test_no_command_opens_a_new_demo_session_and_options_pass_through(monkeypatch, tmp_path):
-    from rcc.cli.main import main
+    from rcc_tui.main import main
 
     calls = []
     monkeypatch.setenv("RCC_SESSIONS_DIR", str(tmp_path / "empty-home"))
@@ -266,7 +266,7 @@ def _entry(path, model="rcc-mini"):
 
 
 def test_rcc_tui_alone_offers_the_latest_demo_session_before_making_a_new_one(monkeypatch, tmp_path):
-    from rcc.cli.main import main
+    from rcc_tui.main import main
 
     calls, questions, answers = [], [], []
     latest = _entry(tmp_path / "20250101-101010")
@@ -282,7 +282,7 @@ def test_rcc_tui_alone_offers_the_latest_demo_session_before_making_a_new_one(mo
 
 
 def test_open_takes_a_name_from_session_ls_a_path_or_nothing_then_asks(monkeypatch, tmp_path, capsys):
-    from rcc.cli.main import main
+    from rcc_tui.main import main
 
     home = tmp_path / "home"
     (home / "20250101-101010").mkdir(parents=True)
@@ -324,7 +324,7 @@ def test_quitting_prints_where_the_session_is_and_how_to_reopen_it(monkeypatch, 
 
 
 def test_open_and_new_refuse_bad_directories_with_exit_2(tmp_path, capsys):
-    from rcc.cli.main import main
+    from rcc_tui.main import main
 
     assert main(["open", str(tmp_path)]) == 2
     assert "is not a session" in capsys.readouterr().err
@@ -337,7 +337,7 @@ def test_help_and_the_first_frame_import_nothing_heavy():
     """`rcc-tui --help` loads neither Textual nor torch; the app module loads Textual but no ML library."""
     script = (
         "import sys\n"
-        "from rcc.cli.main import build_parser\n"
+        "from rcc_tui.main import build_parser\n"
         "build_parser().format_help()\n"
         "print(sorted(m for m in ('textual', 'torch') if m in sys.modules))\n"
         "import rcc_tui.app\n"

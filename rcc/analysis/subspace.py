@@ -59,12 +59,6 @@ def grassmann_distance(a: torch.Tensor, b: torch.Tensor, orthonormal: bool = Fal
     return float(torch.linalg.vector_norm(principal_angles(a, b, orthonormal)))
 
 
-def top_singular_subspaces(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U_k, V_k): orthonormal bases of the top-k left (m × k) and right (n × k) singular subspaces."""
-    u, _, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
-    return u[:, :k], vh[:k].T
-
-
 def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
     """Singular values above max(m, n) · eps · σ_1 (numpy's matrix_rank tolerance)."""
     if s.numel() == 0 or s[0] == 0:

@@ -144,7 +144,7 @@ def _run_recorded(session, plan: CompressionPlan, op, progress, cancel) -> Casca
 def _run_unrecorded(model, data: str, plan: CompressionPlan, op, progress, cancel) -> CascadeReport:
     from rcc.api.binding import workspace_for
     from rcc.session.flows import cascade_on
-    from rcc.session.handlers import size_metrics
+    from rcc.compression.stored_size import size_metrics
 
     workspace = workspace_for(model, data)
     result = cascade_on(workspace, plan, op, progress, cancel)

@@ -193,9 +193,11 @@ def _read_ops(items: list[str]) -> list:
 def run_apply(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
     from rcc.services.outcomes import describe_outcome
+    from rcc.services.search import with_trial_record
     from rcc.session.session import Session
 
-    ops = _read_ops(args.ops)  # every op checked before the session is even opened
+    # Every op checked (a trial's record read from its study) before the session is even opened.
+    ops = [with_trial_record(op, args.session) for op in _read_ops(args.ops)]
     # The model loads with the first op that needs it (so a checkout can leave a corrupt head).
     with Session.open(args.session, device=args.device, load=False) as session:
         for op in ops:

@@ -299,11 +299,6 @@ def set_mask(module: nn.Module, layer: LayerInfo, keep: torch.Tensor) -> None:
     read_matrix(module, layer).mul_(keep.to(read_matrix(module, layer).dtype))
 
 
-def clear_mask(module: nn.Module, layer: LayerInfo) -> None:
-    holder = module.get_submodule(module_path(layer))
-    holder._buffers.pop(_mask_name(layer), None)
-
-
 @torch.no_grad()
 def factorise(module: nn.Module, layer: LayerInfo, up: torch.Tensor, down: torch.Tensor) -> LowRankLinear:
     """Replace the layer's Linear by ``LowRankLinear(up, down)`` (the bias carries over)."""

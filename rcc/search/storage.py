@@ -56,15 +56,6 @@ def check_url(url: str) -> None:
         raise StorageError(f"storage {url!r} names no database; allowed: {URL_FORMS}")
 
 
-def has_password(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).password is not None
-    except Exception:
-        return False
-
-
 def display_url(url: str) -> str:
     """The URL with any password masked (for messages and tables)."""
     from sqlalchemy.engine import make_url

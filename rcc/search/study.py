@@ -4,7 +4,7 @@ A study searches one session node. Its settings (space, objective, pruning, samp
 starting point (model, data, eval split, node, dense accuracy) are stored as study user
 attributes when it is created; every worker that joins, on this machine or another, reads
 them from there and refuses to join with different ones. Every trial stores its record
-(rcc.search.record) and measurements as trial user attributes.
+(rcc.session.trial_record) and measurements as trial user attributes.
 
 Limits: ``trials`` (what this worker runs), ``timeout`` (seconds), ``patience`` (stop once
 that many finished trials in a row, study-wide, brought nothing onto the front: for
@@ -14,7 +14,6 @@ pareto, none of them is on the current front; for min-size, none is the best fea
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import socket
 import time
@@ -377,51 +376,3 @@ class SearchReport:
                 "dense_accuracy": self.dense_accuracy, "dense_size": self.dense_size, "ran": self.ran,
                 "seconds": self.seconds, "trials": [asdict(r) for r in self.rows],
                 "front": [r.number for r in self.front]}
-
-
-def run_search(session_dir: str | Path, study_name: str, settings: StudySettings, limits: Limits,
-               storage: str | None = None, workers: int = 1, sensitivity: Mapping[str, float] | None = None,
-               device: str = "auto", progress: ProgressFn | None = None,
-               cancel: Callable[[], bool] | None = None) -> SearchReport:
-    """Create or join ``study_name`` and run ``limits.trials`` trials in ``workers`` processes on this machine.
-
-    The session is only read (never its write lock); workers beyond the first are separate
-    processes (rcc.search.worker), each with its own copy of the model. ``progress`` hears of
-    every finished trial; ``cancel()`` true stops the search (see ``run_worker``; worker
-    processes are ended, their running trials recorded FAIL).
-    """
-    from rcc.search.storage import display_url, open_storage, resolve_url
-
-    began = time.perf_counter()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SearchError(f"workers {workers!r} is invalid; allowed: an integer ≥ 1")
-    url = resolve_url(storage, session_dir)
-    opened = open_storage(url, heartbeat=True)
-    source = read_source(session_dir)
-    study, created = open_study(opened, study_name, settings, source, pruner=make_pruner(settings))
-    seed = sampler_seed(settings.seed, 0, first=created)
-    study.sampler = make_sampler(settings, seed)
-    source = study_source(study, session_dir)  # a joined study keeps its own node and base plan
-    ctx = load_context(source, settings, device=device, worker=0, seed=seed,
-                       dense_accuracy=study.user_attrs.get(DENSE_ATTR), cancel=cancel)
-    if DENSE_ATTR not in study.user_attrs:
-        from rcc.search.objective import size_of
-
-        study.set_user_attr(DENSE_ATTR, ctx.dense_accuracy)
-        study.set_user_attr(DENSE_SIZE_ATTR, size_of(ctx.model))
-    if created or not study.get_trials(deepcopy=False):
-        seed_study(study, ctx.space, source.plan, sensitivity)
-    if workers == 1:
-        ran = run_worker(study, ctx, settings, limits, limits.trials, progress, cancel)
-    else:
-        from rcc.search.worker import run_parallel
-
-        ran = run_parallel(url, study, ctx, settings, limits, workers, session_dir, device, progress, cancel)
-    final = load_study(opened, study_name)
-    rows = rows_of(final.get_trials(deepcopy=False), settings.objective.mode, settings.objective.size)
-    attrs = final.user_attrs
-    return SearchReport(study=study_name, storage=display_url(url), settings=settings,
-                        dense_accuracy=float(attrs.get(DENSE_ATTR, math.nan)),
-                        dense_size=dict(attrs.get(DENSE_SIZE_ATTR, {})), rows=tuple(rows),
-                        front=tuple(front_rows(rows, settings.objective.mode)), ran=ran,
-                        seconds=time.perf_counter() - began)

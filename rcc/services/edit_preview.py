@@ -1,15 +1,17 @@
 """An ``edit_layers`` op before it runs: the plan it makes, and what the edited layers would store.
 
-The op's handler builds its plan with ``edited_plan``, and the app's layer editor previews an
-edit with ``preview_edit`` (checked as the op checks it, counted as ``summarize_plan`` counts),
-so the editor never promises what the engine would not do.
+The op's handler builds its plan with ``edited_plan`` (rcc.compression.plan_edits), and the app's
+layer editor previews an edit with ``preview_edit`` (checked as the op checks it, counted as
+``summarize_plan`` counts), so the editor never promises what the engine would not do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rcc.compression.plan_edits import edited_plan
 
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan, PlanSummary
@@ -40,22 +42,6 @@ class EditPreview:
                     return None
                 total += size
         return total
-
-
-def edited_plan(plan: CompressionPlan, names: Sequence[str], settings: Mapping[str, Any], reset: bool = False,
-                budget: float | None = None) -> CompressionPlan:
-    """The plan with ``settings`` merged into the overrides of ``names`` (after dropping them with ``reset``)."""
-    from rcc.compression.plan_rules import normalize_settings, settings_to_json
-
-    overrides = {name: dict(s) for name, s in plan.overrides.items()}
-    clean = normalize_settings(settings)
-    for name in names:
-        if reset:
-            overrides.pop(name, None)
-        if clean:
-            overrides[name] = {**overrides.get(name, {}), **clean}
-    return replace(plan, overrides={n: settings_to_json(s) for n, s in overrides.items()},
-                   budget=plan.budget if budget is None else budget)
 
 
 def preview_edit(plan: CompressionPlan, layers: Sequence[LayerInfo], names: Sequence[str],

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rcc.eval.encode import CancelCheck
-    from rcc.search.record import TrialRecord
+    from rcc.session import ops as O
+    from rcc.session.trial_record import TrialRecord
     from rcc.search.study import Limits, SearchReport, StudySettings
     from rcc.session.progress import ProgressFn
     from rcc.session.session import OpOutcome, Session
@@ -70,9 +71,9 @@ def plan_study(session_dir: str | Path, study: str, storage: str | None = None,
 def run_study(session_dir: str | Path, start: StudyStart, limits: Limits, storage: str | None = None,
               workers: int = 1, device: str = "auto", progress=None,
               cancel: CancelCheck | None = None) -> SearchReport:
-    """Run ``start``'s study (``rcc.search.study.run_search``); the session itself is only read."""
+    """Run ``start``'s study (``rcc.search.run.run_search``); the session itself is only read."""
     from rcc.errors import Cancelled
-    from rcc.search.study import run_search
+    from rcc.search.run import run_search
 
     if cancel is not None and cancel():
         raise Cancelled("the search was stopped before its first trial")
@@ -101,7 +102,7 @@ def apply_trial(session: Session, study: str, trial: int, storage: str | None = 
     ``storage`` (None: the session's search.db) is recorded in the op without its password,
     as provenance; the op carries the trial's record itself.
     """
-    from rcc.search.record import record_from_dict
+    from rcc.session.trial_record import record_from_dict
     from rcc.search.storage import resolve_url, without_password
     from rcc.search.trials import load_trial
     from rcc.session import ops as O
@@ -117,3 +118,17 @@ def apply_trial(session: Session, study: str, trial: int, storage: str | None = 
                                                storage=None if storage is None else without_password(url),
                                                record=record.as_dict()), progress=progress, cancel=cancel))
     return AppliedTrial(tuple(outcomes), record, measured)
+
+
+def with_trial_record(op: O.Op, session_dir: str | Path) -> O.Op:
+    """``op`` as a session logs it: an ``apply_trial`` without its record gets it from the study's storage
+    (``op.storage``, None: the session's search.db); any other op, or one with its record, as it is."""
+    from dataclasses import replace
+
+    from rcc.search.storage import resolve_url
+    from rcc.search.trials import load_record
+    from rcc.session.ops import ApplyTrial
+
+    if not isinstance(op, ApplyTrial) or op.record:
+        return op
+    return replace(op, record=load_record(resolve_url(op.storage, session_dir), op.study, op.trial).as_dict())

@@ -42,7 +42,7 @@ def cascade_on(workspace, plan: CompressionPlan, op: O.RunCascade, progress: Pro
     and, when kept, the bytes the whole model stores then.
     """
     from rcc.compression.cascade import CascadeConfig, run_cascade
-    from rcc.session.handlers import size_metrics
+    from rcc.compression.stored_size import size_metrics
 
     config = CascadeConfig(stages=op.stages, threshold=op.threshold, max_attempts=op.max_attempts,
                            schedule=op.schedule, steps=op.steps, options=stage_options(op))

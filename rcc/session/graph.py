@@ -298,9 +298,6 @@ class HistoryGraph:
         return [row[0] for row in self.db.execute("SELECT seq FROM ops ORDER BY seq")]
 
     # -- reading -------------------------------------------------------------------------
-    def has_node(self, node: int) -> bool:
-        return self.db.execute("SELECT 1 FROM nodes WHERE id = ?", (node,)).fetchone() is not None
-
     def eval_split(self) -> str:
         """The session's eval split by its current name ('' before the first op)."""
         return modern_split(self.meta("data"), self.meta("eval_split")) or ""

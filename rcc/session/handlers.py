@@ -1,23 +1,25 @@
 """What each op does to a session, as one function per op type.
 
-A handler changes the live model / plan and returns an ``Effect`` saying what to commit; the
-Session commits it (node, metrics, head, labels) in one transaction, or, if the handler
-raises, puts the model and plan back as they were. Handlers never write the database.
+A handler sees its session through ``OpContext`` (rcc.session.op_context), changes the live
+model / plan and returns an ``Effect`` saying what to commit; the Session commits it (node,
+metrics, head, labels) in one transaction, or, if the handler raises, puts the model and plan
+back as they were. Handlers never write the database.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
-from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
+from rcc.compression.plan import CompressionPlan, plan_from_dict, resolve_plan
+from rcc.compression.stored_size import size_metrics
 from rcc.errors import RccError
 from rcc.session import ops as O
 from rcc.session.flows import layer_progress, stage_options
-from rcc.session.progress import OpProgress, phase_progress
-
-if TYPE_CHECKING:
-    from rcc.session.session import Session
+from rcc.session.op_context import OpContext
+from rcc.session.progress import OpProgress, ProgressFn, phase_progress
 
 
 @dataclass
@@ -31,28 +33,28 @@ class Effect:
     label: tuple[int, str, str] | None = None
     plan: CompressionPlan | None = None  # the new working plan, if it changed
     result: dict = field(default_factory=dict)
+    op: O.Op | None = None  # the op as logged when the handler filled in a field (a new value: ops are frozen)
+    settings: dict[str, str] = field(default_factory=dict)  # session settings to record (load_model's)
 
 
-def size_metrics(model) -> dict[str, float]:
-    """Stored numbers and bytes as the compressed export writes them, and all parameters.
-
-    A masked parameter stores its kept values plus one bit per entry (the packed mask);
-    every other parameter (factors included) is stored whole.
-    """
-    from rcc.compression.layers import masks_by_parameter
-
-    masks = masks_by_parameter(model.module)
-    kept = total = stored = 0
-    for param in model.module.parameters():
-        total += param.numel()
-        mask = masks.get(id(param))
-        count = param.numel() if mask is None else int(mask.sum())
-        kept += count
-        stored += count * param.element_size() + (0 if mask is None else (mask.numel() + 7) // 8)
-    return {"size/params": kept, "size/total": total, "size/bytes": stored}
+Handler = Callable[[OpContext, Any, ProgressFn | None, Callable[[], bool] | None], Effect]
+HANDLERS: dict[str, Handler] = {}  # op kind → what applying it does
 
 
-def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
+def handles(op_type: type[O.Op]) -> Callable[[Handler], Handler]:
+    """Register the decorated function as what applying an ``op_type`` op does (one handler per op kind)."""
+
+    def register(handler: Handler) -> Handler:
+        if op_type.kind in HANDLERS:
+            raise ValueError(f"op {op_type.kind!r} has a handler already: {HANDLERS[op_type.kind].__name__}")
+        HANDLERS[op_type.kind] = handler
+        return handler
+
+    return register
+
+
+@handles(O.LoadModel)
+def load_model(session: OpContext, op: O.LoadModel, progress, cancel) -> Effect:
     from rcc.data.registry import canonical_spec
     from rcc.data.roles import data_roles
 
@@ -61,37 +63,41 @@ def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
                         "(start a new session for another model)")
     # Filled in before the op is logged: the log holds every option that decides the splits
     # (held-out size, fractions, seed), so a replay cuts the same splits whatever the defaults become.
-    object.__setattr__(op, "data", canonical_spec(op.data))
+    op = replace(op, data=canonical_spec(op.data))
     roles = data_roles(op.data, op.eval_split, op.test_split)
-    session._load_workspace(op.model, op.data, roles.eval, roles.test, progress)
+    session.load_workspace(op.model, op.data, roles.eval, roles.test, progress)
     items = {split: len(session.workspace.dataset(split)) for split in (roles.calibration, roles.eval, roles.test)}
     metric = _primary(session, progress, cancel, op.kind)
+    splits = {"layout": roles.layout, "items": items}
     return Effect(new_node=True, summary=f"load {op.model} on {op.data}",
                   metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
-                  result={"eval_split": roles.eval, "test_split": roles.test,
-                          "splits": {"layout": roles.layout, "items": items}})
+                  result={"eval_split": roles.eval, "test_split": roles.test, "splits": splits}, op=op,
+                  settings={"model": op.model, "data": op.data, "eval_split": roles.eval, "test_split": roles.test,
+                            "splits": json.dumps(splits)})
 
 
-def _primary(session: Session, progress, cancel, op: str = "evaluate") -> float:
+def _primary(session: OpContext, progress, cancel, op: str = "evaluate") -> float:
     """The primary metric on the eval split, its batches reported as phase ``evaluate``."""
     return float(session.workspace.evaluator(cancel, phase_progress(op, "evaluate", progress))(session.model))
 
 
-def _eval_metric(session: Session, metric: float) -> dict[str, float]:
+def _eval_metric(session: OpContext, metric: float) -> dict[str, float]:
     """A node's eval metric under the key that names its split (``val/primary``)."""
     from rcc.session.metric_keys import metric_key
 
     return {metric_key(session.workspace.eval_split): metric}
 
 
-def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
+@handles(O.SetPlan)
+def set_plan(session: OpContext, op: O.SetPlan, progress, cancel) -> Effect:
     plan = plan_from_dict(dict(op.plan))
     resolve_plan(plan, session.model.layers())  # refuse a plan that does not fit before keeping it
     return Effect(plan=plan)
 
 
-def edit_layers(session: Session, op: O.EditLayers, progress, cancel) -> Effect:
-    from rcc.services.edit_preview import edited_plan
+@handles(O.EditLayers)
+def edit_layers(session: OpContext, op: O.EditLayers, progress, cancel) -> Effect:
+    from rcc.compression.plan_edits import edited_plan
 
     names = {layer.name for layer in session.model.layers()}
     unknown = [name for name in op.layers if name not in names]
@@ -119,7 +125,8 @@ def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> Co
     return replace(plan, overrides=overrides)
 
 
-def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
+@handles(O.RunStage)
+def run_stage(session: OpContext, op: O.RunStage, progress, cancel) -> Effect:
     from rcc.compression.cascade import run_stage as run_one_stage
 
     plan = restricted_plan(session.plan, session.model, op.layers)
@@ -136,7 +143,8 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
                           "params_after": run.params_after, "seconds": run.seconds})
 
 
-def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
+@handles(O.RunCascade)
+def run_cascade(session: OpContext, op: O.RunCascade, progress, cancel) -> Effect:
     from rcc.session.flows import cascade_on
 
     plan = restricted_plan(session.plan, session.model, op.layers)
@@ -148,27 +156,31 @@ def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
                   result=result.as_dict())
 
 
-def evaluate(session: Session, op: O.Evaluate, progress, cancel) -> Effect:
+@handles(O.Evaluate)
+def evaluate(session: OpContext, op: O.Evaluate, progress, cancel) -> Effect:
     from rcc.session.flows import evaluate_on
 
     metrics, report = evaluate_on(session.workspace, op.split, cancel, progress, op.kind)
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
 
 
-def checkout(session: Session, op: O.Checkout, progress, cancel) -> Effect:
+@handles(O.Checkout)
+def checkout(session: OpContext, op: O.Checkout, progress, cancel) -> Effect:
     # The working plan stays: it is the user's draft (roll back, then re-run it gentler); the
     # plan that made the node is kept with the node (NodeState.plan).
     target = session.graph.state(op.node)  # raises for an unknown node
-    loaded = session._restore_to(target, progress, op.kind)
+    loaded = session.restore_to(target, progress, op.kind)
     return Effect(head=op.node, state=(target.structure, target.tensors), result={"bytes_loaded": loaded})
 
 
-def label(session: Session, op: O.Label, progress, cancel) -> Effect:
+@handles(O.Label)
+def label(session: OpContext, op: O.Label, progress, cancel) -> Effect:
     session.graph.node(op.node)  # raises for an unknown node
     return Effect(label=(op.node, op.label, op.note))
 
 
-def export(session: Session, op: O.Export, progress, cancel) -> Effect:
+@handles(O.Export)
+def export(session: OpContext, op: O.Export, progress, cancel) -> Effect:
     from rcc.output_paths import check_output_dir
     from rcc.session.export import export_compressed, export_dense
 
@@ -177,19 +189,20 @@ def export(session: Session, op: O.Export, progress, cancel) -> Effect:
     target = session.graph.state(node)
     moved = node != session.head
     if moved:
-        session._restore_to(target)
+        session.restore_to(target)
     try:
         extra = {"session": str(session.directory), "node": node, "plan": target.plan}
         report = (export_compressed(session.model, out, extra=extra) if op.format == "compressed"
                   else export_dense(session.model, out))
     finally:
         if moved:
-            session._restore_to(session.graph.state(session.head))
+            session.restore_to(session.graph.state(session.head))
     return Effect(result={"node": node, "out": str(out), "total_bytes": report.total_bytes,
                           "dense_bytes": report.dense_bytes})
 
 
-def train(session: Session, op: O.Train, progress, cancel) -> Effect:
+@handles(O.Train)
+def train(session: OpContext, op: O.Train, progress, cancel) -> Effect:
     from rcc.training.attention import require_attention_blocks
     from rcc.training.distill import (
         DistillConfig, distill, distill_data, locked_parameter_names, teacher_targets,
@@ -246,29 +259,15 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
                           "params_after": result.params_after, "seconds": result.seconds})
 
 
-HANDLERS = {
-    O.LoadModel.kind: load_model, O.SetPlan.kind: set_plan, O.EditLayers.kind: edit_layers,
-    O.RunStage.kind: run_stage, O.RunCascade.kind: run_cascade, O.Evaluate.kind: evaluate,
-    O.Checkout.kind: checkout, O.Label.kind: label, O.Export.kind: export, O.Train.kind: train,
-}
+@handles(O.ApplyTrial)
+def apply_trial(session: OpContext, op: O.ApplyTrial, progress, cancel) -> Effect:
+    from rcc.session.trial_record import compress, record_from_dict
 
-
-def plan_json(plan: CompressionPlan) -> dict:
-    return plan_to_dict(plan)
-
-
-def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
-    from rcc.search.record import compress, record_from_dict
-
-    if op.record:
-        record = record_from_dict(dict(op.record))
-    else:
-        from rcc.search.storage import resolve_url
-        from rcc.search.trials import load_record
-
-        record = load_record(resolve_url(op.storage, session.directory), op.study, op.trial)
-        # Filled in before the op is logged: the log holds the trial itself, so replay never reads the storage.
-        object.__setattr__(op, "record", record.as_dict())
+    if not op.record:  # the log must hold the trial itself, so replay never reads the storage
+        raise O.OpError(f"op 'apply_trial': trial {op.trial} of study {op.study!r} carries no trial record; allowed: "
+                        f"an op with its record (`rcc-tui search apply` and `rcc-tui session apply` read it "
+                        f"from the study)")
+    record = record_from_dict(dict(op.record))
     if session.head != record.node:
         raise O.OpError(f"op 'apply_trial': trial {op.trial} of study {op.study!r} was searched from node "
                         f"{record.node}, but the head is node {session.head}; allowed: checkout node {record.node} "
@@ -288,6 +287,3 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
                   result={"study": op.study, "trial": op.trial, "record": record.as_dict(),
                           "params_before": result.params_before, "params_after": result.params_after,
                           "removed_fraction": result.removed_fraction, "seconds": result.seconds})
-
-
-HANDLERS[O.ApplyTrial.kind] = apply_trial

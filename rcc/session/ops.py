@@ -80,12 +80,29 @@ def _choice(op: str, name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+OP_TYPES: dict[str, type[Op]] = {}  # op kind → its class, in the order they are defined
+
+
+def op_type(cls: type[Op]) -> type[Op]:
+    """Register an op class under its ``kind`` (what ``op_from_dict`` reads); its handler registers
+    itself with ``rcc.session.handlers.handles``."""
+    if cls.kind in OP_TYPES:
+        raise ValueError(f"op kind {cls.kind!r} is taken by {OP_TYPES[cls.kind].__name__}")
+    OP_TYPES[cls.kind] = cls
+    return cls
+
+
 @dataclass(frozen=True)
 class Op:
     """Base of every operation; ``kind`` is its name in the op log."""
 
     kind: ClassVar[str] = ""
     changes_model: ClassVar[bool] = False  # whether applying it may change weights (and makes a node)
+    # What the session must know before and after running it (rcc.session.session.Session.apply):
+    starts_session: ClassVar[bool] = False  # it may be (and only it may be) the first op: it loads the model
+    needs_model: ClassVar[bool] = True  # it reads the live model (a session opened without it loads it first)
+    moves_head: ClassVar[bool] = False  # it brings the model to a node itself (so only the base is loaded for it)
+    visits_nodes: ClassVar[bool] = False  # it may leave the live model at another node midway (put back on failure)
 
     def validate(self) -> None:  # overridden; called by __post_init__
         pass
@@ -94,12 +111,14 @@ class Op:
         self.validate()
 
 
+@op_type
 @dataclass(frozen=True)
 class LoadModel(Op):
     """Load the base model and the dataset; the first op of every session (makes the root node)."""
 
     kind: ClassVar[str] = "load_model"
     changes_model: ClassVar[bool] = True
+    starts_session: ClassVar[bool] = True
     model: str = "rcc-mini"
     data: str = "digits"
     # The data roles (rcc.data.roles): eval reads val, test reads test; both fields may only name
@@ -115,6 +134,7 @@ class LoadModel(Op):
         _text(self.kind, "test_split", self.test_split)
 
 
+@op_type
 @dataclass(frozen=True)
 class SetPlan(Op):
     """Replace the whole compression plan (its JSON form, as ``plan_to_dict`` writes it)."""
@@ -133,6 +153,7 @@ class SetPlan(Op):
             raise OpError(f"op {self.kind!r}: {exc}") from exc
 
 
+@op_type
 @dataclass(frozen=True)
 class EditLayers(Op):
     """Set (or with ``reset`` remove) per-layer overrides of the plan for some layers.
@@ -184,6 +205,7 @@ class _Compress(Op):
         _flag(self.kind, "preserve", self.preserve)
 
 
+@op_type
 @dataclass(frozen=True)
 class RunStage(_Compress):
     """Run one stage at a strength (a fraction of the plan's target), without back-off."""
@@ -202,6 +224,7 @@ class RunStage(_Compress):
         object.__setattr__(self, "fraction", float(self.fraction))
 
 
+@op_type
 @dataclass(frozen=True)
 class RunCascade(_Compress):
     """The RCC cascade: stages in order, each evaluated and backed off below the threshold."""
@@ -226,6 +249,7 @@ class RunCascade(_Compress):
         _int(self.kind, "steps", self.steps, 1, MAX_STEPS)
 
 
+@op_type
 @dataclass(frozen=True)
 class Evaluate(Op):
     """Evaluate the current node on a split; the metrics are added to that node."""
@@ -237,22 +261,27 @@ class Evaluate(Op):
         _text(self.kind, "split", self.split)
 
 
+@op_type
 @dataclass(frozen=True)
 class Checkout(Op):
     """Make an earlier node current (rollback); the next model-changing op branches from it."""
 
     kind: ClassVar[str] = "checkout"
+    moves_head: ClassVar[bool] = True
+    visits_nodes: ClassVar[bool] = True
     node: int
 
     def validate(self) -> None:
         _int(self.kind, "node", self.node, 1)
 
 
+@op_type
 @dataclass(frozen=True)
 class Label(Op):
     """Name a node and attach a note (an empty label removes it)."""
 
     kind: ClassVar[str] = "label"
+    needs_model: ClassVar[bool] = False
     node: int
     label: str = ""
     note: str = ""
@@ -263,11 +292,13 @@ class Label(Op):
         _text(self.kind, "note", self.note, empty=True)
 
 
+@op_type
 @dataclass(frozen=True)
 class Export(Op):
     """Write a node as a compressed (factors + packed masks) or dense (original architecture) model."""
 
     kind: ClassVar[str] = "export"
+    visits_nodes: ClassVar[bool] = True
     format: str = "compressed"
     out: str = "export"
     node: int | None = None  # default: the current node
@@ -279,6 +310,7 @@ class Export(Op):
             _int(self.kind, "node", self.node, 1)
 
 
+@op_type
 @dataclass(frozen=True)
 class Train(Op):
     """Recovery training: distil the teacher node into the current node, keeping its structure."""
@@ -323,10 +355,6 @@ class Train(Op):
         _int(self.kind, "seed", self.seed)
 
 
-OP_TYPES: dict[str, type[Op]] = {cls.kind: cls for cls in (
-    LoadModel, SetPlan, EditLayers, RunStage, RunCascade, Evaluate, Checkout, Label, Export, Train)}
-
-
 def op_to_dict(op: Op) -> dict[str, Any]:
     """``{"op": kind, field: value, ...}`` with tuples as lists: ready for ``json.dumps``."""
     out: dict[str, Any] = {"op": op.kind}
@@ -359,15 +387,26 @@ def op_from_dict(data: Any) -> Op:
         raise OpError(f"op {kind!r}: {exc}") from exc
 
 
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:
+        return False
+
+
+@op_type
 @dataclass(frozen=True)
 class ApplyTrial(Op):
     """Apply a search trial: set its stored plan as the plan and run the compression it ran (a node).
 
-    ``record`` is the trial's stored record (rcc.search.record: plan, stages, calibration,
-    node searched from). An op that arrives without it gets it filled from the study's
-    storage (``storage`` None: the session's own search.db) before it is logged, so the op
-    log always holds the trial itself: replay re-runs the record and never opens a storage,
-    and ``study``, ``trial`` and ``storage`` stay in the recipe as provenance only. A storage
+    ``record`` is the trial's stored record (rcc.session.trial_record: plan, stages, calibration,
+    node searched from); the session refuses the op without it. The front ends fill it from the
+    study's storage (``storage`` None: the session's own search.db) before applying the op
+    (rcc.services.search.with_trial_record), so the op log always holds the trial itself:
+    replay re-runs the record and never opens a storage, and ``study``, ``trial`` and
+    ``storage`` stay in the recipe as provenance only. A storage
     URL with a password is refused (recipes are shared): use PGPASSWORD or ~/.pgpass.
     """
 
@@ -382,21 +421,16 @@ class ApplyTrial(Op):
         _text(self.kind, "study", self.study, limit=512)
         _int(self.kind, "trial", self.trial, 0)
         if self.storage is not None:
-            from rcc.search.storage import has_password
-
             _text(self.kind, "storage", self.storage)
-            if has_password(self.storage):
+            if _has_password(self.storage):
                 raise _fail(self.kind, "storage", "(a URL with a password)",
                             "a URL without one (the op log is shared); give the password via PGPASSWORD or ~/.pgpass")
         if not isinstance(self.record, Mapping):
             raise _fail(self.kind, "record", self.record, "a trial record object, or none to read it from storage")
         if self.record:
-            from rcc.search.record import record_from_dict
+            from rcc.session.trial_record import record_from_dict
 
             try:
                 record_from_dict(dict(self.record))
             except RccError as exc:
                 raise OpError(f"op {self.kind!r}: {exc}") from exc
-
-
-OP_TYPES[ApplyTrial.kind] = ApplyTrial

@@ -99,7 +99,7 @@ def parse_recipe(data: object, source: str = "recipe") -> Recipe:
             ops.append(O.op_from_dict(raw))
         except RccError as exc:
             raise RccError(f"{source}: ops[{i}]: {exc}") from exc
-    if not isinstance(ops[0], O.LoadModel) or any(isinstance(op, O.LoadModel) for op in ops[1:]):
+    if not ops[0].starts_session or any(op.starts_session for op in ops[1:]):
         raise RccError(f"{source}: the first op, and only the first, must be load_model")
     recorded: dict[int, dict[str, float]] = {}
     first = ops[0]

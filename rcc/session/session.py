@@ -235,12 +235,13 @@ class Session:
             raise RccError(f"session {str(self.directory)!r} is open read-only; it cannot apply {op.kind!r}")
         if not isinstance(op, O.Op):
             raise O.OpError(f"{op!r} is not a session operation; allowed: {', '.join(O.OP_TYPES)}")
-        if self.head is None and not isinstance(op, O.LoadModel):
-            raise O.OpError(f"op {op.kind!r} needs a model; allowed first op: load_model")
-        if self.workspace is None and self.head is not None and not isinstance(op, O.Label):
+        if self.head is None and not op.starts_session:
+            first = ", ".join(kind for kind, cls in O.OP_TYPES.items() if cls.starts_session)
+            raise O.OpError(f"op {op.kind!r} needs a model; allowed first op: {first}")
+        if self.workspace is None and self.head is not None and op.needs_model:
             # Opened without its model (load=False): bring it in now. A checkout goes straight to
             # its target, so a node with a corrupt blob at the head cannot lock the others away.
-            if isinstance(op, O.Checkout):
+            if op.moves_head:
                 self._load_base()
             else:
                 self._reload()
@@ -248,6 +249,7 @@ class Session:
         start = time.perf_counter()
         try:
             effect = HANDLERS[op.kind](self, op, progress, cancel)
+            logged = effect.op or op  # with the fields its handler filled in
             plan = effect.plan or self.plan
             new_node, captured, unchanged = None, None, False
             metrics, metrics_node = effect.metrics, effect.metrics_node
@@ -267,20 +269,17 @@ class Session:
                     new_node = NewNode(parent=before, structure=captured.structure, plan=plan_to_dict(plan),
                                        tensors=captured.tensors, params=int(effect.metrics.get("size/params", 0)),
                                        summary=effect.summary)
-            meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True)}
-            if isinstance(op, O.LoadModel):
-                meta.update(model=op.model, data=op.data, eval_split=effect.result["eval_split"],
-                            test_split=effect.result["test_split"], splits=json.dumps(effect.result["splits"]))
+            meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True), **effect.settings}
             seconds = time.perf_counter() - start
             result = _jsonable({**effect.result, **({"unchanged": True} if unchanged else {})})
             if captured is not None and captured.healed:
                 result["healed_blobs"] = self._healed_report(captured)
             seq, node_id = self.graph.record(
-                op.kind, O.op_to_dict(op), before, seconds, new_node=new_node, head=effect.head,
+                logged.kind, O.op_to_dict(logged), before, seconds, new_node=new_node, head=effect.head,
                 metrics=metrics, metrics_node=metrics_node, label=effect.label, result=result, meta=meta)
         except BaseException:
             self.plan = plan_before
-            if op.changes_model or isinstance(op, (O.Checkout, O.Export)):
+            if op.changes_model or op.visits_nodes:
                 self._resync()
             raise
         self.plan = plan
@@ -289,7 +288,7 @@ class Session:
         elif effect.state is not None:
             self._current = effect.state
         self.store.save_verified()
-        return OpOutcome(seq=seq, op=op, node_before=before, node_after=self.head, new_node=node_id,
+        return OpOutcome(seq=seq, op=logged, node_before=before, node_after=self.head, new_node=node_id,
                          seconds=seconds, metrics=effect.metrics, result=result, unchanged=unchanged)
 
     def _healed_report(self, captured) -> list[dict]:
@@ -301,7 +300,7 @@ class Session:
         return report
 
     # -- model state ---------------------------------------------------------------------
-    def _load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
+    def load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
                         progress: ProgressFn | None = None) -> None:
         from rcc.models.registry import load_model
         from rcc.session.state import manifest_of
@@ -331,7 +330,7 @@ class Session:
                            f"the split it reports); allowed: read it (session show/log/graph), or replay its recipe "
                            f"into a new session, which evaluates on val (`rcc-tui replay {self.directory} --out NEW`)"
                            ) from None
-        self._load_workspace(self.graph.meta("model"), data, roles.eval, roles.test, progress)
+        self.load_workspace(self.graph.meta("model"), data, roles.eval, roles.test, progress)
 
     def _reload(self, progress: ProgressFn | None = None) -> None:
         """Load the base model from its spec and bring it to the head node (opening a session)."""
@@ -339,7 +338,7 @@ class Session:
 
         self._load_base(progress)
         try:
-            self._restore_to(self.graph.state(self.head), progress, op="open")
+            self.restore_to(self.graph.state(self.head), progress, op="open")
         except RestoreError as exc:
             self.workspace, self._current = None, None
             raise RestoreError(f"{exc}; the other nodes are intact: check one out with `rcc-tui session apply "
@@ -368,7 +367,7 @@ class Session:
             return exc
         return RestoreError(f"{exc}; nodes using this blob: {', '.join(map(str, users))}", exc.digest)
 
-    def _restore_to(self, target: NodeState, progress: ProgressFn | None = None, op: str = "checkout") -> int:
+    def restore_to(self, target: NodeState, progress: ProgressFn | None = None, op: str = "checkout") -> int:
         """Make the live model equal ``target``; returns the bytes loaded from the store."""
         from rcc.session.progress import phase_progress
         from rcc.session.state import RestoreError, restore
@@ -392,7 +391,7 @@ class Session:
 
         try:
             self._current = manifest_of(self.model.module)
-            self._restore_to(self.graph.state(self.head))
+            self.restore_to(self.graph.state(self.head))
         except Exception:  # the module is in a shape restore cannot follow: start from the base model
             try:
                 self._reload()

@@ -49,7 +49,9 @@ def _lower_is_better(key: str) -> bool:
 def metric_cells(metric: MetricDiff) -> tuple[str, str, str]:
     """(a, b, b − a) as text: sizes as exact counts, everything else with four decimals."""
     if metric.key.startswith("size/"):
-        value = lambda v: "—" if v is None else f"{v:,.0f}"
+        def value(v: float | None) -> str:
+            return "—" if v is None else f"{v:,.0f}"
+
         diff = metric.difference
         return value(metric.a), value(metric.b), "—" if diff is None else f"{diff:+,.0f}"
     diff = metric.difference

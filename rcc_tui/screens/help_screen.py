@@ -69,7 +69,7 @@ def binding_rows(app: App, screen: Screen) -> list[tuple[str, str, str, str]]:
         everything = node is app or node is screen
         grouped: dict[tuple[str, str], list[str]] = {}
         described: dict[tuple[str, str], tuple[str, str]] = {}
-        for key, key_bindings in bindings.key_to_bindings.items():
+        for key_bindings in bindings.key_to_bindings.values():
             for binding in key_bindings:
                 # Textual's widgets carry many hidden, id-less bindings (cursor keys and the
                 # like); ours all have ids. The app's and the screen's are all listed.
