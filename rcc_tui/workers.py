@@ -48,6 +48,7 @@ class LayerState:
     sparsity: float  # fraction of pruned entries (of the ``down`` factor when factorised)
     rank: int | None  # the factorisation's rank, None when not factorised
     stored: int  # numbers the layer stores now
+    units: tuple[int, int, str] | None = None  # a structured group's leader: (kept, dense, "ch" or "heads")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,11 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
         stored_parameters,
     )
 
+    from rcc.compression.groups import structured_groups
+
     module = session.model.module
+    leaders = {group.leader: (group.units, group.dense_units, "ch" if group.kind == "channel" else "heads")
+               for group in structured_groups(list(layers))}
     state = {}
     for layer in layers:
         try:
@@ -88,7 +93,7 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
             state[layer.name] = LayerState(
                 form=layer_form(module, layer), sparsity=layer_sparsity(module, layer),
                 rank=child.rank if isinstance(child, LowRankLinear) else None,
-                stored=stored_parameters(module, layer))
+                stored=stored_parameters(module, layer), units=leaders.get(layer.name))
         except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
             state[layer.name] = LayerState("dense", 0.0, None, layer.params)
     return state

@@ -1,7 +1,9 @@
 """Calibration statistics: what each layer sees as input on a small, fixed set of data.
 
 For a layer with inputs X (in × N, one column per token), we keep
-- ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda), and
+- ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda),
+- ``sums`` = Σ_t x_t per input channel (the mean μ = sums / count, for structured pruning's bias
+  compensation and fluctuation scores), and
 - ``gram`` = X Xᵀ (in × in, for whitened SVD and AlphaEdit), only when asked: it is in² floats.
 Images feed the vision tower, texts the text tower; layers no input reaches get no entry
 (bare projection parameters, cross-attention in unimodal encoding): stages fall back to
@@ -33,10 +35,22 @@ class InputStats:
     sq_norms: torch.Tensor
     gram: torch.Tensor | None
     count: int
+    sums: torch.Tensor | None = None
 
     @property
     def norms(self) -> torch.Tensor:
         return self.sq_norms.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        return None if self.sums is None or not self.count else self.sums / self.count
+
+    @property
+    def sq_deviations(self) -> torch.Tensor | None:
+        """Σ_t (x_tj − μ_j)² = Σ x² − (Σ x)² / N per channel (clamped at 0 against rounding)."""
+        if self.sums is None or not self.count:
+            return None
+        return (self.sq_norms - self.sums * self.sums / self.count).clamp_min(0)
 
 
 @dataclass(frozen=True)
@@ -68,8 +82,9 @@ def collect_input_stats(
             if entry is None:
                 entry = stats[name] = InputStats(torch.zeros(x.shape[1], device=x.device),
                                                  torch.zeros(x.shape[1], x.shape[1], device=x.device) if gram else None,
-                                                 0)
+                                                 0, torch.zeros(x.shape[1], device=x.device))
             entry.sq_norms += (x * x).sum(dim=0)
+            entry.sums += x.sum(dim=0)
             if entry.gram is not None:
                 entry.gram.addmm_(x.t(), x)
             entry.count += x.shape[0]

@@ -13,7 +13,8 @@ input to the layer and the target is the dense weight applied to it, ‖(W_c + �
 By default X comes from the dense model and the target is the dense output, which kept
 rcc-mini's text embeddings closer to dense than the sequential variant did
 (``python -m bench.quality --budgets 0.5 --scopes text --methods rcc,rcc-seq``).
-Layers no calibration input reaches are left as they are.
+Layers no calibration input reaches are left as they are, and so are layers whose shape
+changed in this run (structured removal refits them itself: ``structured_stage``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ STAGE = "alphaedit"
 def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[LayerChange]:
     """Correct every planned layer with ``correction`` on; ``fraction`` scales λ up when < 1 (gentler)."""
     todo = [layer for layer in ctx.layers()
-            if ctx.plans[layer.name].correction and layer.name in ctx.stats and ctx.stats[layer.name].gram is not None]
+            if ctx.plans[layer.name].correction and (stats := ctx.input_stats(layer)) is not None
+            and stats.gram is not None and ctx.dense_fits(layer)]
     sequential = ctx.options.sequential and ctx.calibration is not None
     changes = []
     done = 0

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 METHODS = ("dare", "magnitude", "wanda")  # rcc.compression.plan_rules.METHODS, without importing torch
 BUDGET_HINT = "0<b<1 (auto)"
+PATTERN_HINT = "unstructured|row|2:4|channel|head"
 FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked")
 
 
@@ -112,7 +113,7 @@ class LayerEditor(Vertical):
                          classes="field", allow_blank=True)
         with Horizontal(classes="field-row"):
             yield Label("pattern", classes="field-label")
-            yield Input(placeholder="unstructured|row|2:4", id="pattern-field", compact=True, classes="field")
+            yield Input(placeholder=PATTERN_HINT, id="pattern-field", compact=True, classes="field")
             yield Label("rank", classes="field-label second")
             yield Input(placeholder="64|energy:0.9|auto", id="rank", compact=True, classes="field")
         with Horizontal(classes="field-row"):
@@ -149,7 +150,7 @@ class LayerEditor(Vertical):
             sparsity.value = "" if loaded["sparsity"] is None else f"{loaded['sparsity']:g}"
             sparsity.placeholder = "mixed" if mixed and loaded["sparsity"] is None else "0 ≤ s < 1"
             pattern = self.query_one("#pattern-field", Input)
-            pattern.placeholder = "mixed" if mixed and loaded["pattern"] is None else "unstructured|row|2:4"
+            pattern.placeholder = "mixed" if mixed and loaded["pattern"] is None else PATTERN_HINT
             rank = self.query_one("#rank", Input)
             rank.placeholder = "mixed" if mixed and loaded["rank"] is None else "64|energy:0.9|auto"
             method = self.query_one("#method", Select)
