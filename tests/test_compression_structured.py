@@ -15,6 +15,7 @@ from rcc.compression.layers import LayerSnapshot, dense_weight, layer_module, se
 from rcc.compression.plan import CompressionPlan, PlanError, Rule, resolve_plan, summarize_plan, uniform_plan
 from rcc.compression.stage_context import StageOptions
 from rcc.compression.structure import structure_of
+from rcc.errors import RccError
 from rcc.models.registry import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -389,3 +390,36 @@ def test_calibration_statistics_carry_means(tiny):
     assert stats.sums is not None and stats.mean.shape == (128,)
     deviations = stats.sq_norms - stats.sums ** 2 / stats.count
     torch.testing.assert_close(stats.sq_deviations, deviations.clamp_min(0))
+
+
+# -- global allocation ------------------------------------------------------------------------------
+
+def test_global_allocation_spreads_the_same_total_cheapest_first_within_the_cap():
+    from rcc.compression.groups import StructuredGroup
+    from rcc.compression.unit_allocation import GLOBAL_CAP, global_kept
+
+    a = StructuredGroup("head", "text", 0, "a", ("a",), "a_out", 12, 12, 32)
+    b = StructuredGroup("head", "text", 1, "b", ("b",), "b_out", 12, 12, 32)
+    costs = {"a": torch.linspace(0.0, 0.011, 12), "b": torch.linspace(1.0, 2.0, 12)}  # a's heads are all cheaper
+    kept = global_kept([(a, 0.5), (b, 0.5)], 1.0, costs)
+    assert kept == {"a": 12 - round(GLOBAL_CAP * 6), "b": 12 - (12 - round(GLOBAL_CAP * 6))}
+    assert sum(12 - k for k in kept.values()) == 12  # the plan's total: 6 + 6 heads
+    # Units already gone count: at the same strength nothing more goes; at a higher one only the rest.
+    narrowed = [(StructuredGroup("head", "text", 0, "a", ("a",), "a_out", 3, 12, 32), 0.5),
+                (StructuredGroup("head", "text", 1, "b", ("b",), "b_out", 9, 12, 32), 0.5)]
+    again = global_kept(narrowed, 1.0, {"a": costs["a"][:3], "b": costs["b"][:9]})
+    assert again == {"a": 3, "b": 9}
+
+
+def test_global_allocation_in_the_stage_keeps_the_total_and_differs_per_block(tiny):
+    uniform, spread = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    plan = CompressionPlan(rules=(channel_rule(0.5, correction=True, tower="vision"),))
+    run_stage(uniform, plan, "dare", 1.0, CALIBRATION)
+    run_stage(spread, plan, "dare", 1.0, CALIBRATION, options=StageOptions(allocation="global"))
+    widths = {name: [l.shape[0] for l in m.layers() if l.kind == "mlp_in" and l.tower == "vision"]
+              for name, m in (("uniform", uniform), ("global", spread))}
+    assert widths["uniform"] == [64, 64] and sum(widths["global"]) == 128 and widths["global"] != [64, 64]
+    assert min(widths["global"]) >= 128 - round(1.5 * 64)
+    assert run_stage(spread, plan, "dare", 1.0, CALIBRATION, options=StageOptions(allocation="global")).changed == 0
+    with pytest.raises(RccError, match="allocation 'even' is unknown; allowed: uniform, global"):
+        StageOptions(allocation="even")

@@ -20,7 +20,7 @@ import torch
 
 from rcc.compression.calibration import CalibrationData, collect_input_stats
 from rcc.compression.correction_stage import run_correction_stage
-from rcc.compression.groups import partners
+from rcc.compression.groups import is_structured, partners
 from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameters, unfuse
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
@@ -192,7 +192,9 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     index = model.layer_index  # a property that walks the model: once, not per layer
     layers = [index[name] for name in plans]
     needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
-    stats = collect_input_stats(model, layers, calibration, gram=needs_gram, cancel=cancel)
+    # Structured removal collects its own statistics as it goes: a layer only it touches needs none here.
+    measured = [layer for layer in layers if _uses_run_stats(plans[layer.name], config.stages)]
+    stats = collect_input_stats(model, measured, calibration, gram=needs_gram, cancel=cancel) if measured else {}
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:
         wanted = [layer for layer in layers if plans[layer.name].correction]
@@ -202,6 +204,12 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,
                         calibration=calibration, progress=progress, cancel=cancel,
                         preserved_data=preserved if config.options.preserve else None)
+
+
+def _uses_run_stats(plan, stages) -> bool:
+    """Whether a stage reads the run's calibration statistics of a layer with this plan."""
+    pruned = plan.sparsity > 0 and not is_structured(plan.pattern)
+    return pruned or plan.rank is not None or (plan.correction and "alphaedit" in stages)
 
 
 def _base_weights(base: VLModel, names: list[str]) -> dict[str, torch.Tensor]:

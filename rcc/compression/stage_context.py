@@ -9,6 +9,7 @@ import torch
 
 from rcc.compression.calibration import CalibrationData, InputStats
 from rcc.compression.plan import LayerPlan
+from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
 from rcc.models.inventory import LayerInfo
@@ -31,6 +32,15 @@ class StageOptions:
     # Correct (and refit after structured removal) block by block, on inputs that flow through the
     # compressed model.
     sequential: bool = False
+    # Structured patterns: each group loses its planned share ("uniform"), or a tower's groups share
+    # the same total by measured cost ("global"; rcc.compression.unit_allocation).
+    allocation: str = "uniform"
+
+    def __post_init__(self) -> None:
+        from rcc.compression.unit_allocation import ALLOCATIONS
+
+        if self.allocation not in ALLOCATIONS:
+            raise RccError(f"allocation {self.allocation!r} is unknown; allowed: {', '.join(ALLOCATIONS)}")
 
 
 @dataclass

@@ -129,7 +129,7 @@ def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> Co
 def _options(op: O._Compress):
     from rcc.compression.stage_context import StageOptions
 
-    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve)
+    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve, allocation=op.allocation)
 
 
 def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:

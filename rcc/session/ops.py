@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from rcc.errors import RccError
 
 STAGE_NAMES = ("dare", "nullu", "alphaedit")
+ALLOCATIONS = ("uniform", "global")  # rcc.compression.unit_allocation (this module imports no torch)
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
 EXPORT_FORMATS = ("compressed", "dense")
 TRAIN_SCHEDULES = ("cosine", "linear", "constant")
@@ -167,12 +168,14 @@ class _Compress(Op):
     calib_per_class: int = 16
     whiten: bool = True
     preserve: bool = False
+    allocation: str = "uniform"  # structured patterns: planned share per group, or "global" per tower
 
     def validate(self) -> None:
         object.__setattr__(self, "layers", _names(self.kind, "layers", self.layers))
         _int(self.kind, "calib_per_class", self.calib_per_class, 1, 10_000)
         _flag(self.kind, "whiten", self.whiten)
         _flag(self.kind, "preserve", self.preserve)
+        _choice(self.kind, "allocation", self.allocation, ALLOCATIONS)
 
 
 @dataclass(frozen=True)
