@@ -423,3 +423,40 @@ def test_global_allocation_in_the_stage_keeps_the_total_and_differs_per_block(ti
     assert run_stage(spread, plan, "dare", 1.0, CALIBRATION, options=StageOptions(allocation="global")).changed == 0
     with pytest.raises(RccError, match="allocation 'even' is unknown; allowed: uniform, global"):
         StageOptions(allocation="even")
+
+
+# -- the rest of the engine around narrowed layers --------------------------------------------------
+
+def test_a_run_on_targeted_leaders_brings_their_partners(tiny):
+    from rcc.session.handlers import restricted_plan
+
+    model = copy.deepcopy(tiny)
+    plan = CompressionPlan(rules=(channel_rule(0.5),))
+    leader = "visual.transformer.resblocks.1.mlp.c_fc"
+    run_stage(model, restricted_plan(plan, model, (leader,)), "dare", 1.0, CALIBRATION)
+    narrowed = {layer.name for layer in model.layers() if layer.dense_shape}
+    assert narrowed == {leader, "visual.transformer.resblocks.1.mlp.c_proj"}
+
+
+def test_ablation_leaves_a_structured_plan_s_model_as_it_was(tiny):
+    from rcc.analysis.ablation import AblationVariant, run_ablation
+
+    model = copy.deepcopy(tiny)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    plan = CompressionPlan(rules=(channel_rule(0.5, correction=True),))
+    result = run_ablation(model, plan, lambda m: 1.0, CALIBRATION, config=CascadeConfig(threshold=0.0),
+                          variants=[AblationVariant(("dare",), "full")])
+    assert result.variants[0].removed_fraction == pytest.approx(0.5)
+    after = model.module.state_dict()
+    assert all(layer.dense_shape is None for layer in model.layers())
+    assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_subspace_analysis_lists_narrowed_layers_instead_of_failing(tiny):
+    from rcc.analysis.subspace import compare_subspaces
+
+    model = copy.deepcopy(tiny)
+    run_stage(model, CompressionPlan(rules=(channel_rule(0.5, tower="text", block=0),)), "dare", 1.0, CALIBRATION)
+    result = compare_subspaces(tiny, model)
+    assert set(result.narrowed) == {"transformer.resblocks.0.mlp.c_fc", "transformer.resblocks.0.mlp.c_proj"}
+    assert result.as_dict()["narrowed"] == list(result.narrowed)

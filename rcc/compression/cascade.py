@@ -105,7 +105,7 @@ def run_cascade(
     """
     config.validate()
     start = time.perf_counter()
-    plans = _run_plans(model, plan)
+    plans = run_plans(model, plan)
     module = model.module
     index = model.layer_index
     before_run = LayerSnapshot(module, [index[name] for name in plans])
@@ -154,7 +154,7 @@ def run_stage(
     if not 0 < fraction <= 1:
         raise RccError(f"fraction {fraction} is out of range; allowed: 0 < fraction ≤ 1")
     start = time.perf_counter()
-    plans = _run_plans(model, plan)
+    plans = run_plans(model, plan)
     module, index = model.module, model.layer_index
     before_run = LayerSnapshot(module, [index[name] for name in plans])
     config = CascadeConfig(stages=(stage,), options=options)
@@ -176,7 +176,7 @@ def _selected(p) -> bool:
     return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction)
 
 
-def _run_plans(model: VLModel, plan: CompressionPlan) -> dict:
+def run_plans(model: VLModel, plan: CompressionPlan) -> dict:
     """The layers a run may change, in inventory order: the selected ones, and the partners their
     structured patterns narrow with them (an mlp_out whose hidden units go, k / v / out of a head group)."""
     layers = model.layers()
