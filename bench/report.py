@@ -28,6 +28,26 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
+def paired_seconds(first: Callable[[], object], second: Callable[[], object], repeats: int,
+                   warmup: int = 1) -> tuple[float, float, float]:
+    """(median seconds of ``first``, of ``second``, median of the per-pair ratios first / second).
+
+    The two run alternately (A, B, A, B, …), so a machine that slows down for a while slows both:
+    on a shared machine the ratio of neighbours is steadier than the ratio of two medians taken
+    minutes apart.
+    """
+    for _ in range(warmup):
+        first()
+        second()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, out in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in zip(a, b))
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),

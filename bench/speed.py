@@ -71,20 +71,11 @@ def timed_cascade(dense, calibration: CalibrationData, whiten: bool):
     return model, result, seconds
 
 
-def image_latency(model, pixels, repeats: int) -> float:
-    """Median seconds of one ``encode_image`` call on ``pixels`` (inference mode, one warm-up)."""
-    with torch.inference_mode():
-        return median_seconds(lambda: model.encode_image(pixels), repeats)
-
-
-def text_latency(model, tokens, repeats: int) -> float:
-    """Median seconds of one ``encode_text`` call on ``tokens`` (inference mode, one warm-up)."""
-    with torch.inference_mode():
-        return median_seconds(lambda: model.encode_text(tokens), repeats)
-
-
 def latency(model, pixels, tokens, repeats: int) -> tuple[float, float]:
-    return image_latency(model, pixels, repeats), text_latency(model, tokens, repeats)
+    with torch.inference_mode():
+        image = median_seconds(lambda: model.encode_image(pixels), repeats)
+        text = median_seconds(lambda: model.encode_text(tokens), repeats)
+    return image, text
 
 
 def main() -> None:
