@@ -26,15 +26,8 @@ from rcc.session.session import Session
 from rcc.session.state import manifest_of
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread_for_the_module():
-    # Module-wide (the recorded session is built once): replay compares exact weights of a trained node.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+# Module-wide one thread (the recorded session is built once): replay compares exact weights of a trained node.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 CHANNELS = {"sparsity": 0.5, "pattern": "channel", "method": "wanda", "correction": True}
 HEADS = {"sparsity": 0.5, "pattern": "head", "method": "magnitude", "correction": True}
@@ -56,7 +49,7 @@ def model_root(tiny_spec) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory, tiny_spec):
+def recorded(one_thread_module, tmp_path_factory, tiny_spec):
     """Root (1) → structured stage (2) → checkout 1 → a plain prune (3) → checkout 2 → train (4)."""
     directory = tmp_path_factory.mktemp("structured") / "session"
     with Session.create(directory, model=tiny_spec, data="digits", device="cpu") as session:

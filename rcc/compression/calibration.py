@@ -45,6 +45,14 @@ class InputStats:
     def mean(self) -> torch.Tensor | None:
         return None if self.sums is None or not self.count else self.sums / self.count
 
+    def centred_gram(self, device=None) -> torch.Tensor:
+        """Σ = C − s sᵀ / N (the Gram of the inputs less their mean) in float64; C itself without sums."""
+        gram = self.gram.to(device=device, dtype=torch.float64)
+        if self.sums is None or not self.count:
+            return gram
+        sums = self.sums.to(device=gram.device, dtype=torch.float64)
+        return gram - torch.outer(sums, sums) / self.count
+
     @property
     def sq_deviations(self) -> torch.Tensor | None:
         """Σ_t (x_tj − μ_j)² = Σ x² − (Σ x)² / N per channel (clamped at 0 against rounding)."""

@@ -38,7 +38,7 @@ def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[Layer
     sequential = ctx.options.sequential and ctx.calibration is not None
     changes = []
     done = 0
-    for group in (_blocks_in_depth_order(todo) if sequential else [todo]):
+    for group in (blocks_in_depth_order(todo) if sequential else [todo]):
         grams = {layer.name: ctx.stats[layer.name].gram for layer in group}
         if sequential:
             fresh = collect_input_stats(ctx.model, group, ctx.calibration, gram=True, cancel=ctx.cancel)
@@ -52,7 +52,7 @@ def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[Layer
     return changes
 
 
-def _blocks_in_depth_order(layers) -> list[list]:
+def blocks_in_depth_order(layers) -> list[list]:
     """Layers grouped by (tower, block), in forward order: blocks ascending, projections last."""
     groups: dict[tuple, list] = {}
     for layer in layers:

@@ -40,7 +40,7 @@ import torch
 
 from rcc.compression import alphaedit
 from rcc.compression.calibration import InputStats, collect_input_stats
-from rcc.compression.correction_stage import _blocks_in_depth_order
+from rcc.compression.correction_stage import blocks_in_depth_order
 from rcc.compression.groups import StructuredGroup, planned_groups
 from rcc.compression.layers import LowRankLinear, dense_weight, get_mask, layer_module
 from rcc.compression.prune_stage import LayerChange
@@ -71,7 +71,7 @@ def run_structured(ctx: StageContext, fraction: float) -> list[LayerChange]:
         return []
     batches = [todo]
     if ctx.options.sequential and ctx.calibration is not None:
-        consumers = _blocks_in_depth_order([index[group.consumer] for group, _, _ in todo])
+        consumers = blocks_in_depth_order([index[group.consumer] for group, _, _ in todo])
         order = {layer.name: i for i, block in enumerate(consumers) for layer in block}
         batches = [[item for item in todo if order[item[0].consumer] == i] for i in range(len(consumers))]
     changes, done = [], 0
@@ -158,9 +158,8 @@ def _fit(ctx: StageContext, group: StructuredGroup, plan, consumer_layer, consum
     keep[columns] = True
     child = layer_module(ctx.model.module, consumer_layer)
     gram = stats.gram.to(consumer.device)
-    centred_diagonal = torch.diagonal(gram)[columns] - (stats.sums[columns] ** 2 / stats.count
-                                                         if stats.sums is not None and stats.count else 0)
-    lam = ctx.options.ridge * float(centred_diagonal.clamp_min(0).mean())
+    # λ relative to the kept inputs' mean centred energy, as AlphaEdit's λ is to tr(C)/n.
+    lam = ctx.options.ridge * float(torch.diagonal(stats.centred_gram(consumer.device))[columns].clamp_min(0).mean())
     projector = None
     if ctx.options.preserve and preserved is not None and preserved.gram is not None:
         c0 = preserved.gram.to(consumer.device)[columns][:, columns]

@@ -57,43 +57,37 @@ def _parameter(value: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
 @torch.no_grad()
 def keep_rows(module: nn.Module, path: str, index: torch.Tensor) -> nn.Module:
     """Keep output features ``index`` (ascending) of the Linear / LowRankLinear at ``path``, in place."""
-    child = module.get_submodule(path)
-    _record_dense_shape(child)
-    index = index.to(_device(child))
-    if isinstance(child, LowRankLinear):
-        child.up = _parameter(child.up[index], child.up)
-        if "up_mask" in child._buffers:
-            child.register_buffer("up_mask", child.up_mask[index].contiguous())
-    elif isinstance(child, nn.Linear):
-        child.weight = _parameter(child.weight[index], child.weight)
-        child.out_features = int(index.numel())
-        if "weight_mask" in child._buffers:
-            child.register_buffer("weight_mask", child.weight_mask[index].contiguous())
-    else:
-        raise SurgeryError(f"{path!r} is a {type(child).__name__}, not a Linear; allowed: Linear layers "
-                           f"(split fused attention first)")
-    if child.bias is not None:
-        child.bias = _parameter(child.bias[index], child.bias)
-    return child
+    return _keep_features(module, path, index, outputs=True)
 
 
 @torch.no_grad()
 def keep_columns(module: nn.Module, path: str, index: torch.Tensor) -> nn.Module:
     """Keep input features ``index`` (ascending) of the Linear / LowRankLinear at ``path``, in place."""
+    return _keep_features(module, path, index, outputs=False)
+
+
+def _keep_features(module: nn.Module, path: str, index: torch.Tensor, outputs: bool) -> nn.Module:
+    """Rows (outputs) or columns (inputs) ``index`` of the weight, its mask and, for outputs, the bias.
+
+    A factorised layer keeps rows of ``up`` or columns of ``down`` (and of their masks): its rank stays.
+    """
     child = module.get_submodule(path)
+    if not isinstance(child, (nn.Linear, LowRankLinear)):
+        raise SurgeryError(f"{path!r} is a {type(child).__name__}, not a Linear; allowed: Linear layers "
+                           f"(split fused attention first)")
     _record_dense_shape(child)
     index = index.to(_device(child))
-    if isinstance(child, LowRankLinear):
-        child.down = _parameter(child.down[:, index], child.down)
-        if "down_mask" in child._buffers:
-            child.register_buffer("down_mask", child.down_mask[:, index].contiguous())
-    elif isinstance(child, nn.Linear):
-        child.weight = _parameter(child.weight[:, index], child.weight)
-        child.in_features = int(index.numel())
-        if "weight_mask" in child._buffers:
-            child.register_buffer("weight_mask", child.weight_mask[:, index].contiguous())
-    else:
-        raise SurgeryError(f"{path!r} is a {type(child).__name__}, not a Linear; allowed: Linear layers")
+    factorised = isinstance(child, LowRankLinear)
+    name = ("up" if outputs else "down") if factorised else "weight"
+    dim = 0 if outputs else 1
+    setattr(child, name, _parameter(getattr(child, name).index_select(dim, index), getattr(child, name)))
+    mask = f"{name}_mask" if factorised else "weight_mask"
+    if mask in child._buffers:
+        child.register_buffer(mask, child._buffers[mask].index_select(dim, index).contiguous())
+    if not factorised:
+        setattr(child, "out_features" if outputs else "in_features", int(index.numel()))
+    if outputs and child.bias is not None:
+        child.bias = _parameter(child.bias[index], child.bias)
     return child
 
 

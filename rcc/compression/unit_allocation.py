@@ -59,10 +59,7 @@ def relative_costs(scores: torch.Tensor, consumer: torch.Tensor, stats: InputSta
     """r_u = score_u / E_g: E_g the consumer's output energy tr(W Σ Wᵀ) with a Gram matrix, else Σ_u score_u."""
     if stats is not None and stats.gram is not None:
         w = consumer.detach().to(torch.float64)
-        sigma = stats.gram.detach().to(device=w.device, dtype=torch.float64)
-        if centred and stats.sums is not None and stats.count:
-            sums = stats.sums.detach().to(device=w.device, dtype=torch.float64)
-            sigma = sigma - torch.outer(sums, sums) / stats.count
+        sigma = stats.centred_gram(w.device) if centred else stats.gram.to(device=w.device, dtype=torch.float64)
         energy = float(((w @ sigma) * w).sum())
     else:
         energy = float(scores.sum())

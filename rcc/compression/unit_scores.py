@@ -34,12 +34,8 @@ def magnitude_scores(producers: list[torch.Tensor], consumer: torch.Tensor, unit
 def activation_scores(consumer: torch.Tensor, stats: InputStats, unit_width: int, centred: bool) -> torch.Tensor:
     """‖W_c[:, U] X_U‖² per unit (centred X when the mean is compensated), from the consumer's input statistics."""
     w = consumer.detach().to(torch.float64)
-    gram = stats.gram
-    if unit_width > 1 and gram is not None:
-        g = gram.detach().to(device=w.device, dtype=torch.float64)
-        if centred and stats.sums is not None and stats.count:
-            s = stats.sums.detach().to(device=w.device, dtype=torch.float64)
-            g = g - torch.outer(s, s) / stats.count
+    if unit_width > 1 and stats.gram is not None:
+        g = stats.centred_gram(w.device) if centred else stats.gram.to(device=w.device, dtype=torch.float64)
         units = w.shape[1] // unit_width
         blocks = w.view(w.shape[0], units, unit_width).transpose(0, 1)  # (units, m, w)
         g_blocks = torch.stack([g[u * unit_width:(u + 1) * unit_width, u * unit_width:(u + 1) * unit_width]
