@@ -250,3 +250,37 @@ def test_rcc_mini_text_tower_exports_dense_after_uniform_channel_removal(rcc_min
     tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'dense'}")
     with torch.no_grad():
         torch.testing.assert_close(module.eval().encode_text(tokenizer(TEXTS)), outputs(model)[1], rtol=1e-4, atol=1e-5)
+
+
+def test_the_app_s_layer_state_shows_kept_units_and_knows_when_the_plan_is_applied(recorded):
+    from rcc_tui.widgets.layer_tree import applied, planned_text, state_text
+    from rcc_tui.workers import read_layer_state
+
+    with Session.open(recorded, device="cpu") as session:
+        session.apply(O.Checkout(node=2))
+        layers = session.model.layers()
+        state = read_layer_state(session, layers)
+        leader, head = "visual.transformer.resblocks.1.mlp.c_fc", "visual.transformer.resblocks.1.attn.in_proj.q"
+        assert state[leader].units == (64, 128, "ch") and state_text(state[leader]) == "64/128 ch"
+        assert state[head].units == (1, 2, "heads") and state[leader].stored == 64 * 32
+        from rcc.compression.plan import resolve_plan
+
+        resolved = resolve_plan(session.plan, layers)
+        assert applied(state[leader], resolved[leader]) and planned_text(resolved[leader]) == "→−50% channels"
+        session.apply(O.Checkout(node=1))
+        dense = read_layer_state(session, session.model.layers())
+        assert not applied(dense[leader], resolved[leader]) and state_text(dense[leader]) == "dense"
+
+
+def test_the_plan_command_writes_structured_plans_and_refuses_impossible_amounts(tiny_spec, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", tiny_spec, "--pattern", "channel", "--sparsity", "0.5", "--method", "wanda",
+                 "--correction", "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["rules"] == [{"kind": "mlp_in", "settings": {"sparsity": 0.5, "method": "wanda", "pattern": "channel",
+                                                             "rank": None, "correction": True}}]
+    printed = capsys.readouterr().out
+    assert "0.5000" in printed  # half of every MLP's two layers: half of the selected (and partner) layers
+    code = main(["plan", "--model", tiny_spec, "--pattern", "head", "--sparsity", "0.75", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "removes all 2 heads" in err and "attn.in_proj.q" in err

@@ -11,8 +11,8 @@ or grow it back. The functions, for anyone who needs to change widths (exports, 
 - ``keep_columns(module, path, index)``: keep input features ``index`` (weight / mask columns;
   factorised: columns of ``down``);
 - ``set_head_count(module, path, heads)``: tell an attention module how many heads it runs;
-- ``remove_units(module, group, kept)``: a structured group (rcc.compression.groups) down to the
-  units ``kept``: rows of every producer, columns of the consumer, the head count;
+- ``remove_units(module, group, index, kept)``: a structured group (rcc.compression.groups) down
+  to the units ``kept``: rows of every producer, columns of the consumer, the head count;
 - ``resize_linear(module, path, shape, dense_shape)``: an empty Linear of ``shape`` in place of
   the one at ``path`` (values come from a state dict after), for rebuilding a stored structure.
 """
@@ -25,7 +25,7 @@ from torch.nn.utils import skip_init
 
 from rcc.compression.groups import StructuredGroup
 from rcc.compression.layers import (
-    DENSE_SHAPE, LowRankLinear, QKVSelfAttention, SplitAttention, carry_dense_shape, layer_module,
+    DENSE_SHAPE, LowRankLinear, QKVSelfAttention, SplitAttention, layer_module,
 )
 from rcc.errors import RccError
 from rcc.models.inventory import attention_path, head_count
@@ -42,7 +42,7 @@ def unit_index(kept_units: torch.Tensor, unit_width: int) -> torch.Tensor:
     kept_units = kept_units.to(torch.long)
     if unit_width == 1:
         return kept_units
-    return (kept_units[:, None] * unit_width + torch.arange(unit_width)).reshape(-1)
+    return (kept_units[:, None] * unit_width + torch.arange(unit_width, device=kept_units.device)).reshape(-1)
 
 
 def _record_dense_shape(child: nn.Module) -> None:
@@ -200,6 +200,6 @@ def heads_state(child: nn.Module) -> tuple[int, int] | None:
 
 
 __all__ = [
-    "DENSE_HEADS", "SurgeryError", "carry_dense_shape", "check_mlp_container", "heads_state", "keep_columns",
+    "DENSE_HEADS", "SurgeryError", "check_mlp_container", "heads_state", "keep_columns",
     "keep_rows", "narrowed_shape", "remove_units", "resize_linear", "set_head_count", "unit_index",
 ]
