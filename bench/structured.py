@@ -22,7 +22,8 @@ all at the same parameter count. Quality as ``bench.quality`` measures it (zero-
 digits test split; mean cosine and NN@10 overlap of the text embeddings of the 347 held-out
 docstring sentences against dense); stored parameters (the text tower's block Linears, and
 the whole model); encode_text latency at batch 1 and 32 with 1 and 2 threads: each model timed
-alternately with dense, after every model was built (so load changes all rows alike); speed-up
+alternately with dense, after every model was built (so load changes all rows alike), OpenMP
+threads waiting passively (see below); speed-up
 = dense ÷ model of the fastest runs (the runs other processes disturbed least), with the median
 of the pair ratios in wall and CPU time at batch 32, 2 threads. Then the OpenCLIP ViT-B-32
 architecture (random weights): encode_image latency at batch 32, 2 threads, at 50 % MLP channels
@@ -42,6 +43,11 @@ import time
 from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# On a shared machine spinning OpenMP threads fight the other processes for the cores: a 2-thread
+# encode_text of rcc-mini ran 3× slower than a 1-thread one at load 5, and its speed-ups swung from
+# 0.9× to 1.9× for one model. Waiting passively, both sides are timed as the work they do (set
+# OMP_WAIT_POLICY yourself to override; it must be set before torch starts its threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -57,6 +63,7 @@ from rcc.compression.stage_context import StageOptions  # noqa: E402
 from rcc.data.images import ArrayImages  # noqa: E402
 from rcc.data.registry import load_dataset  # noqa: E402
 from rcc.data.text_corpus import docstring_sentences  # noqa: E402
+from rcc.eval.efficiency import count_flops  # noqa: E402
 from rcc.eval.encode import encode_texts  # noqa: E402
 from rcc.eval.fidelity import embedding_fidelity  # noqa: E402
 from rcc.eval.suite import evaluator  # noqa: E402
@@ -190,7 +197,7 @@ def text_benchmark(args) -> None:
     settings.append(mixed)
     columns = ["setting", "method", "top-1", "mean cos", "NN@10", "block Linear params", "model params",
                *[f"ms b{b} t{t}" for b, t in SETTINGS], *[f"× b{b} t{t}" for b, t in SETTINGS],
-               "pairs× b32 t2", "cpu× b32 t2", "seconds"]
+               "pairs× b32 t2", "cpu× b32 t2", "GFLOPs b32", "FLOPs ×", "seconds"]
     methods = [("rcc + reconstruction", lambda s: rcc_structured(dense, s, True, calibration, preserved)),
                ("rcc + reconstruction, global", lambda s: rcc_structured(dense, s, True, calibration, preserved,
                                                                          "global")),
@@ -213,9 +220,12 @@ def text_benchmark(args) -> None:
         print(f"{setting_name:48s} {name:30s} top1 {cells[0]:.4f} cos {cells[1]:.4f} nn {cells[2]:.4f} "
               f"params {cells[3]:,} ({seconds}s)", flush=True)
     rows, load = [], [round(x, 2) for x in os.getloadavg()]
+    dense_flops = count_flops(lambda: dense.encode_text(tokens[32]))
     for setting_name, name, model, seconds in built:
         ms, best, pairs, cpu = timings(model, dense, tokens, args.repeats)
-        rows.append([setting_name, name, *quality[(setting_name, name)], *ms, *best, pairs, cpu, seconds])
+        flops = count_flops(lambda: model.encode_text(tokens[32]))  # noqa: B023 (called at once)
+        rows.append([setting_name, name, *quality[(setting_name, name)], *ms, *best, pairs, cpu,
+                     round(flops / 1e9, 3), round(dense_flops / flops, 3), seconds])
         print(f"{setting_name:48s} {name:30s} b32t2 ×{best[3]:.2f} (pairs ×{pairs:.2f}, cpu ×{cpu:.2f})", flush=True)
     load += [round(x, 2) for x in os.getloadavg()]
     report("structured_text", columns, rows, {"goals": text_goals(rows), "mixed_candidates": candidates,
@@ -240,6 +250,7 @@ def text_goals(rows: list[list]) -> dict:
         goals["MLP channels 50 %: encode_text b32 t2 speed-up (≥ 1.3), fastest runs"] = row[14]
         goals["MLP channels 50 %: encode_text b32 t2 speed-up, median of pairs"] = row[15]
         goals["MLP channels 50 %: encode_text b32 t2 speed-up, CPU time"] = row[16]
+        goals["MLP channels 50 %: encode_text b32 FLOPs, dense ÷ pruned"] = row[18]
     return goals
 
 
@@ -261,9 +272,11 @@ def vit_benchmark(args) -> None:
             with torch.inference_mode():
                 timing = paired_seconds(lambda: dense.encode_image(pixels), lambda: model.encode_image(pixels),
                                         args.vit_repeats)
+            flops = (count_flops(lambda: dense.encode_image(pixels))
+                     / count_flops(lambda: model.encode_image(pixels)))  # noqa: B023 (called at once)
             rows.append([setting.name, dense.num_parameters(), model.num_parameters(), round(timing.first * 1000, 1),
                          round(timing.second * 1000, 1), round(timing.best_ratio, 3), round(timing.wall_ratio, 3),
-                         round(timing.cpu_ratio, 3)])
+                         round(timing.cpu_ratio, 3), round(flops, 3)])
             print(f"ViT-B-32 {setting.name}: {timing.first * 1000:.0f} ms → {timing.second * 1000:.0f} ms = "
                   f"×{timing.best_ratio:.2f} fastest runs (pairs ×{timing.wall_ratio:.2f}, CPU time "
                   f"×{timing.cpu_ratio:.2f})", flush=True)
@@ -271,7 +284,7 @@ def vit_benchmark(args) -> None:
     finally:
         torch.set_num_threads(threads)
     report("structured_vit", ["setting", "dense params", "params", "dense ms", "ms", "× fastest runs", "× pairs",
-                              "× CPU time"],
+                              "× CPU time", "FLOPs ×"],
            rows,
            {"batch": 32, "threads": 2, "load_average_before_and_after": load + [round(x, 2) for x in os.getloadavg()],
             "goals": {"MLP channels 50 %: encode_image speed-up (≥ 1.35), fastest runs": rows[0][5]}})
