@@ -31,15 +31,13 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
 
 @dataclass(frozen=True)
 class PairedTiming:
-    """Two callables timed alternately: medians of wall seconds, medians of the per-pair ratios
-    first / second of wall time and of this process's CPU time (all its threads), and the ratio of
-    the fastest runs (min first / min second: the runs other processes disturbed least)."""
+    """Two callables timed alternately: medians of wall seconds, and medians of the per-pair ratios
+    first / second of wall time and of this process's CPU time (all its threads)."""
 
     first: float
     second: float
     wall_ratio: float
     cpu_ratio: float
-    best_ratio: float
 
 
 def paired_seconds(first: Callable[[], object], second: Callable[[], object], repeats: int,
@@ -63,7 +61,7 @@ def paired_seconds(first: Callable[[], object], second: Callable[[], object], re
             cpu[side].append(time.process_time() - start_cpu)
     return PairedTiming(statistics.median(wall[0]), statistics.median(wall[1]),
                         statistics.median(x / y for x, y in zip(wall[0], wall[1])),
-                        statistics.median(x / y for x, y in zip(cpu[0], cpu[1])), min(wall[0]) / min(wall[1]))
+                        statistics.median(x / y for x, y in zip(cpu[0], cpu[1])))
 
 
 def machine() -> dict:

@@ -284,3 +284,15 @@ def test_the_plan_command_writes_structured_plans_and_refuses_impossible_amounts
     code = main(["plan", "--model", tiny_spec, "--pattern", "head", "--sparsity", "0.75", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "removes all 2 heads" in err and "attn.in_proj.q" in err
+
+
+def test_run_ops_carry_the_allocation_and_refuse_an_unknown_one(tiny_spec, tmp_path):
+    with pytest.raises(O.OpError, match="op 'run_stage': allocation 'even' is invalid; allowed: uniform, global"):
+        O.RunStage(allocation="even")
+    with Session.create(tmp_path / "s", model=tiny_spec, data="digits", device="cpu") as session:
+        session.apply(O.SetPlan(plan=plan_to_dict(CompressionPlan(rules=(Rule(kind="mlp_in", settings=CHANNELS),)))))
+        session.apply(O.RunStage(stage="dare", calib_per_class=2, allocation="global"))
+        body = session.ops()[-1].body
+        assert body["allocation"] == "global"
+        widths = [layer.shape[0] for layer in session.model.layers() if layer.kind == "mlp_in"]
+        assert sum(widths[:2]) == 128 and sum(widths[2:]) == 96  # each tower keeps half of its units in total
