@@ -24,10 +24,9 @@ docstring sentences against dense); stored parameters (the text tower's block Li
 the whole model); encode_text latency at batch 1 and 32 with 1 and 2 threads: each model timed
 alternately with dense, after every model was built (so load changes all rows alike), OpenMP
 threads waiting passively (see below); speed-up = the median of the pair ratios dense ÷ model,
-with the CPU-time ratio at batch 32, 2 threads and the FLOP ratio (``rcc.eval.efficiency``
-count_flops) beside it. Then the OpenCLIP ViT-B-32
-architecture (random weights): encode_image latency at batch 32, 2 threads, at 50 % MLP channels
-and at 50 % heads, timed the same way.
+with the CPU-time ratio at batch 32, 2 threads and the FLOP ratio (``count_flops``) beside it.
+Then the OpenCLIP ViT-B-32 architecture (random weights): encode_image latency at batch 32,
+2 threads, at 50 % MLP channels and at 50 % heads, timed the same way.
 Goals: mean cosine ≥ 0.95 at 30 % and ≥ 0.90 at 50 % MLP channels, rcc + reconstruction above
 the best Torch-Pruning figure by ≥ 0.08 in every row; encode_text ≥ 1.3× dense at 50 % MLP
 channels (batch 32, 2 threads); ViT-B-32 encode_image ≥ 1.35× at 50 % MLP channels.
