@@ -14,7 +14,7 @@ With ``--recovery-steps N`` (default 100; 0 skips it) an extra row "RCC + recove
 towers pruned to 50 % by the cascade's DARE stage (random drop-and-rescale, the harshest
 pruning), then recovery training (rcc.training.distill: KL + cosine distillation from the
 dense model on the unlabelled digits training images and prompts, masks kept) for N steps,
-keeping the best calib-split checkpoint.
+keeping the best val-split checkpoint (the eval split).
 Metrics: zero-shot top-1 on the digits test split, and text-embedding fidelity on the
 ``eval`` half of the stdlib docstring corpus (mean cosine to the dense embeddings, and
 top-10 nearest-neighbour overlap). One table per budget; JSON in bench/results/quality.json.
@@ -82,7 +82,7 @@ def main() -> None:
 
     dense = load_model("rcc-mini", device="cpu")
     test = load_dataset("digits", "test")
-    check = evaluator(load_dataset("digits", "calib"))
+    check = evaluator(load_dataset("digits", "val"))
     top1 = evaluator(test)
     corpus = docstring_sentences("eval")
     dense_text = encode_texts(dense, corpus)

@@ -253,32 +253,33 @@ def text_goals(rows: list[list]) -> dict:
     return goals
 
 
+def vit_row(dense, setting: Setting, pixels: torch.Tensor, repeats: int) -> list:
+    """ViT-B-32 narrowed by ``setting`` (group magnitude: random weights, no refit) timed against dense."""
+    model = copy.deepcopy(dense)
+    nothing = CalibrationData(images=None, texts=())
+    run_cascade(model, plan_for(setting, False, tower="vision", method="magnitude"), lambda m: 1.0, nothing,
+                config=CascadeConfig(stages=("dare",), threshold=0.0))
+    with torch.inference_mode():
+        timing = paired_seconds(lambda: dense.encode_image(pixels), lambda: model.encode_image(pixels), repeats)
+    flops = count_flops(lambda: dense.encode_image(pixels)) / count_flops(lambda: model.encode_image(pixels))
+    print(f"ViT-B-32 {setting.name}: {timing.first * 1000:.0f} ms → {timing.second * 1000:.0f} ms = "
+          f"×{timing.wall_ratio:.2f} (CPU time ×{timing.cpu_ratio:.2f}, FLOPs ×{flops:.2f})", flush=True)
+    return [setting.name, dense.num_parameters(), model.num_parameters(), round(timing.first * 1000, 1),
+            round(timing.second * 1000, 1), round(timing.wall_ratio, 3), round(timing.cpu_ratio, 3), round(flops, 3)]
+
+
 def vit_benchmark(args) -> None:
     torch.manual_seed(0)
     dense = load_model("open_clip:ViT-B-32", device="cpu")
     rng = np.random.default_rng(0)
     images = ArrayImages(rng.integers(0, 256, size=(32, 224, 224, 3), dtype=np.uint8))
     pixels = dense.preprocess_batch([images[i] for i in range(32)])
-    nothing = CalibrationData(images=None, texts=())  # random weights: group magnitude, no refit
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     rows, load = [], [round(x, 2) for x in os.getloadavg()]
     try:
         for setting in (Setting("MLP channels 50 %", 0.5, 0.0), Setting("heads 50 %", 0.0, 0.5)):
-            model = copy.deepcopy(dense)
-            run_cascade(model, plan_for(setting, False, tower="vision", method="magnitude"), lambda m: 1.0, nothing,
-                        config=CascadeConfig(stages=("dare",), threshold=0.0))
-            with torch.inference_mode():
-                timing = paired_seconds(lambda: dense.encode_image(pixels), lambda: model.encode_image(pixels),
-                                        args.vit_repeats)
-            flops = (count_flops(lambda: dense.encode_image(pixels))
-                     / count_flops(lambda: model.encode_image(pixels)))  # noqa: B023 (called at once)
-            rows.append([setting.name, dense.num_parameters(), model.num_parameters(), round(timing.first * 1000, 1),
-                         round(timing.second * 1000, 1), round(timing.wall_ratio, 3), round(timing.cpu_ratio, 3),
-                         round(flops, 3)])
-            print(f"ViT-B-32 {setting.name}: {timing.first * 1000:.0f} ms → {timing.second * 1000:.0f} ms = "
-                  f"×{timing.wall_ratio:.2f} (CPU time ×{timing.cpu_ratio:.2f}, FLOPs ×{flops:.2f})", flush=True)
-            del model
+            rows.append(vit_row(dense, setting, pixels, args.vit_repeats))  # each pruned copy freed after its row
     finally:
         torch.set_num_threads(threads)
     report("structured_vit", ["setting", "dense params", "params", "dense ms", "ms", "speed-up", "CPU-time speed-up",

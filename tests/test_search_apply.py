@@ -60,7 +60,7 @@ def test_an_applied_trial_is_a_node_holding_what_the_trial_measured_and_it_repla
         last = session.ops()[-1]
         plan = session.plan
     assert node.op_kind == "apply_trial" and node.parent == 1
-    assert node.metrics["eval/primary"] == trial.user_attrs["accuracy"]
+    assert node.metrics["val/primary"] == trial.user_attrs["accuracy"]
     assert node.metrics["size/params"] == trial.user_attrs["size"]["size/params"]
     assert node.metrics["size/bytes"] == trial.user_attrs["size"]["size/bytes"]
     # The op log holds the trial itself; the storage is provenance (None: the session's search.db).
@@ -76,7 +76,7 @@ def test_an_applied_trial_is_a_node_holding_what_the_trial_measured_and_it_repla
     finally:
         (tmp_path / "moved.db").rename(searched / "search.db")
     assert report.mismatches(0.0) == []
-    assert {row.key for row in report.rows if row.node == node.id} >= {"eval/primary", "size/params"}
+    assert {row.key for row in report.rows if row.node == node.id} >= {"val/primary", "size/params"}
     with Session.open(searched, read_only=True) as a, Session.open(tmp_path / "replayed", read_only=True) as b:
         assert a.graph.state(node.id).tensors == b.graph.state(node.id).tensors
 

@@ -253,8 +253,8 @@ def test_rcc_mini_text_tower_exports_dense_after_uniform_channel_removal(rcc_min
 
 
 def test_the_app_s_layer_state_shows_kept_units_and_knows_when_the_plan_is_applied(recorded):
-    from rcc_tui.widgets.layer_tree import applied, planned_text, state_text
-    from rcc_tui.workers import read_layer_state
+    from rcc_tui.session_view import read_layer_state
+    from rcc_tui.widgets.layer_tree import applied, planned_text, state_text, stored_fraction_saved
 
     with Session.open(recorded, device="cpu") as session:
         session.apply(O.Checkout(node=2))
@@ -263,6 +263,12 @@ def test_the_app_s_layer_state_shows_kept_units_and_knows_when_the_plan_is_appli
         leader, head = "visual.transformer.resblocks.1.mlp.c_fc", "visual.transformer.resblocks.1.attn.in_proj.q"
         assert state[leader].units == (64, 128, "ch") and state_text(state[leader]) == "64/128 ch"
         assert state[head].units == (1, 2, "heads") and state[leader].stored == 64 * 32
+        # Bytes against the dense width: the narrowed MLP saves half of its two layers, as the tree shows.
+        consumer = "visual.transformer.resblocks.1.mlp.c_proj"
+        assert (state[leader].stored_bytes, state[leader].dense_bytes) == (64 * 32 * 4, 128 * 32 * 4)
+        assert (state[consumer].stored_bytes, state[consumer].dense_bytes) == (32 * 64 * 4, 32 * 128 * 4)
+        index = {layer.name: layer for layer in layers}
+        assert stored_fraction_saved([index[leader], index[consumer]], state) == 0.5
         from rcc.compression.plan import resolve_plan
 
         resolved = resolve_plan(session.plan, layers)

@@ -74,6 +74,8 @@ class AblationResult:
     dense_test: float | None
     variants: tuple[VariantResult, ...]
     seconds: float
+    eval_split: str = "eval"  # the split ``metric`` is measured on (what the threshold checks)
+    test_split: str | None = None  # the split of ``test_metric``
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -129,8 +131,12 @@ def run_ablation(
     preserved: CalibrationData | None = None, config: CascadeConfig = CascadeConfig(),
     test_evaluate: Evaluator | None = None, variants: Sequence[AblationVariant] | None = None,
     progress: VariantProgress | None = None, cancel: CancelCheck | None = None,
+    splits: tuple[str, str | None] = ("eval", None),
 ) -> AblationResult:
-    """Run every variant from the same start; the model is left exactly as it was."""
+    """Run every variant from the same start; the model is left exactly as it was.
+
+    ``splits``: the names of the splits ``evaluate`` and ``test_evaluate`` read, for the report.
+    """
     config.validate()
     start = time.perf_counter()
     variants = list(variants) if variants is not None else ablation_variants(config.stages)
@@ -165,4 +171,5 @@ def run_ablation(
         snapshot.restore(model.module)
     return AblationResult(plan=plan_to_dict(plan), threshold=config.threshold, schedule=config.schedule,
                           steps=config.steps, dense_metric=dense_metric, dense_test=dense_test,
-                          variants=tuple(results), seconds=time.perf_counter() - start)
+                          variants=tuple(results), seconds=time.perf_counter() - start, eval_split=splits[0],
+                          test_split=splits[1] if test_evaluate else None)

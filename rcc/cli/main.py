@@ -20,13 +20,20 @@ COMMANDS = (eval_cmd, layers_cmd, plan_cmd, compress_cmd, session_cmd, replay_cm
 EXIT_USER_ERROR = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (the usage is one ``--help`` away), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rcc-tui",
         description="Compress vision-language models with Recursive Cascade Compression "
                     "(DARE → Nullu → AlphaEdit).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     # The app commands (open, new, serve) first: they are what most people type. rcc_tui.cli
     # imports Textual only when one of them runs, so the engine stays free of it.
     from rcc_tui.cli import add_parsers as add_app_parsers
@@ -48,13 +55,31 @@ def main(argv: list[str] | None = None) -> int:
 
         args.run = run_default
     try:
+        check_outputs(args)
         return int(args.run(args) or 0)
     except RccError as exc:
-        print(f"rcc-tui: error: {exc}", file=sys.stderr)
+        print(f"rcc-tui: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("rcc-tui: interrupted", file=sys.stderr)
         return 130
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every command's ``--json`` report file (and an output folder it adds files to) is checked
+    before the command does any work; commands check their other outputs themselves, first."""
+    from rcc.output_paths import check_output_dir, check_output_file
+
+    report = getattr(args, "json", None)
+    if isinstance(report, str):
+        check_output_file(report, "--json report")
+    if getattr(args, "out_folder", False) and isinstance(getattr(args, "out", None), str):
+        check_output_dir(args.out, "--out folder", force=True)
+
+
+def one_line(text: str) -> str:
+    """An error message as the one line the CLI promises (library messages may span several)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def entry() -> None:

@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from rcc.cli.common import format_value, stdout, table
     from rcc.compression.plan import save_plan, summarize_plan, uniform_plan
     from rcc.models.registry import load_model
+    from rcc.output_paths import check_output_file
 
+    check_output_file(args.out, "--out plan file")
     model = load_model(args.model, device="cpu")
     layers = model.layers()
     plan = uniform_plan(sparsity=args.sparsity, rank=args.rank, method=args.method, pattern=args.pattern,

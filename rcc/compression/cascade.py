@@ -25,7 +25,7 @@ from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameter
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
 from rcc.compression.prune_stage import run_prune_stage
-from rcc.compression.schedule import check_schedule, next_fraction
+from rcc.compression.schedule import MAX_ATTEMPTS, check_schedule, next_fraction
 from rcc.compression.stage_context import LayerProgress, StageContext, StageOptions
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
@@ -33,6 +33,7 @@ from rcc.models.adapter import VLModel
 
 STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage}
 DEFAULT_STAGES = ("dare", "nullu", "alphaedit")
+CALIBRATION_PHASE = "calibration"  # the layer progress's phase while the calibration batches run
 Evaluator = Callable[[VLModel], float]
 
 
@@ -49,10 +50,10 @@ class CascadeConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
             raise RccError(f"stages {list(self.stages)} are invalid; allowed: a non-empty sequence of {', '.join(STAGES)}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
             raise RccError(f"threshold {self.threshold} is out of range; allowed: 0 ≤ threshold ≤ 1 (of the dense metric)")
-        if self.max_attempts < 1:
-            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_ATTEMPTS}")
         check_schedule(self.schedule, self.steps)
 
 
@@ -194,11 +195,16 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
     # Structured removal collects its own statistics as it goes: a layer only it touches needs none here.
     measured = [layer for layer in layers if _uses_run_stats(plans[layer.name], config.stages)]
-    stats = collect_input_stats(model, measured, calibration, gram=needs_gram, cancel=cancel) if measured else {}
+    # Calibration is a phase of its own (tens of seconds on a large model): reported through the
+    # layer progress as phase "calibration", its units the images and texts run so far.
+    calibrating = None if progress is None else (
+        lambda done, total, what: progress(CALIBRATION_PHASE, done - 1, total, what))
+    stats = collect_input_stats(model, measured, calibration, gram=needs_gram, progress=calibrating,
+                                cancel=cancel) if measured else {}
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:
         wanted = [layer for layer in layers if plans[layer.name].correction]
-        kept = collect_input_stats(model, wanted, preserved, gram=True, cancel=cancel)
+        kept = collect_input_stats(model, wanted, preserved, gram=True, progress=calibrating, cancel=cancel)
     dense = {layer.name: dense_weight(model.module, layer).detach().clone() for layer in layers}
     return StageContext(model=model, plans=plans, stats=stats, preserved=kept, dense=dense, seed=plan.seed,
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,

@@ -31,12 +31,13 @@ MASK = "weight_mask"
 class LowRankLinear(nn.Module):
     """y = up(down(x)) + bias: a rank-r factorisation of an (out, in) Linear, r(out + in) weights."""
 
-    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None, copy: bool = True):
         super().__init__()
         if up.shape[1] != down.shape[0]:
             raise ValueError(f"factor shapes {tuple(up.shape)} and {tuple(down.shape)} do not chain")
-        self.up = nn.Parameter(up.detach().clone())
-        self.down = nn.Parameter(down.detach().clone())
+        # copy False: adopt the factors (fresh tensors nobody else holds, e.g. about to be loaded into).
+        self.up = nn.Parameter(up.detach().clone() if copy else up.detach())
+        self.down = nn.Parameter(down.detach().clone() if copy else down.detach())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
     @property
@@ -394,6 +395,26 @@ def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
         return up + down
     mask = get_mask(module, layer)
     return int(mask.sum()) if mask is not None else layer.params
+
+
+def stored_bytes(module: nn.Module, layer: LayerInfo) -> int:
+    """Bytes the compressed export writes for the layer's weights: kept values plus masks packed 8 per byte.
+
+    ``rcc.session.handlers.size_metrics`` counts the whole model the same way (``size/bytes``).
+    """
+    child = layer_module(module, layer)
+    if isinstance(child, LowRankLinear):
+        total = 0
+        for factor in ("up", "down"):
+            weight, mask = getattr(child, factor), getattr(child, f"{factor}_mask", None)
+            kept = weight.numel() if mask is None else int(mask.sum())
+            total += kept * weight.element_size() + (0 if mask is None else (mask.numel() + 7) // 8)
+        return total
+    from rcc.models.inventory import read_matrix
+
+    mask = get_mask(module, layer)
+    size = read_matrix(module, layer).element_size()
+    return stored_parameters(module, layer) * size + (0 if mask is None else (mask.numel() + 7) // 8)
 
 
 def masks_by_parameter(module: nn.Module) -> dict[int, torch.Tensor]:

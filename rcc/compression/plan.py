@@ -194,18 +194,32 @@ def uniform_plan(sparsity: float = 0.0, rank: RankSpec | str | int | None = None
     """
     settings = normalize_settings({"sparsity": sparsity, "method": method, "pattern": pattern,
                                    "rank": rank, "correction": correction})
-    if kinds is None and is_structured(settings["pattern"]):
-        kinds = [LEADER_KIND[settings["pattern"]]]
     if settings["rank"] is not None and settings["rank"].mode == "auto" and budget is None:
         raise PlanError("rank 'auto' needs a budget; allowed: 0 < budget < 1 (fraction of parameters kept)")
+    rules, overrides = filtered_rules(settings, towers, kinds, layers)
+    return CompressionPlan(rules=rules, overrides=overrides, budget=budget)
+
+
+def filtered_rules(settings: dict[str, Any], towers: Iterable[str] | str | None = None,
+                   kinds: Iterable[str] | str | None = None, layers: Sequence[LayerInfo] | None = None,
+                   ) -> tuple[tuple[Rule, ...], dict[str, dict[str, Any]]]:
+    """(rules, overrides) giving ``settings`` to every layer of the towers × kinds given (None: any).
+
+    With ``layers`` and a rank in ``settings``, transposed matrices (which cannot be factorised)
+    get an override ``{"rank": null}``, so the rules resolve on OpenCLIP models as written. A
+    structured pattern (``channel``, ``head``) without ``kinds`` goes to its groups' leaders
+    (mlp_in, attn_q), the only layers that take it.
+    """
+    if kinds is None and is_structured(settings.get("pattern") or ""):
+        kinds = [LEADER_KIND[settings["pattern"]]]
     tower_list = [towers] if isinstance(towers, str) else list(towers or [None])
     kind_list = [kinds] if isinstance(kinds, str) else list(kinds or [None])
     rules = tuple(Rule(tower=t, kind=k, settings=settings) for t, k in product(tower_list, kind_list))
-    overrides = {}
-    if layers is not None and settings["rank"] is not None:
+    overrides: dict[str, dict[str, Any]] = {}
+    if layers is not None and settings.get("rank") is not None:
         overrides = {layer.name: {"rank": None} for layer in layers
                      if layer.transposed and any(rule_matches(rule, layer) for rule in rules)}
-    return CompressionPlan(rules=rules, overrides=overrides, budget=budget)
+    return rules, overrides
 
 
 def _dense_kept(out_f: int, in_f: int, setting: LayerPlan) -> int:

@@ -131,7 +131,9 @@ def _check_flag(name: str, value: Any) -> bool:
 
 
 def _check_sparsity(value: Any) -> float:
-    if not _is_number(value) or not 0 <= value < 1:  # NaN fails both comparisons: refused
+    if not _is_number(value):
+        raise PlanError(f"sparsity {value!r} is not a number; allowed: {SPARSITY_ALLOWED}")
+    if not 0 <= value < 1:  # NaN fails both comparisons: refused
         raise PlanError(f"sparsity {value!r} is out of range; allowed: {SPARSITY_ALLOWED}")
     return float(value)
 

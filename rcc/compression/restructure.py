@@ -41,23 +41,28 @@ def _bias(layer: nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _dense_linear(layer: nn.Module, cls: type[nn.Linear] = nn.Linear) -> nn.Linear:
-    """A plain ``cls`` Linear computing what ``layer`` computes (same device and dtype)."""
-    weight = effective_weight(layer)
+def _dense_linear(layer: nn.Module, cls: type[nn.Linear] = nn.Linear, values: bool = True) -> nn.Linear:
+    """A plain ``cls`` Linear computing what ``layer`` computes (same device and dtype).
+
+    ``values`` False: the right shape only, its values left unset (the caller loads them).
+    """
+    like = layer.down if isinstance(layer, LowRankLinear) else layer.weight
+    shape = (layer.out_features, layer.in_features) if isinstance(layer, LowRankLinear) else tuple(like.shape)
     # skip_init: no random initialisation of values that are overwritten at once.
-    linear = skip_init(cls, weight.shape[1], weight.shape[0], bias=layer.bias is not None,
-                       device=weight.device, dtype=weight.dtype)
-    linear.weight.copy_(weight)
-    if layer.bias is not None:
-        linear.bias.copy_(layer.bias)
+    linear = skip_init(cls, shape[1], shape[0], bias=layer.bias is not None, device=like.device, dtype=like.dtype)
+    if values:
+        linear.weight.copy_(effective_weight(layer))
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
     return linear
 
 
 @torch.no_grad()
-def merge_split(module: nn.Module, path: str) -> nn.Module:
+def merge_split(module: nn.Module, path: str, values: bool = True) -> nn.Module:
     """Fuse the SplitAttention / SplitQKV at ``path`` back into one module; returns it.
 
     W_in = [W_q; W_k; W_v] (effective weights), b_in = [b_q; b_k; b_v]; out_proj keeps its effective weight.
+    ``values`` False: shapes only, values left unset (a checkout loads them from the store).
     """
     split = module.get_submodule(path)
     if heads_state(split) is not None:
@@ -65,24 +70,27 @@ def merge_split(module: nn.Module, path: str) -> nn.Module:
                            f"nn.MultiheadAttention cannot hold fewer heads than its width allows")
     if isinstance(split, SplitAttention):
         parts = [split.in_proj[name] for name in "qkv"]
-        weight = torch.cat([effective_weight(p) for p in parts])
+        like = next(parts[0].parameters())
         fused = skip_init(
             nn.MultiheadAttention, split.embed_dim, split.num_heads, dropout=split.dropout, bias=parts[0].bias is not None,
-            batch_first=split.batch_first, device=weight.device, dtype=weight.dtype,
+            batch_first=split.batch_first, device=like.device, dtype=like.dtype,
         )
-        fused.in_proj_weight.copy_(weight)
-        if fused.in_proj_bias is not None:
-            fused.in_proj_bias.copy_(torch.cat([_bias(p) for p in parts]))
+        if values:
+            fused.in_proj_weight.copy_(torch.cat([effective_weight(p) for p in parts]))
+            if fused.in_proj_bias is not None:
+                fused.in_proj_bias.copy_(torch.cat([_bias(p) for p in parts]))
         # MHA creates out_proj with a bias iff ``bias``; take the split's own form instead.
-        fused.out_proj = _dense_linear(split.out_proj, type(fused.out_proj))
+        fused.out_proj = _dense_linear(split.out_proj, type(fused.out_proj), values)
     elif isinstance(split, SplitQKV):
         parts = [split.q, split.k, split.v]
-        weight = torch.cat([effective_weight(p) for p in parts])
-        fused = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=parts[0].bias is not None,
-                          device=weight.device, dtype=weight.dtype)
-        fused.weight.copy_(weight)
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([_bias(p) for p in parts]))
+        like = next(parts[0].parameters())
+        rows = sum(_dense_linear_shape(p)[0] for p in parts)
+        fused = skip_init(nn.Linear, _dense_linear_shape(parts[0])[1], rows, bias=parts[0].bias is not None,
+                          device=like.device, dtype=like.dtype)
+        if values:
+            fused.weight.copy_(torch.cat([effective_weight(p) for p in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([_bias(p) for p in parts]))
     else:
         raise TypeError(f"{path!r} is a {type(split).__name__}, not a split attention")
     module.set_submodule(path, fused)
@@ -90,11 +98,15 @@ def merge_split(module: nn.Module, path: str) -> nn.Module:
     return fused
 
 
+def _dense_linear_shape(layer: nn.Module) -> tuple[int, int]:
+    return (layer.out_features, layer.in_features) if isinstance(layer, LowRankLinear) else tuple(layer.weight.shape)
+
+
 @torch.no_grad()
-def unfactorise(module: nn.Module, path: str) -> nn.Linear:
-    """Replace the LowRankLinear at ``path`` by a Linear with W = (up ⊙ M_up)(down ⊙ M_down)."""
+def unfactorise(module: nn.Module, path: str, values: bool = True) -> nn.Linear:
+    """Replace the LowRankLinear at ``path`` by a Linear with W = (up ⊙ M_up)(down ⊙ M_down) (``values`` False: unset)."""
     factorised = module.get_submodule(path)
-    dense = _dense_linear(factorised)
+    dense = _dense_linear(factorised, values=values)
     carry_dense_shape(factorised, dense)
     module.set_submodule(path, dense)
     _match_mode(module, path)
@@ -108,13 +120,13 @@ def _match_mode(module: nn.Module, path: str) -> None:
 
 
 @torch.no_grad()
-def remove_mask(module: nn.Module, name: str) -> None:
-    """Drop the mask buffer ``name`` (``holder.X_mask``), zeroing the pruned entries of X first."""
+def remove_mask(module: nn.Module, name: str, values: bool = True) -> None:
+    """Drop the mask buffer ``name`` (``holder.X_mask``), zeroing the pruned entries of X first (if ``values``)."""
     holder_path, _, leaf = name.rpartition(".")
     holder = module.get_submodule(holder_path)
     target = masked_parameter(holder, leaf)
     mask = holder._buffers.pop(leaf)
-    if target is not None:
+    if target is not None and values:
         getattr(holder, target).mul_(mask)
 
 
@@ -144,6 +156,8 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
 
     Returns the state-dict keys whose values are now stale and must be loaded from the target
     state: every key under a rebuilt module, and a parameter and its mask when that mask came or went.
+    Since all of those are loaded next, no value is computed here (no effective weights, no
+    masking): a checkout's cost is the bytes it loads, not the layers it rebuilds.
     """
     splits, target_splits = set(current.get("split", [])), set(target.get("split", []))
     ranks, target_ranks = current.get("factorised", {}), target.get("factorised", {})
@@ -166,16 +180,16 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
 
     # Undo what the target lacks; whatever lives under a merged split goes with it.
     for path in sorted(splits - target_splits):
-        merge_split(module, path)
+        merge_split(module, path, values=False)
         rebuilt.add(path)
     for path, rank in ranks.items():
         if target_ranks.get(path) != rank and not _under(path, rebuilt):
-            unfactorise(module, path)
+            unfactorise(module, path, values=False)
             rebuilt.add(path)
     for name, shape in masks.items():
         holder = name.rpartition(".")[0]
         if target_masks.get(name) != shape and not _under(holder, rebuilt):
-            remove_mask(module, name)
+            remove_mask(module, name, values=False)
             masked.add(name)
 
     # Apply what the target adds, as apply_structure does, for the differences only.
@@ -197,7 +211,7 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
         holder = module.get_submodule(holder_path)
         if leaf not in holder._buffers:
             device = getattr(holder, masked_parameter(holder, leaf)).device
-            holder.register_buffer(leaf, torch.ones(shape, dtype=torch.bool, device=device))
+            holder.register_buffer(leaf, torch.empty(shape, dtype=torch.bool, device=device))  # loaded next
             if not _under(holder_path, rebuilt):
                 masked.add(name)
 

@@ -72,9 +72,9 @@ def apply_structure(module: nn.Module, structure: dict) -> None:
         resize_linear(module, path, entry["shape"], entry["dense"])
     for path, rank in structure.get("factorised", {}).items():
         child = module.get_submodule(path)
-        up = child.weight.new_zeros(child.out_features, rank)
-        down = child.weight.new_zeros(rank, child.in_features)
-        low_rank = LowRankLinear(up, down, child.bias)
+        up = child.weight.new_empty(child.out_features, rank)  # values come from the state dict
+        down = child.weight.new_empty(rank, child.in_features)
+        low_rank = LowRankLinear(up, down, child.bias, copy=False)
         carry_dense_shape(child, low_rank)
         module.set_submodule(path, low_rank)
     for name, shape in structure.get("masks", {}).items():
@@ -102,6 +102,7 @@ def load_compressed(directory: str | Path, device: str | None = None):
     """Rebuild a model saved by ``save_compressed``: base spec, structure, then the weights."""
     from safetensors.torch import load_file
 
+    from rcc.models.load_errors import LOAD_ERRORS, load_reason
     from rcc.models.registry import load_model
 
     directory = Path(directory)
@@ -109,8 +110,8 @@ def load_compressed(directory: str | Path, device: str | None = None):
     if not manifest_path.is_file():
         raise RccError(f"{str(directory)!r} is not a compressed model: {MANIFEST} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise RccError(f"{str(manifest_path)!r} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise RccError(f"{str(manifest_path)!r} holds a JSON {type(manifest).__name__}; allowed: an object "
@@ -126,7 +127,10 @@ def load_compressed(directory: str | Path, device: str | None = None):
         raise RccError(f"{str(directory)!r} is not a compressed model: {WEIGHTS} is missing")
     model = load_model(manifest["model"])
     apply_structure(model.module, manifest["structure"])
-    state = load_file(str(directory / WEIGHTS))
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except LOAD_ERRORS as exc:
+        raise RccError(f"{str(directory / WEIGHTS)!r} cannot be read: {load_reason(exc)}") from exc
     if version == PACKED_VERSION:
         unpack_masked(state, manifest.get("packed"), manifest_path)
     masks = set(manifest["structure"].get("masks", {}))

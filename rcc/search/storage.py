@@ -152,6 +152,7 @@ def open_storage(url: str, create: bool = True, heartbeat: bool = False):
         need = DRIVERS.get(backend, "its SQLAlchemy driver")
         raise StorageError(f"storage {display_url(url)!r} needs a database driver that is not installed; "
                            f"allowed: install {need}") from exc
-    except (SQLAlchemyError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (SQLAlchemyError, OSError, optuna.exceptions.StorageInternalError) as exc:
+        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise StorageError(f"storage {display_url(url)!r} cannot be opened: {first}") from exc

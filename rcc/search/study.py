@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
 from rcc.errors import RccError
+from rcc.session.metric_keys import modern_split
 from rcc.search.objective import SAMPLERS, ObjectiveConfig, SearchContext, make_objective
 from rcc.search.pruning import PruningConfig
 from rcc.search.space import (
@@ -133,7 +134,7 @@ def read_source(session_dir: str | Path) -> SearchSource:
         if session.head is None:
             raise SearchError(f"session {str(session_dir)!r} has no model yet; allowed: a session with a node")
         return SearchSource(session=str(Path(session_dir).resolve()), model=session.setting("model"),
-                            data=session.setting("data"), eval_split=session.setting("eval_split"),
+                            data=session.setting("data"), eval_split=session.eval_split,
                             node=session.head, plan=session.plan)
 
 
@@ -189,6 +190,8 @@ def open_study(storage, name: str, settings: StudySettings, source: SearchSource
     _check_same(name, stored, settings.as_dict(), "setting")
     mine = {k: v for k, v in source.as_dict().items() if k not in ("session", "node", "plan")}
     theirs = {k: v for k, v in study.user_attrs.get(SOURCE_ATTR, {}).items() if k not in ("node", "plan")}
+    if "eval_split" in theirs:  # a study made before the data roles names digits' val "calib"
+        theirs["eval_split"] = modern_split(theirs.get("data"), theirs["eval_split"])
     _check_same(name, theirs, mine, "source")
     return study, created
 
@@ -200,7 +203,8 @@ def study_source(study, session_dir: str | Path) -> SearchSource:
         raise SearchError(f"study {study.study_name!r} has no recorded source; allowed: studies made by "
                           f"`rcc-tui search`")
     return SearchSource(session=str(Path(session_dir).resolve()), model=data["model"], data=data["data"],
-                        eval_split=data["eval_split"], node=int(data["node"]), plan=plan_from_dict(data["plan"]))
+                        eval_split=modern_split(data["data"], data["eval_split"]), node=int(data["node"]),
+                        plan=plan_from_dict(data["plan"]))
 
 
 def sampler_seed(seed: int, worker: int, first: bool) -> int:
@@ -247,17 +251,20 @@ def load_context(source: SearchSource, settings: StudySettings, device: str = "a
                  cancel: Callable[[], bool] | None = None) -> SearchContext:
     """Load the model at the source node (an independent copy), the eval split and calibration data.
 
-    ``cancel`` is checked between the dense evaluation's batches, the longest wait before a first trial.
+    Trials are measured on the eval split (``val``) and calibrated on train; a source naming any
+    other eval split (a session made before the data roles) is refused. ``cancel`` is checked
+    between the dense evaluation's batches, the longest wait before a first trial.
     """
     from rcc.compression.calibration_sets import calibration_sets
     from rcc.data.registry import load_dataset
+    from rcc.data.roles import eval_split_of
     from rcc.eval.suite import default_task, primary_metric, run_eval
     from rcc.session.session import Session
 
     with Session.open(source.session, read_only=True, device=device) as session:
         model = session.model_at(source.node)
     space = build_space(settings.space, model.layers(), source.plan)
-    eval_data = load_dataset(source.data, source.eval_split)
+    eval_data = load_dataset(source.data, eval_split_of(source.data, source.eval_split))
     calibration, preserved = calibration_sets(source.data, per_class=settings.objective.calib_per_class,
                                               seed=source.plan.seed)
     task = default_task(model, eval_data)

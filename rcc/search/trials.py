@@ -119,6 +119,13 @@ class StudyInfo:
     dense_accuracy: float | None
     dense_size: dict
 
+    @property
+    def eval_split(self) -> str:
+        """The split the study's accuracies are measured on, by its current name (``val``)."""
+        from rcc.session.metric_keys import modern_split
+
+        return modern_split(self.source.get("data"), self.source.get("eval_split")) or "eval"
+
 
 def study_info(storage, study: str) -> StudyInfo:
     """The settings and reference (dense) measurements ``rcc-tui search`` stored with a study."""

@@ -183,9 +183,9 @@ def _save_transformers(model: VLModel, module: nn.Module, out: Path) -> None:
 
 
 def _fresh_directory(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RccError(f"export directory {str(out)!r} exists and is not empty; allowed: a new or empty directory")
+    from rcc.output_paths import check_output_dir
+
+    out = check_output_dir(out_dir, "export directory")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

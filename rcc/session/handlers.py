@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
 from rcc.errors import RccError
 from rcc.session import ops as O
-from rcc.session.progress import OpProgress, ProgressFn
+from rcc.session.flows import layer_progress, stage_options
+from rcc.session.progress import OpProgress, phase_progress
 
 if TYPE_CHECKING:
     from rcc.session.session import Session
@@ -51,37 +52,36 @@ def size_metrics(model) -> dict[str, float]:
     return {"size/params": kept, "size/total": total, "size/bytes": stored}
 
 
-def _layer_progress(op: str, progress: ProgressFn | None):
-    if progress is None:
-        return None
-
-    def report(stage: str, i: int, total: int, name: str) -> None:
-        progress(OpProgress(op=op, phase=stage, done=i + 1, total=total, detail=name))
-
-    return report
-
-
 def load_model(session: Session, op: O.LoadModel, progress, cancel) -> Effect:
-    from rcc.session.workspace import check_split, default_eval_split
+    from rcc.data.registry import canonical_spec
+    from rcc.data.roles import data_roles
 
     if session.head is not None:
         raise O.OpError("op 'load_model': this session has a model already; allowed: only as the first op "
                         "(start a new session for another model)")
-    eval_split = check_split(op.data, op.eval_split or default_eval_split(op.data))
-    check_split(op.data, op.test_split)
-    session._load_workspace(op.model, op.data, eval_split, op.test_split, progress)
-    metric = _primary(session, progress, cancel)
+    # Filled in before the op is logged: the log holds every option that decides the splits
+    # (held-out size, fractions, seed), so a replay cuts the same splits whatever the defaults become.
+    object.__setattr__(op, "data", canonical_spec(op.data))
+    roles = data_roles(op.data, op.eval_split, op.test_split)
+    session._load_workspace(op.model, op.data, roles.eval, roles.test, progress)
+    items = {split: len(session.workspace.dataset(split)) for split in (roles.calibration, roles.eval, roles.test)}
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"load {op.model} on {op.data}",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)},
-                  result={"eval_split": eval_split})
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
+                  result={"eval_split": roles.eval, "test_split": roles.test,
+                          "splits": {"layout": roles.layout, "items": items}})
 
 
-def _primary(session: Session, progress, cancel) -> float:
-    from rcc.eval.suite import primary_metric
+def _primary(session: Session, progress, cancel, op: str = "evaluate") -> float:
+    """The primary metric on the eval split, its batches reported as phase ``evaluate``."""
+    return float(session.workspace.evaluator(cancel, phase_progress(op, "evaluate", progress))(session.model))
 
-    if progress:
-        progress(OpProgress(op="evaluate", phase="evaluate", detail=session.workspace.eval_split))
-    return primary_metric(session.workspace.evaluate(cancel=cancel))
+
+def _eval_metric(session: Session, metric: float) -> dict[str, float]:
+    """A node's eval metric under the key that names its split (``val/primary``)."""
+    from rcc.session.metric_keys import metric_key
+
+    return {metric_key(session.workspace.eval_split): metric}
 
 
 def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
@@ -91,21 +91,14 @@ def set_plan(session: Session, op: O.SetPlan, progress, cancel) -> Effect:
 
 
 def edit_layers(session: Session, op: O.EditLayers, progress, cancel) -> Effect:
-    from rcc.compression.plan_rules import normalize_settings, settings_to_json
+    from rcc.services.edit_preview import edited_plan
 
     names = {layer.name for layer in session.model.layers()}
     unknown = [name for name in op.layers if name not in names]
     if unknown:
         raise RccError(f"layer {unknown[0]!r} is not in the model; allowed: a name from `rcc-tui layers` "
                        f"({len(names)} layers)")
-    overrides = {name: dict(settings) for name, settings in session.plan.overrides.items()}
-    for name in op.layers:
-        if op.reset:
-            overrides.pop(name, None)
-        if op.settings:
-            overrides[name] = {**overrides.get(name, {}), **normalize_settings(op.settings)}
-    budget = op.budget if op.budget is not None else session.plan.budget
-    plan = replace(session.plan, overrides={n: settings_to_json(s) for n, s in overrides.items()}, budget=budget)
+    plan = edited_plan(session.plan, op.layers, op.settings, op.reset, op.budget)
     resolve_plan(plan, session.model.layers())  # locked layers, ranks out of range, N:M that does not divide
     return Effect(plan=plan)
 
@@ -134,61 +127,39 @@ def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> Co
     return replace(plan, overrides=overrides)
 
 
-def _options(op: O._Compress):
-    from rcc.compression.stage_context import StageOptions
-
-    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve, allocation=op.allocation)
-
-
 def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
     from rcc.compression.cascade import run_stage as run_one_stage
 
     plan = restricted_plan(session.plan, session.model, op.layers)
     calibration, preserved = session.workspace.calibration(op.calib_per_class, plan.seed)
-    run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, _options(op),
-                        progress=_layer_progress(op.kind, progress), cancel=cancel)
+    run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, stage_options(op),
+                        progress=layer_progress(op.kind, progress), cancel=cancel)
     if not run.changed:  # a node equal to its parent would only clutter the history
         what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)},
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
                   result={"changed": run.changed, "params_before": run.params_before,
                           "params_after": run.params_after, "seconds": run.seconds})
 
 
 def run_cascade(session: Session, op: O.RunCascade, progress, cancel) -> Effect:
-    from rcc.compression.cascade import CascadeConfig
-    from rcc.compression.cascade import run_cascade as cascade
+    from rcc.session.flows import cascade_on
 
     plan = restricted_plan(session.plan, session.model, op.layers)
-    config = CascadeConfig(stages=op.stages, threshold=op.threshold, max_attempts=op.max_attempts,
-                           schedule=op.schedule, steps=op.steps, options=_options(op))
-    calibration, preserved = session.workspace.calibration(op.calib_per_class, plan.seed)
-
-    def on_attempt(attempt) -> None:
-        if progress:
-            progress(OpProgress(op=op.kind, phase=attempt.stage, detail=f"step {attempt.step} attempt "
-                                f"{attempt.attempt}", metric=attempt.metric, params=attempt.params,
-                                accepted=attempt.accepted))
-
-    result = cascade(session.model, plan, session.workspace.evaluator(cancel), calibration, preserved, config,
-                     progress=_layer_progress(op.kind, progress), cancel=cancel, on_attempt=on_attempt)
+    result = cascade_on(session.workspace, plan, op, progress, cancel)
     kept = sum(a.accepted for a in result.attempts)
     return Effect(new_node=True, summary=f"cascade {'→'.join(op.stages)} ≥{op.threshold:g}: "
                                          f"{result.removed_fraction:.0%} removed, {kept} attempts kept",
-                  metrics={"eval/primary": result.final_metric, **size_metrics(session.model)},
+                  metrics={**_eval_metric(session, result.final_metric), **size_metrics(session.model)},
                   result=result.as_dict())
 
 
 def evaluate(session: Session, op: O.Evaluate, progress, cancel) -> Effect:
-    from rcc.eval.suite import primary_metric
-    from rcc.session.workspace import check_split
+    from rcc.session.flows import evaluate_on
 
-    check_split(session.workspace.data, op.split)
-    report = session.workspace.evaluate(op.split, cancel=cancel)
-    metrics = {f"{op.split}/{k}": float(v) for k, v in report.metrics.items() if isinstance(v, (int, float))}
-    metrics[f"{op.split}/primary"] = primary_metric(report)
+    metrics, report = evaluate_on(session.workspace, op.split, cancel, progress, op.kind)
     return Effect(metrics=metrics, metrics_node=session.head, result=report.as_dict())
 
 
@@ -196,7 +167,7 @@ def checkout(session: Session, op: O.Checkout, progress, cancel) -> Effect:
     # The working plan stays: it is the user's draft (roll back, then re-run it gentler); the
     # plan that made the node is kept with the node (NodeState.plan).
     target = session.graph.state(op.node)  # raises for an unknown node
-    loaded = session._restore_to(target)
+    loaded = session._restore_to(target, progress, op.kind)
     return Effect(head=op.node, state=(target.structure, target.tensors), result={"bytes_loaded": loaded})
 
 
@@ -206,10 +177,11 @@ def label(session: Session, op: O.Label, progress, cancel) -> Effect:
 
 
 def export(session: Session, op: O.Export, progress, cancel) -> Effect:
+    from rcc.output_paths import check_output_dir
     from rcc.session.export import export_compressed, export_dense
 
     node = op.node or session.head
-    out = session.resolve_export_path(op.out)
+    out = check_output_dir(session.resolve_export_path(op.out), "export directory")  # before the checkout
     target = session.graph.state(node)
     moved = node != session.head
     if moved:
@@ -230,6 +202,7 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     from rcc.training.distill import (
         DistillConfig, distill, distill_data, locked_parameter_names, teacher_targets,
     )
+    from rcc.training.grounded_distill import uses_grounded_terms
 
     teacher_node = op.teacher or min(node.id for node in session.nodes())
     config = DistillConfig(steps=op.steps, lr=op.lr, batch_size=op.batch_size, temperature=op.temperature,
@@ -244,7 +217,10 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
     if progress:
         progress(OpProgress(op=op.kind, phase="teacher", detail=f"node {teacher_node}"))
     teacher = session.model_at(teacher_node)
-    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0)
+    targets = teacher_targets(teacher, data, cancel=cancel, attention=config.attention_weight > 0,
+                              progress=phase_progress(op.kind, "teacher", progress))
+    # Grounded terms (BLIP's decoder and fusion layers) need the teacher itself at every step.
+    live_teacher = teacher if config.kl_weight and uses_grounded_terms(session.model) else None
     del teacher
     locked = {name for name, plan in resolve_plan(session.plan, session.model.layers()).items() if plan.locked}
     frozen = locked_parameter_names(session.model, locked)
@@ -267,11 +243,12 @@ def train(session: Session, op: O.Train, progress, cancel) -> Effect:
 
     result = distill(session.model, data, targets, config, frozen=frozen,
                      evaluate=evaluate_during_training if op.eval_every else None,
-                     on_step=on_step, cancel=cancel)
-    metric = _primary(session, progress, cancel)
+                     on_step=on_step, cancel=cancel, teacher=live_teacher)
+    del live_teacher
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"train {len(result.losses)} steps from node {teacher_node}: "
                                          f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)},
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)},
                   result={"teacher": teacher_node, "losses": result.losses, "evals": result.evals,
                           "best_step": result.best_step, "params_before": result.params_before,
                           "params_after": result.params_after, "seconds": result.seconds})
@@ -307,15 +284,15 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
     plan = record.compression_plan()
     resolve_plan(plan, session.model.layers())
     calibration, preserved = session.workspace.calibration(record.calib_per_class, plan.seed)
-    result = compress(session.model, record, calibration, preserved, progress=_layer_progress(op.kind, progress),
+    result = compress(session.model, record, calibration, preserved, progress=layer_progress(op.kind, progress),
                       cancel=cancel)
     if result is None:
         raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
                        f"allowed: a trial whose plan gives some layer a sparsity or a rank")
-    metric = _primary(session, progress, cancel)
+    metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
                                          f"{result.removed_fraction:.0%} removed",
-                  metrics={"eval/primary": metric, **size_metrics(session.model)}, plan=plan,
+                  metrics={**_eval_metric(session, metric), **size_metrics(session.model)}, plan=plan,
                   result={"study": op.study, "trial": op.trial, "record": record.as_dict(),
                           "params_before": result.params_before, "params_after": result.params_after,
                           "removed_fraction": result.removed_fraction, "seconds": result.seconds})

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
+from rcc.compression.schedule import MAX_ATTEMPTS, MAX_STEPS
 from rcc.errors import RccError
 
 STAGE_NAMES = ("dare", "nullu", "alphaedit")
@@ -31,10 +32,16 @@ def _fail(op: str, name: str, value: Any, allowed: str) -> OpError:
     return OpError(f"op {op!r}: {name} {value!r} is invalid; allowed: {allowed}")
 
 
-def _int(op: str, name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+# SQLite stores integers in 64 bits: larger node ids would overflow before they could be refused.
+MAX_INT = 2**63 - 1
+
+
+def _int(op: str, name: str, value: Any, low: int | None = None, high: int | None = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
             or (high is not None and value > high):
-        bounds = f"an integer{f' ≥ {low}' if low is not None else ''}{f' ≤ {high}' if high is not None else ''}"
+        bounds = " and".join(part for part in (f" ≥ {low}" if low is not None else "",
+                                                f" ≤ {high}" if high is not None else "") if part)
+        bounds = f"an integer{bounds}"
         raise _fail(op, name, value, bounds)
     return value
 
@@ -96,7 +103,9 @@ class LoadModel(Op):
     changes_model: ClassVar[bool] = True
     model: str = "rcc-mini"
     data: str = "digits"
-    eval_split: str | None = None  # checked after each stage; default: calib if the dataset has one
+    # The data roles (rcc.data.roles): eval reads val, test reads test; both fields may only name
+    # those (digits' old name calib is val) and stay for recipes that wrote them out.
+    eval_split: str | None = None
     test_split: str = "test"
 
     def validate(self) -> None:
@@ -215,9 +224,9 @@ class RunCascade(_Compress):
             raise _fail(self.kind, "stages", stages, f"a non-empty list of {', '.join(STAGE_NAMES)}")
         object.__setattr__(self, "stages", tuple(stages))
         object.__setattr__(self, "threshold", _float(self.kind, "threshold", self.threshold, 0.0, 1.0))
-        _int(self.kind, "max_attempts", self.max_attempts, 1, 20)
+        _int(self.kind, "max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
         _choice(self.kind, "schedule", self.schedule, SCHEDULES)
-        _int(self.kind, "steps", self.steps, 1, 100)
+        _int(self.kind, "steps", self.steps, 1, MAX_STEPS)
 
 
 @dataclass(frozen=True)

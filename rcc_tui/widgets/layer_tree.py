@@ -26,7 +26,7 @@ from textual.widgets.tree import TreeNode
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan
     from rcc.models.inventory import LayerInfo
-    from rcc_tui.workers import LayerState
+    from rcc_tui.session_view import LayerState
 
 SELECTED, UNSELECTED, PARTIAL = "■", "□", "◧"
 DETAIL_WIDTH = 40  # narrower trees leave shapes and sizes to the editor
@@ -51,6 +51,18 @@ def short_number(n: float) -> str:
             value = n / scale
             return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
     return f"{n:.0f}"
+
+
+def stored_fraction_saved(layers: Sequence[LayerInfo], state: Mapping[str, LayerState]) -> float:
+    """1 − stored bytes / dense bytes of ``layers``, as the compressed export stores them (0 when unknown)."""
+    stored = dense = 0
+    for layer in layers:
+        held = state.get(layer.name)
+        if held is None or held.stored_bytes is None or held.dense_bytes is None:
+            continue
+        stored += held.stored_bytes
+        dense += held.dense_bytes
+    return 1 - stored / dense if dense else 0.0
 
 
 def short_name(layer: LayerInfo) -> str:
@@ -372,12 +384,12 @@ class LayerTree(Tree[NodeData]):
         title = data.tower if data.kind == "tower" else f"block {data.block}"
         # Against the dense widths: a block whose units were removed shows that saving too.
         params = sum(layer.original_shape[0] * layer.original_shape[1] for layer in layers)
-        stored = sum(self.state[layer.name].stored if layer.name in self.state else layer.params for layer in layers)
+        saved = stored_fraction_saved(layers, self.state)
         text.append(title, style="bold" if data.kind == "tower" else "")
         text.append(f" {len(layers)} layers {short_number(params)}" if self._detailed
                     else f" ·{len(layers)} {short_number(params)}", style="dim")
-        if stored < params:
-            text.append(f" −{1 - stored / params:.0%}", style="bold")
+        if saved > 0:  # what the compressed export saves, in bytes (a mask costs a bit per entry)
+            text.append(f" −{saved:.0%}", style="bold")
         text.append_text(self._heat_text(layer.name for layer in layers))
         return text
 

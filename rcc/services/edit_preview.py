@@ -1,0 +1,107 @@
+"""An ``edit_layers`` op before it runs: the plan it makes, and what the edited layers would store.
+
+The op's handler builds its plan with ``edited_plan``, and the app's layer editor previews an
+edit with ``preview_edit`` (checked as the op checks it, counted as ``summarize_plan`` counts),
+so the editor never promises what the engine would not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rcc.compression.plan import CompressionPlan, PlanSummary
+    from rcc.compression.plan_rules import LayerPlan
+    from rcc.models.inventory import LayerInfo
+
+
+@dataclass(frozen=True)
+class EditPreview:
+    """The plan after the edit, each layer's resolved setting, its expected counts, and the budget the op
+    would set (None: unchanged)."""
+
+    plan: CompressionPlan
+    settings: dict[str, LayerPlan]
+    summary: PlanSummary
+    budget: float | None
+
+    def planned_bytes(self, layers: Sequence[LayerInfo], names: Sequence[str], bytes_per_value: int = 4) -> int | None:
+        """Bytes the compressed export would write for ``names`` once the plan ran (None: a rank known only
+        after the SVD)."""
+        wanted = set(names)
+        counts = {count.name: count for count in self.summary.layers if count.name in wanted}
+        total = 0
+        for layer in layers:
+            if layer.name in wanted:
+                count = counts.get(layer.name)
+                size = planned_bytes(layer, self.settings[layer.name], None if count is None else count.after,
+                                     bytes_per_value, None if count is None else count.shape)
+                if size is None:
+                    return None
+                total += size
+        return total
+
+    def with_partners(self, layers: Sequence[LayerInfo], names: Sequence[str]) -> tuple[str, ...]:
+        """``names`` and, after them, the layers that narrow with them: the other members of the channel /
+        head groups whose leader is among ``names`` and which the plan prunes (their widths shrink too)."""
+        from rcc.compression.groups import planned_groups
+
+        chosen = set(names)
+        extra = [member for group, _ in planned_groups(layers, self.settings) if group.leader in chosen
+                 for member in group.members if member not in chosen]
+        return (*names, *dict.fromkeys(extra))
+
+
+def edited_plan(plan: CompressionPlan, names: Sequence[str], settings: Mapping[str, Any], reset: bool = False,
+                budget: float | None = None) -> CompressionPlan:
+    """The plan with ``settings`` merged into the overrides of ``names`` (after dropping them with ``reset``)."""
+    from rcc.compression.plan_rules import normalize_settings, settings_to_json
+
+    overrides = {name: dict(s) for name, s in plan.overrides.items()}
+    clean = normalize_settings(settings)
+    for name in names:
+        if reset:
+            overrides.pop(name, None)
+        if clean:
+            overrides[name] = {**overrides.get(name, {}), **clean}
+    return replace(plan, overrides={n: settings_to_json(s) for n, s in overrides.items()},
+                   budget=plan.budget if budget is None else budget)
+
+
+def preview_edit(plan: CompressionPlan, layers: Sequence[LayerInfo], names: Sequence[str],
+                 settings: Mapping[str, Any], reset: bool = False, budget: Any = None) -> EditPreview:
+    """What ``EditLayers(names, settings, reset, budget)`` would make; raises ``RccError`` as the op would.
+
+    With nothing to change (no setting, no reset, no budget) it previews the plan as it is.
+    """
+    from rcc.compression.plan import resolve_plan, summarize_plan
+    from rcc.session.ops import EditLayers
+
+    if settings or reset or budget is not None:
+        op = EditLayers(layers=tuple(names), settings=dict(settings), reset=reset, budget=budget)
+        settings, budget = op.settings, op.budget
+    new = edited_plan(plan, names, settings, reset, budget)
+    return EditPreview(new, resolve_plan(new, layers), summarize_plan(new, layers), budget)
+
+
+def planned_bytes(layer: LayerInfo, setting: LayerPlan, values_after: int | None,
+                  bytes_per_value: int = 4, shape: tuple[int, int] | None = None) -> int | None:
+    """Bytes the compressed export would write for the layer once the plan ran: kept values plus masks.
+
+    A pruned layer keeps a mask over what it stores (m·n entries, or r(m + n) when factorised),
+    packed 8 per byte, as ``rcc.compression.layers.stored_bytes`` counts a compressed layer.
+    Structured patterns (``channel``, ``head``) mask nothing: the layer itself is narrower
+    (``shape``, its planned (m, n); default its shape now), and only its values are stored.
+    """
+    from rcc.compression.groups import is_structured
+
+    if values_after is None:
+        return None
+    masked = setting.selected and setting.sparsity > 0 and not is_structured(setting.pattern)
+    if not masked:
+        return values_after * bytes_per_value
+    out_f, in_f = shape or layer.shape
+    entries = out_f * in_f if setting.rank is None else round(values_after / (1 - setting.sparsity))
+    return values_after * bytes_per_value + (entries + 7) // 8
