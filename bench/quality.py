@@ -45,6 +45,13 @@ from rcc.models.registry import load_model  # noqa: E402
 TOWERS = {"text": ["text"], "both": None}
 
 
+def quality_cells(model, top1, dense_text, corpus) -> list[float]:
+    """[zero-shot top-1, mean cosine, NN@10 overlap] of ``model``: top-1 from ``top1``, fidelity of its text
+    embeddings of ``corpus`` against the dense model's ``dense_text``."""
+    fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
+    return [round(top1(model), 4), round(fidelity.mean_cosine, 4), round(fidelity.knn_overlap, 4)]
+
+
 def method_setup(method: str, budget: float, towers, layers):
     """(plan, cascade config) that removes ``budget`` of the selected parameters with ``method``."""
     prune = {"magnitude": "magnitude", "wanda": "wanda", "dare": "dare"}
@@ -98,9 +105,8 @@ def main() -> None:
                 began = time.perf_counter()
                 result = run_cascade(model, plan, check, calibration, preserved, config)
                 seconds = time.perf_counter() - began
-                fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
-                row = [method, scope, round(top1(model), 4), round(fidelity.mean_cosine, 4),
-                       round(fidelity.knn_overlap, 4), round(result.removed_fraction, 4), round(seconds, 1)]
+                row = [method, scope, *quality_cells(model, top1, dense_text, corpus),
+                       round(result.removed_fraction, 4), round(seconds, 1)]
                 table.append(row)
                 rows.append([budget, *row])
                 print(f"budget {budget} {scope:5s} {method:9s} top1 {row[2]:.4f} cos {row[3]:.4f} "
@@ -124,9 +130,8 @@ def recovery_rows(dense, check, top1, calibration, preserved, dense_text, corpus
     compress_seconds = time.perf_counter() - began
 
     def row(name: str, seconds: float) -> list:
-        fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
-        return [name, "both", round(top1(model), 4), round(fidelity.mean_cosine, 4), round(fidelity.knn_overlap, 4),
-                round(result.removed_fraction, 4), round(seconds, 1)]
+        return [name, "both", *quality_cells(model, top1, dense_text, corpus), round(result.removed_fraction, 4),
+                round(seconds, 1)]
 
     rows = [row("RCC (DARE 50 %)", compress_seconds)]
     print(f"recovery: before {rows[0]}", flush=True)

@@ -27,7 +27,9 @@ def _first_existing(path: Path) -> Path:
 
 def _check_creatable(path: Path, what: str, shown: str) -> None:
     """Every missing part of ``path`` can be made: its nearest existing ancestor is a writable folder."""
-    ancestor = _first_existing(path.parent if not path.exists() else path)
+    # An existing directory is checked itself; a file (existing or not) by the folders above it, so
+    # a file that exists may be overwritten where its folder is writable.
+    ancestor = _first_existing(path if path.is_dir() else path.parent)
     if not ancestor.is_dir():
         raise OutputError(f"{what} {shown!r} lies under {str(ancestor)!r}, which is a file; "
                           f"allowed: a path whose parent folders are folders")

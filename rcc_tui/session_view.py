@@ -25,7 +25,8 @@ class LayerState:
     rank: int | None  # the factorisation's rank, None when not factorised
     stored: int  # numbers the layer stores now
     stored_bytes: int | None = None  # bytes the compressed export writes for it (values and packed masks)
-    dense_bytes: int | None = None  # bytes of its dense weight in the model's dtype
+    dense_bytes: int | None = None  # bytes of its dense weight in the model's dtype (at its dense shape if narrowed)
+    units: tuple[int, int, str] | None = None  # a structured group's leader: (kept, dense, "ch" or "heads")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ class SessionView:
 
 
 def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
-    """Form, sparsity, rank, stored numbers and bytes of every layer, from the live model."""
+    """Form, sparsity, rank, stored numbers and bytes of every layer, and the units kept by each structured
+    group's leader, from the live model."""
+    from rcc.compression.groups import structured_groups
     from rcc.compression.layers import (
         LowRankLinear,
         layer_form,
@@ -68,6 +71,8 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
 
     module = session.model.module
     value_bytes = next(module.parameters()).element_size()  # the model's dtype: float32 is 4
+    leaders = {group.leader: (group.units, group.dense_units, "ch" if group.kind == "channel" else "heads")
+               for group in structured_groups(list(layers))}
     state = {}
     for layer in layers:
         try:
@@ -76,7 +81,9 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
                 form=layer_form(module, layer), sparsity=layer_sparsity(module, layer),
                 rank=child.rank if isinstance(child, LowRankLinear) else None,
                 stored=stored_parameters(module, layer), stored_bytes=stored_bytes(module, layer),
-                dense_bytes=layer.params * value_bytes)
+                # A narrowed layer's saving is real: measured against the width it had.
+                dense_bytes=layer.original_shape[0] * layer.original_shape[1] * value_bytes,
+                units=leaders.get(layer.name))
         except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
             state[layer.name] = LayerState("dense", 0.0, None, layer.params)
     return state

@@ -50,6 +50,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def one_thread_module():
+    """One thread for a whole module: module-scoped fixtures built under it replay exactly in its tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def config_path(tmp_path_factory):
     """A tiny OpenCLIP config file (tests/openclip_tiny.py), loadable as ``open_clip:PATH``."""
     import json

@@ -89,12 +89,28 @@ def test_stages_set_the_plan_for_the_towers_given(tiny_spec):
     assert extended.overrides == base["overrides"] and extended.rules[0].settings == {"correction": True}
 
 
+def test_a_channel_pattern_goes_to_the_mlp_leaders_and_narrows_them(tiny_spec, one_thread):
+    model = rcc.load(tiny_spec, device="cpu")
+    dense = {layer.name: layer.shape for layer in model.layers()}
+    cascade = rcc.Cascade(stages=[rcc.DARE(sparsity=0.5, method="wanda", pattern="channel")], threshold=0.0,
+                          towers="vision", allocation="global", calib_per_class=2)
+    assert {rule.kind for rule in cascade.compression_plan(model).rules} == {"mlp_in"}  # no kinds needed
+    assert cascade.op().allocation == "global"
+    cascade.run(model, data="digits")
+    narrowed = {layer.name: layer.shape for layer in model.layers() if layer.shape != dense[layer.name]}
+    mlp = [name for name in dense if ".mlp." in name and name.startswith("visual.")]
+    assert narrowed and set(narrowed) == set(mlp)  # every vision MLP pair, nothing else
+    units = sum(dense[name][0] for name in mlp if name.endswith("c_fc"))
+    assert sum(narrowed[name][0] for name in narrowed if name.endswith("c_fc")) == units // 2  # the tower's total
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: rcc.Cascade(stages=[rcc.DARE(sparsity=0.5), rcc.DARE(sparsity=0.2)]), "repeat a stage"),
     (lambda: rcc.Cascade(stages=["dare"]), "is not a stage"),
     (lambda: rcc.Cascade(), "at least one stage"),
     (lambda: rcc.Cascade(stages=[rcc.AlphaEdit()], threshold=1.5), "threshold 1.5"),
     (lambda: rcc.Cascade(stages=[rcc.AlphaEdit()], steps=0), "steps 0"),
+    (lambda: rcc.Cascade(stages=[rcc.AlphaEdit()], allocation="even"), "allocation 'even'"),
 ])
 def test_bad_cascades_are_refused_in_one_line(make, message):
     with pytest.raises(RccError, match=re.escape(message)) as error:

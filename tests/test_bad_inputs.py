@@ -457,3 +457,13 @@ def test_a_few_bad_inputs_in_a_real_process(world, tmp_path):
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and word in done.stderr, done.stderr
     assert _fingerprint(session) == _fingerprint(world["template"])
+
+
+def test_an_output_file_that_exists_is_overwritten_not_refused(tmp_path):
+    from rcc.output_paths import OutputError, check_output_file
+
+    existing = tmp_path / "plan.json"
+    existing.write_text("{}")
+    assert check_output_file(existing, "--out plan file") == existing  # a second `rcc-tui plan --out` rewrites it
+    with pytest.raises(OutputError, match="which is a file"):
+        check_output_file(existing / "x.json", "--out plan file")

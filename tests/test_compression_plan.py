@@ -237,8 +237,8 @@ def test_nm_pattern_with_a_rank_is_refused():
 @pytest.mark.parametrize("settings_, what, allowed", [
     ({"sparsty": 0.5}, "setting 'sparsty' is unknown", "sparsity, method, pattern, rank, correction, locked"),
     ({"method": "obs"}, "method 'obs' is unknown", ", ".join(METHODS)),
-    ({"pattern": "4:2"}, "pattern '4:2' is unknown", "'unstructured', 'row' or 'N:M'"),
-    ({"pattern": "blocks"}, "pattern 'blocks' is unknown", "'unstructured', 'row' or 'N:M'"),
+    ({"pattern": "4:2"}, "pattern '4:2' is unknown", "'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel'"),
+    ({"pattern": "blocks"}, "pattern 'blocks' is unknown", "'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel'"),
     ({"rank": "half"}, "rank 'half' is not understood", "an integer ≥ 1, 'energy:F' with 0 < F ≤ 1, or 'auto'"),
     ({"rank": 1.5}, "rank 1.5 has type float", "an integer ≥ 1"),
     ({"correction": "yes"}, "correction 'yes' is not a boolean", "true, false"),

@@ -48,6 +48,25 @@ def test_the_edit_preview_is_the_plan_the_op_records_and_its_bytes_are_what_the_
     assert node.metrics["size/bytes"] == before - (fc0.params + q0.params) * 4 + planned  # what size_metrics says
 
 
+def test_the_edit_preview_of_a_channel_pattern_counts_the_narrowed_partner_and_no_mask(tiny):
+    from rcc.compression.layers import stored_bytes
+    from rcc.services.edit_preview import preview_edit
+
+    proj0 = FC0.replace("c_fc", "c_proj")
+    layers = tiny.model.layers()
+    index = {layer.name: layer for layer in layers}
+    settings = {"sparsity": 0.5, "method": "magnitude", "pattern": "channel"}
+    preview = preview_edit(tiny.plan, layers, [FC0], settings)
+    assert preview.with_partners(layers, [FC0]) == (FC0, proj0)  # mlp_out loses the same hidden units
+    planned = preview.planned_bytes(layers, [FC0, proj0])
+    assert planned == (index[FC0].params + index[proj0].params) // 2 * 4  # half the widths, no mask bits
+    tiny.apply(O.EditLayers(layers=(FC0,), settings=settings))
+    tiny.apply(O.RunStage(stage="dare", layers=(FC0,), calib_per_class=2))
+    after = tiny.model.layer_index
+    assert after[FC0].shape[0] == index[FC0].shape[0] // 2  # really narrower, as promised
+    assert planned == sum(stored_bytes(tiny.model.module, after[name]) for name in (FC0, proj0))
+
+
 def test_the_edit_preview_refuses_what_the_op_refuses_in_the_same_words(tiny):
     from rcc.services.edit_preview import preview_edit
 

@@ -168,7 +168,7 @@ def test_ops_built_in_python_are_validated_too():
 
 _names = st.lists(st.text(min_size=1, max_size=12), max_size=4)
 _compress = dict(layers=_names, calib_per_class=st.integers(1, 10_000), whiten=st.booleans(),
-                 preserve=st.booleans())
+                 preserve=st.booleans(), allocation=st.sampled_from(O.ALLOCATIONS))
 
 
 @settings(max_examples=150, deadline=None)

@@ -23,12 +23,8 @@ TRAIN = O.Train(steps=5, batch_size=8, lr=1e-3, eval_every=5, warmup_steps=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_for_the_module():
-    # Module-wide (the recorded session is built once): replay compares exact numbers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread_for_the_module(one_thread_module):
+    """Module-wide (the recorded session is built once): replay compares exact numbers."""
 
 
 @pytest.fixture(scope="module")

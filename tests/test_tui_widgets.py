@@ -595,3 +595,18 @@ def test_widget_and_screen_modules_import_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_editor_counts_a_channel_pattern_s_narrowed_partner_with_the_targets():
+    from rcc.compression.plan import CompressionPlan
+    from rcc.models.inventory import LayerInfo
+    from rcc.services.edit_preview import preview_edit
+    from rcc_tui.widgets.layer_editor import count_line
+
+    layers = [LayerInfo("b.0.fc", "text", 0, "mlp_in", (16, 4), "b.0.fc.weight"),
+              LayerInfo("b.0.proj", "text", 0, "mlp_out", (4, 16), "b.0.proj.weight")]
+    preview = preview_edit(CompressionPlan(), layers, ["b.0.fc"],
+                           {"sparsity": 0.5, "method": "magnitude", "pattern": "channel"})
+    # Both layers lose half their hidden units: 2 · 64 values of 4 bytes → 2 · 32, no mask bits.
+    assert count_line(preview, layers, ["b.0.fc"], {}, 1000) == (
+        "targets + 1 narrowed 512 B → 256 B (−50%) · model 1.00 KB → 744 B (−26%)")

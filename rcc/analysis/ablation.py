@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 from rcc.analysis.errors import AnalysisError
 from rcc.compression.calibration import CalibrationData
-from rcc.compression.cascade import STAGES, CascadeConfig, CascadeResult, Evaluator, run_cascade
+from rcc.compression.cascade import STAGES, CascadeConfig, CascadeResult, Evaluator, run_cascade, run_plans
 from rcc.compression.layers import LayerSnapshot
 from rcc.compression.plan import CompressionPlan, plan_to_dict, resolve_plan
 from rcc.eval.encode import CancelCheck, check_cancel
@@ -145,7 +145,8 @@ def run_ablation(
     if not selected:
         raise AnalysisError("the plan selects no layer; allowed: a plan that gives some layer a sparsity or a rank")
     index = model.layer_index
-    snapshot = LayerSnapshot(model.module, [index[name] for name in selected])
+    # Every layer a run may change: structured patterns narrow partners the plan does not select.
+    snapshot = LayerSnapshot(model.module, [index[name] for name in run_plans(model, plan)])
     dense_test = test_evaluate(model) if test_evaluate else None
     results: list[VariantResult] = []
     dense_metric = float("nan")

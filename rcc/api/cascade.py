@@ -57,6 +57,8 @@ class Cascade:
     ``towers`` / ``kinds`` limit which layers the stages' settings reach (None: every layer);
     ``plan`` (a CompressionPlan or its JSON form) is the starting plan, which the stages'
     settings then extend as one more rule. ``seed`` seeds calibration sampling and DARE's drops.
+    ``allocation`` (``uniform`` or ``global``) decides how ``pattern="channel"`` / ``"head"``
+    removals are shared among a tower's MLPs / attentions (``rcc.compression.unit_allocation``).
     """
 
     stages: Sequence[Stage] = field(default_factory=tuple)
@@ -69,6 +71,7 @@ class Cascade:
     steps: int = 1
     calib_per_class: int = 16
     seed: int = 0
+    allocation: str = "uniform"  # channel / head patterns: each group its planned share, or "global" per tower
 
     def __post_init__(self) -> None:
         stages = tuple(self.stages)
@@ -93,7 +96,8 @@ class Cascade:
         return RunCascade(stages=tuple(by_name), threshold=self.threshold, max_attempts=self.max_attempts,
                           schedule=self.schedule, steps=self.steps, calib_per_class=self.calib_per_class,
                           whiten=by_name["nullu"].whiten if "nullu" in by_name else True,
-                          preserve=by_name["alphaedit"].preserve if "alphaedit" in by_name else False)
+                          preserve=by_name["alphaedit"].preserve if "alphaedit" in by_name else False,
+                          allocation=self.allocation)
 
     def compression_plan(self, model=None) -> CompressionPlan:
         """The plan the stages describe (on top of ``plan``); ``model`` lets ranks skip matrices used as x @ W."""

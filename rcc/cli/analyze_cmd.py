@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
                       help="rank as a fraction of each layer's full rank min(m, n), e.g. 0.5")
     sens.add_argument("--sparsity", type=float, default=0.0, help="prune to this sparsity first (0 ≤ s < 1)")
     sens.add_argument("--method", default="magnitude", help="pruning method: magnitude, wanda or dare")
+    sens.add_argument("--pattern", default="unstructured",
+                      help="unstructured, or channel / head: each unit is one MLP / attention losing --sparsity of "
+                           "its hidden units / heads")
     sens.add_argument("--no-whiten", action="store_true", help="plain SVD instead of activation-aware SVD")
     sens.add_argument("--tower", action="append", default=None, help="only layers of this tower (repeatable)")
     sens.add_argument("--kind", action="append", default=None, help="only layers of this kind (repeatable)")
@@ -188,7 +191,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from rcc.services.sensitivity import scan_layers, store_scan
 
     setting = ScanSetting(rank=args.rank, sparsity=args.sparsity, method=args.method, whiten=not args.no_whiten,
-                          seed=args.seed)
+                          seed=args.seed, pattern=args.pattern)
     model, data, eval_split, _, _, node = _load_source(args)
     layers = select_layers(model, args.layer, args.tower, args.kind)
     with _progress_bar() as bar:

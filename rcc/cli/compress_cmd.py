@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--steps", type=int, default=1, help="schedule steps (default 1: straight to the plan)")
     parser.add_argument("--calib-per-class", type=int, default=16, help="calibration images per class")
     parser.add_argument("--no-whiten", action="store_true", help="plain SVD instead of activation-aware SVD")
+    parser.add_argument("--allocation", choices=("uniform", "global"), default="uniform",
+                        help="channel / head patterns: each group loses its planned share (uniform), or a tower's "
+                             "groups lose the same total, cheapest units first by measured cost (global)")
     parser.add_argument("--preserve", action="store_true",
                         help="confine AlphaEdit corrections to the null space of preserved inputs (general "
                              "sentences and other images), so their outputs do not move; slower on pruned layers")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     config = CascadeConfig(
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), threshold=args.threshold,
         max_attempts=args.max_attempts, schedule=args.schedule, steps=args.steps,
-        options=replace(StageOptions(), whiten=not args.no_whiten, preserve=args.preserve),
+        options=replace(StageOptions(), whiten=not args.no_whiten, preserve=args.preserve,
+                        allocation=args.allocation),
     )
     config.validate()
     roles = data_roles(args.data, args.eval_split, args.test_split)

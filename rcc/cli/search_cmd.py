@@ -78,6 +78,10 @@ def add_parser(sub) -> None:
                              help="global space: per-group multiplier bounds (default 0.5:1.5:0.1), or 'none'")
     study_group.add_argument("--method", choices=("magnitude", "wanda", "dare"), default=None,
                              help="pruning method of the searched layers (default: the session plan's)")
+    study_group.add_argument("--pattern", default=None, metavar="P",
+                             help="pattern of the searched layers: unstructured, row, channel (MLP hidden units of "
+                                  "each mlp_in's group) or head (attention heads of each attn_q's group); "
+                                  "default: the session plan's")
     study_group.add_argument("--stages", default=None, metavar="LIST",
                              help="each trial's pipeline, comma list of dare, nullu, alphaedit (default: dare)")
     study_group.add_argument("--calib-per-class", type=int, default=None, metavar="N",
@@ -137,6 +141,8 @@ def build_settings(args: argparse.Namespace, base):
             space_changes[name] = parse_bounds(getattr(args, name), name)
     if args.method is not None:
         space_changes["method"] = args.method
+    if args.pattern is not None:
+        space_changes["pattern"] = args.pattern
     objective_changes = {}
     for option, key in (("objective", "mode"), ("threshold", "threshold"), ("size", "size"),
                         ("calib_per_class", "calib_per_class")):

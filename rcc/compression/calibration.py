@@ -1,7 +1,9 @@
 """Calibration statistics: what each layer sees as input on a small, fixed set of data.
 
 For a layer with inputs X (in × N, one column per token), we keep
-- ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda), and
+- ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda),
+- ``sums`` = Σ_t x_t per input channel (the mean μ = sums / count, for structured pruning's bias
+  compensation and fluctuation scores), and
 - ``gram`` = X Xᵀ (in × in, for whitened SVD and AlphaEdit), only when asked: it is in² floats.
 Images feed the vision tower, texts the text tower, and image–text pairs the paths where text
 attends to the image (``VLModel.grounds_text``: BLIP's fusion encoder, with its cross-attention,
@@ -37,10 +39,30 @@ class InputStats:
     sq_norms: torch.Tensor
     gram: torch.Tensor | None
     count: int
+    sums: torch.Tensor | None = None
 
     @property
     def norms(self) -> torch.Tensor:
         return self.sq_norms.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        return None if self.sums is None or not self.count else self.sums / self.count
+
+    def centred_gram(self, device=None) -> torch.Tensor:
+        """Σ = C − s sᵀ / N (the Gram of the inputs less their mean) in float64; C itself without sums."""
+        gram = self.gram.to(device=device, dtype=torch.float64)
+        if self.sums is None or not self.count:
+            return gram
+        sums = self.sums.to(device=gram.device, dtype=torch.float64)
+        return gram - torch.outer(sums, sums) / self.count
+
+    @property
+    def sq_deviations(self) -> torch.Tensor | None:
+        """Σ_t (x_tj − μ_j)² = Σ x² − (Σ x)² / N per channel (clamped at 0 against rounding)."""
+        if self.sums is None or not self.count:
+            return None
+        return (self.sq_norms - self.sums * self.sums / self.count).clamp_min(0)
 
 
 @dataclass(frozen=True)
@@ -84,8 +106,9 @@ def collect_input_stats(
             if entry is None:
                 entry = stats[name] = InputStats(torch.zeros(x.shape[1], device=x.device),
                                                  torch.zeros(x.shape[1], x.shape[1], device=x.device) if gram else None,
-                                                 0)
+                                                 0, torch.zeros(x.shape[1], device=x.device))
             entry.sq_norms += (x * x).sum(dim=0)
+            entry.sums += x.sum(dim=0)
             if entry.gram is not None:
                 entry.gram.addmm_(x.t(), x)
             entry.count += x.shape[0]

@@ -20,6 +20,7 @@ import torch
 
 from rcc.compression.calibration import CalibrationData, collect_input_stats
 from rcc.compression.correction_stage import run_correction_stage
+from rcc.compression.groups import is_structured, partners
 from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameters, unfuse
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
@@ -105,9 +106,7 @@ def run_cascade(
     """
     config.validate()
     start = time.perf_counter()
-    plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
-    if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+    plans = run_plans(model, plan)
     module = model.module
     index = model.layer_index
     before_run = LayerSnapshot(module, [index[name] for name in plans])
@@ -156,9 +155,7 @@ def run_stage(
     if not 0 < fraction <= 1:
         raise RccError(f"fraction {fraction} is out of range; allowed: 0 < fraction ≤ 1")
     start = time.perf_counter()
-    plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
-    if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+    plans = run_plans(model, plan)
     module, index = model.module, model.layer_index
     before_run = LayerSnapshot(module, [index[name] for name in plans])
     config = CascadeConfig(stages=(stage,), options=options)
@@ -180,15 +177,30 @@ def _selected(p) -> bool:
     return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction)
 
 
+def run_plans(model: VLModel, plan: CompressionPlan) -> dict:
+    """The layers a run may change, in inventory order: the selected ones, and the partners their
+    structured patterns narrow with them (an mlp_out whose hidden units go, k / v / out of a head group)."""
+    layers = model.layers()
+    resolved = resolve_plan(plan, layers)
+    plans = {name: p for name, p in resolved.items() if _selected(p)}
+    if not plans:
+        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+    extra = partners(layers, resolved)
+    return {layer.name: resolved[layer.name] for layer in layers if layer.name in plans or layer.name in extra}
+
+
 def _context(model, plans, plan, calibration, preserved, config, progress, cancel) -> StageContext:
     index = model.layer_index  # a property that walks the model: once, not per layer
     layers = [index[name] for name in plans]
     needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
+    # Structured removal collects its own statistics as it goes: a layer only it touches needs none here.
+    measured = [layer for layer in layers if _uses_run_stats(plans[layer.name], config.stages)]
     # Calibration is a phase of its own (tens of seconds on a large model): reported through the
     # layer progress as phase "calibration", its units the images and texts run so far.
     calibrating = None if progress is None else (
         lambda done, total, what: progress(CALIBRATION_PHASE, done - 1, total, what))
-    stats = collect_input_stats(model, layers, calibration, gram=needs_gram, progress=calibrating, cancel=cancel)
+    stats = collect_input_stats(model, measured, calibration, gram=needs_gram, progress=calibrating,
+                                cancel=cancel) if measured else {}
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:
         wanted = [layer for layer in layers if plans[layer.name].correction]
@@ -196,7 +208,14 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
     dense = {layer.name: dense_weight(model.module, layer).detach().clone() for layer in layers}
     return StageContext(model=model, plans=plans, stats=stats, preserved=kept, dense=dense, seed=plan.seed,
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,
-                        calibration=calibration, progress=progress, cancel=cancel)
+                        calibration=calibration, progress=progress, cancel=cancel,
+                        preserved_data=preserved if config.options.preserve else None)
+
+
+def _uses_run_stats(plan, stages) -> bool:
+    """Whether a stage reads the run's calibration statistics of a layer with this plan."""
+    pruned = plan.sparsity > 0 and not is_structured(plan.pattern)
+    return pruned or plan.rank is not None or (plan.correction and "alphaedit" in stages)
 
 
 def _base_weights(base: VLModel, names: list[str]) -> dict[str, torch.Tensor]:

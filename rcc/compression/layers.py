@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcc.models.inventory import LayerInfo
+from rcc.models.inventory import LayerInfo, attention_path
 
 MASK = "weight_mask"
 
@@ -78,6 +78,8 @@ class SplitAttention(nn.Module):
         super().__init__()
         width = mha.embed_dim
         self.embed_dim, self.num_heads, self.batch_first = width, mha.num_heads, mha.batch_first
+        # Fixed here: removing heads (rcc.compression.surgery) lowers num_heads, never the head size.
+        self.head_dim = width // mha.num_heads
         self.dropout = mha.dropout
         self.in_proj = nn.ModuleDict()
         for part, name in enumerate("qkv"):
@@ -97,7 +99,7 @@ class SplitAttention(nn.Module):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         batch, length, _ = query.shape
-        heads, head_dim = self.num_heads, self.embed_dim // self.num_heads
+        heads, head_dim = self.num_heads, self.head_dim
 
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -110,7 +112,7 @@ class SplitAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal and mask is None,
         )
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
@@ -147,6 +149,38 @@ class SplitQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+class QKVSelfAttention(nn.Module):
+    """BLIP's vision self-attention (fused ``qkv``, then ``projection``) with its head size fixed.
+
+    ``BlipAttention`` derives the head size from its input width (``embed_dim // num_heads``),
+    which is wrong once heads are removed; this module computes the same thing from its own
+    ``head_dim`` and keeps the child names (``qkv``, ``projection``), so inventory names and
+    state-dict keys do not change. ``qkv`` may be the fused Linear or a ``SplitQKV``.
+    """
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.num_heads = attention.num_heads
+        self.head_dim = attention.head_dim
+        self.scale = attention.scale
+        self.dropout = attention.dropout
+        self.qkv = attention.qkv
+        self.projection = attention.projection
+        self.train(attention.training)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs):
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        if isinstance(self.qkv, SplitQKV):  # three products, no concatenation to undo
+            q, k, v = (part(hidden_states).view(shape).transpose(1, 2) for part in (self.qkv.q, self.qkv.k, self.qkv.v))
+        else:
+            mixed = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
+            q, k, v = mixed.permute(2, 0, 3, 1, 4)
+        probs = self.dropout(torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1))
+        context = (probs @ v).permute(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.projection(context), probs
 
 
 def _linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -308,8 +342,19 @@ def factorise(module: nn.Module, layer: LayerInfo, up: torch.Tensor, down: torch
                         f"(a bare parameter, or a fused slice before unfuse())")
     dtype = child.up.dtype if isinstance(child, LowRankLinear) else child.weight.dtype
     low_rank = LowRankLinear(up.to(dtype), down.to(dtype), child.bias)
+    carry_dense_shape(child, low_rank)
     module.set_submodule(module_path(layer), low_rank)
     return low_rank
+
+
+DENSE_SHAPE = "dense_shape"  # attribute of a structurally narrowed Linear-like (rcc.models.inventory reads it)
+
+
+def carry_dense_shape(old: nn.Module, new: nn.Module) -> None:
+    """Give a replacement module (factorised, unfactorised) the narrowed module's record of its dense shape."""
+    shape = getattr(old, DENSE_SHAPE, None)
+    if shape is not None:
+        setattr(new, DENSE_SHAPE, tuple(shape))
 
 
 @torch.no_grad()
@@ -386,6 +431,12 @@ def kept_parameters(module: nn.Module) -> int:
 
 # -- snapshots (for backing off a stage) ---------------------------------------------------
 
+def _copy_keeping_configs(child: nn.Module) -> nn.Module:
+    """A deep copy sharing the model's config objects (Hugging Face modules hold the model-wide config)."""
+    memo = {id(sub.config): sub.config for sub in child.modules() if getattr(sub, "config", None) is not None}
+    return copy.deepcopy(child, memo)
+
+
 class LayerSnapshot:
     """Copies of the modules (or bare parameters) holding some layers, to put back later.
 
@@ -402,17 +453,19 @@ class LayerSnapshot:
                 mask = dict(holder.named_buffers(recurse=False)).get(_mask_name(layer))
                 self.params[layer.param] = (module.get_parameter(layer.param).detach().clone(),
                                             None if mask is None else mask.clone())
-            else:  # the Linear, or the whole fused attention module it belongs to
-                paths.add(fused_parent(module, layer) or module_path(layer))
+            else:  # the Linear, or the whole (fused) attention module it belongs to
+                holder = attention_path(module, module_path(layer)) if layer.kind.startswith("attn_") else None
+                # The attention module too: removing heads changes its head count (or replaces it).
+                paths.add(holder or fused_parent(module, layer) or module_path(layer))
         for path in sorted(paths):
             if not any(path.startswith(other + ".") for other in paths):
-                self.modules[path] = copy.deepcopy(module.get_submodule(path))
+                self.modules[path] = _copy_keeping_configs(module.get_submodule(path))
 
     @torch.no_grad()
     def restore(self, module: nn.Module) -> None:
         """Put the saved state back; the snapshot stays valid for another restore."""
         for path, saved in self.modules.items():
-            module.set_submodule(path, copy.deepcopy(saved))
+            module.set_submodule(path, _copy_keeping_configs(saved))
         for name, (value, mask) in self.params.items():
             holder_path, _, leaf = name.rpartition(".")
             holder = module.get_submodule(holder_path)

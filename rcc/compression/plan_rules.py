@@ -21,7 +21,12 @@ from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
 RankMode = Literal["fixed", "energy", "auto"]
 RANK_MODES: tuple[RankMode, ...] = ("fixed", "energy", "auto")
 METHODS: tuple[str, ...] = ("dare", "magnitude", "wanda")
-PATTERNS_ALLOWED = "'unstructured', 'row' or 'N:M' with 0 < N < M (e.g. '2:4')"
+PATTERNS_ALLOWED = ("'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel' (MLP hidden units, "
+                    "on mlp_in) or 'head' (attention heads, on attn_q)")
+# Structured patterns remove whole units (rcc.compression.groups); the amount sits on the leader.
+STRUCTURED_PATTERNS: tuple[str, ...] = ("channel", "head")
+LEADER_KIND: dict[str, str] = {"channel": "mlp_in", "head": "attn_q"}
+STRUCTURED_METHODS = ("magnitude", "wanda")
 RANK_ALLOWED = "an integer ≥ 1, 'energy:F' with 0 < F ≤ 1, or 'auto'"
 SPARSITY_ALLOWED = "0 ≤ sparsity < 1"
 _NM = re.compile(r"(\d+):(\d+)")
@@ -111,7 +116,7 @@ def check_pattern(pattern: Any) -> str:
     """The pattern itself when it is one rcc knows, else PlanError."""
     if not isinstance(pattern, str):
         raise PlanError(f"pattern {pattern!r} is not a string; allowed: {PATTERNS_ALLOWED}")
-    if pattern in ("unstructured", "row"):
+    if pattern in ("unstructured", "row", *STRUCTURED_PATTERNS):
         return pattern
     nm = parse_nm(pattern)
     if nm is None or not 0 < nm[0] < nm[1]:
@@ -293,6 +298,16 @@ def check_layer(layer: LayerInfo, plan: LayerPlan, origins: Mapping[str, str], b
     out_f, in_f = layer.shape
     nm = parse_nm(plan.pattern)
     where = f"layer {layer.name!r}"
+    if plan.pattern in STRUCTURED_PATTERNS and plan.sparsity > 0:
+        leader = LEADER_KIND[plan.pattern]
+        if layer.kind != leader:
+            raise PlanError(f"{where}: pattern {plan.pattern} is set on its group's {leader} layer, not on a "
+                            f"{layer.kind} (set by {origins['pattern']}); allowed: 'unstructured', 'row' or N:M on "
+                            f"this layer (the {leader} of its block takes '{plan.pattern}')")
+        if plan.method not in STRUCTURED_METHODS:
+            raise PlanError(f"{where}: method {plan.method} has no structured form for pattern {plan.pattern} "
+                            f"(set by {origins['method']}); allowed: {', '.join(STRUCTURED_METHODS)} "
+                            f"(group magnitude, or activation-aware scores)")
     if plan.sparsity > 0 and nm is not None:
         n, m = nm
         if in_f % m:

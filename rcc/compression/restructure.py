@@ -5,6 +5,11 @@ plain Linears, no mask buffers) holding the effective weights, so ordinary libra
 ``restructure`` turns a module of one compressed structure (``structure_of``) into another,
 rebuilding only the paths whose structure differs: checking out a history node then means
 loading only the tensors that changed, and untouched layers keep their module objects.
+Structured pruning is undone the same way: a narrowed layer the target does not narrow alike
+is rebuilt at its dense shape (then narrowed again if the target says so), and attention
+modules get the target's head count, so checkout shrinks shapes and grows them back.
+``densify`` keeps narrowed layers narrow (their dense shape is gone with the removed units); a
+fused attention that lost heads cannot be fused again and is refused.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, masked_parameter
+from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, carry_dense_shape, masked_parameter
 from rcc.compression.structure import apply_structure
+from rcc.compression.surgery import DENSE_HEADS, SurgeryError, heads_state, resize_linear, set_head_count
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
@@ -59,6 +65,9 @@ def merge_split(module: nn.Module, path: str, values: bool = True) -> nn.Module:
     ``values`` False: shapes only, values left unset (a checkout loads them from the store).
     """
     split = module.get_submodule(path)
+    if heads_state(split) is not None:
+        raise SurgeryError(f"attention {path!r} runs {split.num_heads} of its {getattr(split, DENSE_HEADS)} heads; "
+                           f"nn.MultiheadAttention cannot hold fewer heads than its width allows")
     if isinstance(split, SplitAttention):
         parts = [split.in_proj[name] for name in "qkv"]
         like = next(parts[0].parameters())
@@ -96,7 +105,9 @@ def _dense_linear_shape(layer: nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def unfactorise(module: nn.Module, path: str, values: bool = True) -> nn.Linear:
     """Replace the LowRankLinear at ``path`` by a Linear with W = (up ⊙ M_up)(down ⊙ M_down) (``values`` False: unset)."""
-    dense = _dense_linear(module.get_submodule(path), values=values)
+    factorised = module.get_submodule(path)
+    dense = _dense_linear(factorised, values=values)
+    carry_dense_shape(factorised, dense)
     module.set_submodule(path, dense)
     _match_mode(module, path)
     return dense
@@ -151,8 +162,21 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
     splits, target_splits = set(current.get("split", [])), set(target.get("split", []))
     ranks, target_ranks = current.get("factorised", {}), target.get("factorised", {})
     masks, target_masks = current.get("masks", {}), target.get("masks", {})
+    resized, target_resized = current.get("resized", {}), target.get("resized", {})
+    heads, target_heads = current.get("heads", {}), target.get("heads", {})
     rebuilt: set[str] = set()
     masked: set[str] = set()  # mask buffers added or removed outside rebuilt modules
+
+    # Grow back first: narrowed layers the target has otherwise return to their dense shape
+    # (values are stale and reloaded), attention modules to their dense head count, so that the
+    # merges below see the dense architecture.
+    for path, entry in resized.items():
+        if target_resized.get(path) != entry:
+            resize_linear(module, path, entry["dense"], entry["dense"])
+            rebuilt.add(path)
+    for path, entry in heads.items():
+        if target_heads.get(path) != entry:
+            set_head_count(module, path, int(entry["dense"]))
 
     # Undo what the target lacks; whatever lives under a merged split goes with it.
     for path in sorted(splits - target_splits):
@@ -170,11 +194,17 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
 
     # Apply what the target adds, as apply_structure does, for the differences only.
     new_splits = sorted(target_splits - splits)
+    new_heads = {path: entry for path, entry in target_heads.items()
+                 if heads.get(path) != entry or _under(path, new_splits)}
+    new_resized = {path: entry for path, entry in target_resized.items()
+                   if resized.get(path) != entry or _under(path, rebuilt) or _under(path, new_splits)}
     new_ranks = {path: rank for path, rank in target_ranks.items()
-                 if ranks.get(path) != rank or _under(path, rebuilt) or _under(path, new_splits)}
-    apply_structure(module, {"split": new_splits, "factorised": new_ranks})
-    rebuilt.update(new_splits, new_ranks)
-    for path in [*new_splits, *new_ranks]:
+                 if ranks.get(path) != rank or _under(path, rebuilt) or _under(path, new_splits)
+                 or path in new_resized}
+    apply_structure(module, {"split": new_splits, "heads": new_heads, "resized": new_resized,
+                             "factorised": new_ranks})
+    rebuilt.update(new_splits, new_resized, new_ranks)
+    for path in [*new_splits, *new_resized, *new_ranks]:
         _match_mode(module, path)
     for name, shape in target_masks.items():
         holder_path, _, leaf = name.rpartition(".")

@@ -1,8 +1,11 @@
 """The compressed structure of a model as data, and saving / loading compressed models.
 
 ``structure_of`` lists what compression changed in the module tree (split attention, low-rank
-layers and their ranks, mask buffers); ``apply_structure`` re-creates it on a freshly loaded
-model of the same spec, after which the saved ``state_dict`` loads strictly. On disk a
+layers and their ranks, mask buffers, and where structured pruning removed units: narrowed
+layers with their shape and dense shape, attention modules with fewer heads); ``apply_structure``
+re-creates it on a freshly loaded model of the same spec, after which the saved ``state_dict``
+loads strictly. The keys ``resized`` and ``heads`` appear only when something was narrowed, so
+the structure of every model without structured pruning reads as it always did. On disk a
 compressed model is ``model.safetensors`` (factors, masks, weights) + ``manifest.json``.
 Version 1 (written here) stores every tensor as is; version 2 (``rcc.session.export``) stores
 each masked tensor as its kept values plus its mask packed 8 entries per byte; both load here.
@@ -18,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, masked_parameter
+from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, carry_dense_shape, masked_parameter
+from rcc.compression.surgery import heads_state, narrowed_shape, resize_linear, set_head_count
 from rcc.errors import RccError
 
 MANIFEST = "manifest.json"
@@ -29,30 +33,50 @@ READABLE_VERSIONS = (FORMAT_VERSION, PACKED_VERSION)
 
 
 def structure_of(module: nn.Module) -> dict:
-    """Split modules, factorised layers (path → rank) and mask buffers (name → shape)."""
-    split, factorised, masks = [], {}, {}
+    """Split modules, factorised layers (path → rank), mask buffers (name → shape), and when structured
+    pruning narrowed anything: ``resized`` (path → {"shape", "dense"}) and ``heads`` (path → {"heads", "dense"})."""
+    split, factorised, masks, resized, heads = [], {}, {}, {}, {}
     for path, child in module.named_modules():
         if isinstance(child, (SplitAttention, SplitQKV)):
             split.append(path)
         if isinstance(child, LowRankLinear):
             factorised[path] = child.rank
+        if isinstance(child, (nn.Linear, LowRankLinear)) and (narrow := narrowed_shape(child)) is not None:
+            resized[path] = {"shape": list(narrow[0]), "dense": list(narrow[1])}
+        if (fewer := heads_state(child)) is not None:
+            heads[path] = {"heads": fewer[0], "dense": fewer[1]}
         for name, buffer in child.named_buffers(recurse=False):
             if masked_parameter(child, name) is not None:
                 masks[f"{path}.{name}" if path else name] = list(buffer.shape)
-    return {"split": split, "factorised": factorised, "masks": masks}
+    structure = {"split": split, "factorised": factorised, "masks": masks}
+    if resized:
+        structure["resized"] = resized
+    if heads:
+        structure["heads"] = heads
+    return structure
 
 
 @torch.no_grad()
 def apply_structure(module: nn.Module, structure: dict) -> None:
-    """Give a fresh module the compressed structure (values come from the state dict after)."""
+    """Give a fresh module the compressed structure (values come from the state dict after).
+
+    Order matters: split attention, then head counts, then narrowed Linears, then factors (a
+    narrowed layer is factorised at its narrow shape), then masks.
+    """
     for path in structure.get("split", []):
         child = module.get_submodule(path)
         module.set_submodule(path, SplitAttention(child) if isinstance(child, nn.MultiheadAttention) else SplitQKV(child))
+    for path, entry in structure.get("heads", {}).items():
+        set_head_count(module, path, int(entry["heads"]))
+    for path, entry in structure.get("resized", {}).items():
+        resize_linear(module, path, entry["shape"], entry["dense"])
     for path, rank in structure.get("factorised", {}).items():
         child = module.get_submodule(path)
         up = child.weight.new_empty(child.out_features, rank)  # values come from the state dict
         down = child.weight.new_empty(rank, child.in_features)
-        module.set_submodule(path, LowRankLinear(up, down, child.bias, copy=False))
+        low_rank = LowRankLinear(up, down, child.bias, copy=False)
+        carry_dense_shape(child, low_rank)
+        module.set_submodule(path, low_rank)
     for name, shape in structure.get("masks", {}).items():
         holder_path, _, leaf = name.rpartition(".")
         module.get_submodule(holder_path).register_buffer(leaf, torch.ones(shape, dtype=torch.bool))

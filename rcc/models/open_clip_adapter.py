@@ -75,7 +75,7 @@ def open_clip_layers(module: nn.Module) -> list[LayerInfo]:
                 found.append(LayerInfo(
                     name=f"{name}.in_proj.{kind[-1]}", tower=_tower_of(name), block=_block_of(name),
                     kind=kind, shape=(width, width), param=f"{name}.in_proj_weight",
-                    rows=(part * width, (part + 1) * width),
+                    rows=(part * width, (part + 1) * width), heads=child.num_heads,
                 ))
     for param_name in ("visual.proj", "text_projection"):
         param = dict(module.named_parameters()).get(param_name)

@@ -33,15 +33,27 @@ class EditPreview:
         """Bytes the compressed export would write for ``names`` once the plan ran (None: a rank known only
         after the SVD)."""
         wanted = set(names)
-        counts = {count.name: count.after for count in self.summary.layers if count.name in wanted}
+        counts = {count.name: count for count in self.summary.layers if count.name in wanted}
         total = 0
         for layer in layers:
             if layer.name in wanted:
-                size = planned_bytes(layer, self.settings[layer.name], counts.get(layer.name), bytes_per_value)
+                count = counts.get(layer.name)
+                size = planned_bytes(layer, self.settings[layer.name], None if count is None else count.after,
+                                     bytes_per_value, None if count is None else count.shape)
                 if size is None:
                     return None
                 total += size
         return total
+
+    def with_partners(self, layers: Sequence[LayerInfo], names: Sequence[str]) -> tuple[str, ...]:
+        """``names`` and, after them, the layers that narrow with them: the other members of the channel /
+        head groups whose leader is among ``names`` and which the plan prunes (their widths shrink too)."""
+        from rcc.compression.groups import planned_groups
+
+        chosen = set(names)
+        extra = [member for group, _ in planned_groups(layers, self.settings) if group.leader in chosen
+                 for member in group.members if member not in chosen]
+        return (*names, *dict.fromkeys(extra))
 
 
 def preview_edit(plan: CompressionPlan, layers: Sequence[LayerInfo], names: Sequence[str],
@@ -61,16 +73,21 @@ def preview_edit(plan: CompressionPlan, layers: Sequence[LayerInfo], names: Sequ
 
 
 def planned_bytes(layer: LayerInfo, setting: LayerPlan, values_after: int | None,
-                  bytes_per_value: int = 4) -> int | None:
+                  bytes_per_value: int = 4, shape: tuple[int, int] | None = None) -> int | None:
     """Bytes the compressed export would write for the layer once the plan ran: kept values plus masks.
 
     A pruned layer keeps a mask over what it stores (m·n entries, or r(m + n) when factorised),
     packed 8 per byte, as ``rcc.compression.layers.stored_bytes`` counts a compressed layer.
+    Structured patterns (``channel``, ``head``) mask nothing: the layer itself is narrower
+    (``shape``, its planned (m, n); default its shape now), and only its values are stored.
     """
+    from rcc.compression.groups import is_structured
+
     if values_after is None:
         return None
-    masked = setting.selected and setting.sparsity > 0
+    masked = setting.selected and setting.sparsity > 0 and not is_structured(setting.pattern)
     if not masked:
         return values_after * bytes_per_value
-    entries = layer.params if setting.rank is None else round(values_after / (1 - setting.sparsity))
+    out_f, in_f = shape or layer.shape
+    entries = out_f * in_f if setting.rank is None else round(values_after / (1 - setting.sparsity))
     return values_after * bytes_per_value + (entries + 7) // 8

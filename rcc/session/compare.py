@@ -46,8 +46,14 @@ class LayerForm:
     rank: int | None = None
     mask_shape: tuple[int, ...] | None = None
     masked_factors: bool = False
+    shape: tuple[int, int] | None = None  # narrowed by structured pruning: (out, in) now …
+    dense_shape: tuple[int, int] | None = None  # … and before
 
     def describe(self) -> str:
+        return self._form() + (f", {_shape_text(self.shape)} of {_shape_text(self.dense_shape)}"
+                               if self.shape is not None and self.dense_shape is not None else "")
+
+    def _form(self) -> str:
         if self.kind == "masked" and self.mask_shape:
             return f"masked {'×'.join(map(str, self.mask_shape))}"
         if self.kind == "factorised":
@@ -57,6 +63,10 @@ class LayerForm:
         if self.kind == "absent":
             return "—"
         return self.kind
+
+
+def _shape_text(shape: tuple[int, int]) -> str:
+    return "×".join(map(str, shape))
 
 
 @dataclass(frozen=True)
@@ -117,13 +127,15 @@ def layer_form(path: str, structure: dict, names: set[str]) -> LayerForm:
         return LayerForm("split")
     factorised = structure.get("factorised", {})
     masks = structure.get("masks", {})
+    resized = structure.get("resized", {}).get(path)
+    shapes = {} if resized is None else {"shape": tuple(resized["shape"]), "dense_shape": tuple(resized["dense"])}
     if path in factorised:
         return LayerForm("factorised", rank=int(factorised[path]),
-                         masked_factors=any(f"{path}.{m}" in masks for m in FACTOR_MASKS))
+                         masked_factors=any(f"{path}.{m}" in masks for m in FACTOR_MASKS), **shapes)
     for mask in (f"{path}.weight_mask", f"{path}_mask"):
         if mask in masks:
-            return LayerForm("masked", mask_shape=tuple(int(s) for s in masks[mask]))
-    return LayerForm("dense" if names else "absent")
+            return LayerForm("masked", mask_shape=tuple(int(s) for s in masks[mask]), **shapes)
+    return LayerForm("dense" if names else "absent", **shapes)
 
 
 def _metric_sort_key(key: str) -> tuple[int, str]:

@@ -5,7 +5,9 @@
 file size shows the real saving of unstructured sparsity; ``rcc.load_compressed`` reads it.
 ``export_dense`` writes the original architecture with the effective weights, in the model
 library's own format (open_clip ``local-dir:``, ``transformers`` ``save_pretrained``), so it
-loads with no rcc code at all.
+loads with no rcc code at all. After structured pruning the dense export writes the new MLP
+widths into that config (``export_widths``) where the library can express them, and refuses
+in one line otherwise (removed heads, blocks of one tower with different widths).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rcc.compression.restructure import densify
 from rcc.compression.structure import MANIFEST, PACKED_VERSION, WEIGHTS, structure_of
 from rcc.errors import RccError
 from rcc.models.adapter import VLModel
+from rcc.session.export_widths import hf_tower_config, mlp_ratio_for, model_width, narrowed_mlp_widths
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # the name open_clip's local-dir loading looks for first
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -48,7 +51,8 @@ class ExportReport:
 
 
 def dense_bytes(module: nn.Module) -> int:
-    """Bytes of the original architecture's state: Σ numel · element size, factors as m·n, no masks."""
+    """Bytes of the original architecture's state: Σ numel · element size, factors as m·n, no masks,
+    narrowed layers (structured pruning) at their dense shape."""
     structure = structure_of(module)
     factors = {f"{path}.{leaf}" for path in structure["factorised"] for leaf in ("up", "down")}
     skipped = set(structure["masks"]) | factors
@@ -61,6 +65,13 @@ def dense_bytes(module: nn.Module) -> int:
     for path in structure["factorised"]:
         layer: LowRankLinear = module.get_submodule(path)
         total += layer.out_features * layer.in_features * layer.up.element_size()
+    for path, entry in structure.get("resized", {}).items():
+        layer = module.get_submodule(path)
+        (out_f, in_f), (dense_out, dense_in) = entry["shape"], entry["dense"]
+        size = (layer.up if isinstance(layer, LowRankLinear) else layer.weight).element_size()
+        total += (dense_out * dense_in - out_f * in_f) * size
+        if layer.bias is not None:
+            total += (dense_out - out_f) * size
     return total
 
 
@@ -110,18 +121,21 @@ def export_dense(model: VLModel, out_dir: str | Path) -> ExportReport:
     if model.family == "open_clip" and getattr(model, "config", None) is None:
         raise RccError(f"model {model.spec!r} has no OpenCLIP config to export with; allowed: models loaded as "
                        f"rcc-mini, open_clip:NAME or open_clip:CONFIG.json")
+    widths = narrowed_mlp_widths(model)  # refuses what the library's config cannot express, before any write
     out = _fresh_directory(out_dir)
     module = densify(copy.deepcopy(model.module))  # the caller's model stays compressed
     if model.family == "open_clip":
-        _save_open_clip(model, module, out)
+        _save_open_clip(model, module, out, widths)
         kind = "open_clip"
     else:
+        for tower, width in widths.items():
+            hf_tower_config(module.config, model.family, tower).intermediate_size = width
         _save_transformers(model, module, out)
         kind = "transformers"
     return _report(kind, out, dense_bytes(module))
 
 
-def _save_open_clip(model: VLModel, module: nn.Module, out: Path) -> None:
+def _save_open_clip(model: VLModel, module: nn.Module, out: Path, widths: dict[str, int]) -> None:
     from safetensors.torch import save_file
 
     model_cfg = copy.deepcopy(model.config)
@@ -130,6 +144,12 @@ def _save_open_clip(model: VLModel, module: nn.Module, out: Path) -> None:
     if tokenizer is not None:  # open_clip's local-dir loading reads HF tokenizer files from the directory
         tokenizer.save_pretrained(out)
     text_cfg = model_cfg["text_cfg"]
+    for tower, width in widths.items():
+        if tower == "text" and text_cfg.get("hf_model_name"):
+            module.text.config.intermediate_size = width  # the HF text tower's own config, saved below
+        else:
+            cfg = model_cfg["vision_cfg" if tower == "vision" else "text_cfg"]
+            cfg["mlp_ratio"] = mlp_ratio_for(model_width(model, tower), width)
     if text_cfg.get("hf_model_name"):
         # The HF text tower is built from a config found by path: ship it here and point at it.
         module.text.config.save_pretrained(out)

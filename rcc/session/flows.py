@@ -24,12 +24,13 @@ def layer_progress(op: str, progress: ProgressFn | None):
 
 
 def stage_options(op: O.RunStage | O.RunCascade):
-    """The stages' numerical options a compression op records (activation-aware SVD, preservation)."""
+    """The stages' numerical options a compression op records (activation-aware SVD, preservation,
+    how structured removal is shared among a tower's groups)."""
     from dataclasses import replace
 
     from rcc.compression.stage_context import StageOptions
 
-    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve)
+    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve, allocation=op.allocation)
 
 
 def cascade_on(workspace, plan: CompressionPlan, op: O.RunCascade, progress: ProgressFn | None = None,

@@ -110,14 +110,22 @@ def edit_layers(session: OpContext, op: O.EditLayers, progress, cancel) -> Effec
 
 
 def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> CompressionPlan:
-    """The plan limited to ``layers`` (every other layer locked for this run); all layers if empty."""
+    """The plan limited to ``layers`` (every other layer locked for this run); all layers if empty.
+
+    A targeted leader of a channel / head group brings its group along: its partners narrow with it.
+    """
     if not layers:
         return plan
-    names = [layer.name for layer in model.layers()]
+    from rcc.compression.groups import planned_groups
+
+    inventory = model.layers()
+    names = [layer.name for layer in inventory]
     unknown = [name for name in layers if name not in names]
     if unknown:
         raise RccError(f"layer {unknown[0]!r} is not in the model; allowed: a name from `rcc-tui layers`")
     keep = set(layers)
+    keep.update(name for group, _ in planned_groups(inventory, resolve_plan(plan, inventory))
+                if group.leader in keep for name in group.members)
     overrides = {name: dict(settings) for name, settings in plan.overrides.items()}
     for name in names:
         if name not in keep:

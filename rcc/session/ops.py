@@ -17,6 +17,7 @@ from rcc.compression.schedule import MAX_ATTEMPTS, MAX_STEPS
 from rcc.errors import RccError
 
 STAGE_NAMES = ("dare", "nullu", "alphaedit")
+ALLOCATIONS = ("uniform", "global")  # rcc.compression.unit_allocation (this module imports no torch)
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
 EXPORT_FORMATS = ("compressed", "dense")
 TRAIN_SCHEDULES = ("cosine", "linear", "constant")
@@ -197,12 +198,14 @@ class _Compress(Op):
     calib_per_class: int = 16
     whiten: bool = True
     preserve: bool = False
+    allocation: str = "uniform"  # structured patterns: planned share per group, or "global" per tower
 
     def validate(self) -> None:
         object.__setattr__(self, "layers", _names(self.kind, "layers", self.layers))
         _int(self.kind, "calib_per_class", self.calib_per_class, 1, 10_000)
         _flag(self.kind, "whiten", self.whiten)
         _flag(self.kind, "preserve", self.preserve)
+        _choice(self.kind, "allocation", self.allocation, ALLOCATIONS)
 
 
 @op_type

@@ -77,8 +77,9 @@ def manifest_of(module: nn.Module) -> tuple[dict, dict[str, str]]:
 def _structure_prefixes(current: dict, target: dict) -> tuple[set[str], set[str]]:
     """Module paths whose structure differs (their keys reload) and mask entries that differ."""
     prefixes = set(current.get("split", [])) ^ set(target.get("split", []))
-    now, then = current.get("factorised", {}), target.get("factorised", {})
-    prefixes |= {p for p in set(now) | set(then) if now.get(p) != then.get(p)}
+    for key in ("factorised", "resized"):  # a rank or a narrowed shape that differs: reload the module
+        now, then = current.get(key, {}), target.get(key, {})
+        prefixes |= {p for p in set(now) | set(then) if now.get(p) != then.get(p)}
     masks = set(current.get("masks", {})) ^ set(target.get("masks", {}))
     return {p + "." for p in prefixes}, masks | {_masked_name(name) for name in masks}
 

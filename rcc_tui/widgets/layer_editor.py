@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 METHODS = ("dare", "magnitude", "wanda")  # rcc.compression.plan_rules.METHODS, without importing torch
 BUDGET_HINT = "0<b<1 (auto)"
+PATTERN_HINT = "unstructured|row|2:4|channel|head"
 FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked")
 
 
@@ -50,13 +51,17 @@ def count_line(preview: EditPreview, layers: Sequence[LayerInfo], names: Sequenc
     """``targets 262 KB → 139 KB (−47%) · model 91.4 MB → 91.3 MB``: stored bytes now and once the plan ran.
 
     Now is what the live model stores (the node's ``size/bytes`` for the model); after is the
-    engine's count of the would-be plan, ``≈`` where auto ranks are the budget's estimate.
+    engine's count of the would-be plan, ``≈`` where auto ranks are the budget's estimate. A
+    channel / head pattern narrows its group's other layers too: they are counted with the
+    targets (``targets + 1 narrowed``), since their smaller widths are saved as well.
     """
-    chosen = set(names)
+    targets = preview.with_partners(layers, names)
+    partners = len(targets) - len(names)
+    chosen = set(targets)
     by_name = {layer.name: layer for layer in layers if layer.name in chosen}
     now = sum((state[name].stored_bytes if name in state and state[name].stored_bytes is not None
                else layer.params * bytes_per_value) for name, layer in by_name.items())
-    after = preview.planned_bytes(layers, names, bytes_per_value)
+    after = preview.planned_bytes(layers, targets, bytes_per_value)
     approx = "≈" if any(c.estimated for c in preview.summary.layers if c.name in chosen) else ""
 
     def arrow(before: float, planned: float | None) -> str:
@@ -65,7 +70,7 @@ def count_line(preview: EditPreview, layers: Sequence[LayerInfo], names: Sequenc
         change = "" if planned == before else f" ({percent_change(planned, before)})"
         return f"{bytes_text(before)} → {approx}{bytes_text(planned)}{change}"
 
-    line = f"targets {arrow(now, after)}"
+    line = f"targets{f' + {partners} narrowed' if partners else ''} {arrow(now, after)}"
     if model_bytes is not None:
         line += f" · model {arrow(model_bytes, None if after is None else model_bytes - now + after)}"
     return line
@@ -107,7 +112,7 @@ class LayerEditor(Vertical):
                          classes="field", allow_blank=True)
         with Horizontal(classes="field-row"):
             yield Label("pattern", classes="field-label")
-            yield Input(placeholder="unstructured|row|2:4", id="pattern-field", compact=True, classes="field")
+            yield Input(placeholder=PATTERN_HINT, id="pattern-field", compact=True, classes="field")
             yield Label("rank", classes="field-label second")
             yield Input(placeholder="64|energy:0.9|auto", id="rank", compact=True, classes="field")
         with Horizontal(classes="field-row"):
@@ -158,7 +163,7 @@ class LayerEditor(Vertical):
             self._put(sparsity, "" if loaded["sparsity"] is None else f"{loaded['sparsity']:g}")
             sparsity.placeholder = "mixed" if mixed and loaded["sparsity"] is None else "0 ≤ s < 1"
             pattern = self.query_one("#pattern-field", Input)
-            pattern.placeholder = "mixed" if mixed and loaded["pattern"] is None else "unstructured|row|2:4"
+            pattern.placeholder = "mixed" if mixed and loaded["pattern"] is None else PATTERN_HINT
             rank = self.query_one("#rank", Input)
             rank.placeholder = "mixed" if mixed and loaded["rank"] is None else "64|energy:0.9|auto"
             method = self.query_one("#method", Select)

@@ -77,10 +77,12 @@ def short_name(layer: LayerInfo) -> str:
 
 
 def state_text(state: LayerState | None) -> str:
-    """``50%``, ``r32``, ``r32 50%`` or ``dense``."""
+    """``50%``, ``r32``, ``r32 50%``, ``6/12 heads`` (units a structured group kept) or ``dense``."""
     if state is None:
         return ""
     parts = []
+    if state.units is not None and state.units[0] < state.units[1]:
+        parts.append(f"{state.units[0]}/{state.units[1]} {state.units[2]}")
     if state.rank is not None:
         parts.append(f"r{state.rank}")
     if state.sparsity > 0:
@@ -94,7 +96,9 @@ def planned_text(setting) -> str:
         return ""
     parts = []
     if setting.sparsity > 0:
-        parts.append(f"{setting.sparsity:.0%}" if setting.pattern == "unstructured" else setting.pattern)
+        parts.append(f"{setting.sparsity:.0%}" if setting.pattern == "unstructured"
+                     else f"−{setting.sparsity:.0%} {setting.pattern}s" if setting.pattern in ("channel", "head")
+                     else setting.pattern)
     if setting.rank is not None:
         parts.append(f"r{setting.rank}" if setting.rank.mode == "fixed" else str(setting.rank))
     return "→" + " ".join(parts)
@@ -104,7 +108,11 @@ def applied(state: LayerState | None, setting) -> bool:
     """Whether the layer already is as the plan wants it (same sparsity and fixed rank)."""
     if state is None or setting is None or not setting.selected:
         return False
-    if abs(state.sparsity - setting.sparsity) > 5e-3:
+    if setting.pattern in ("channel", "head") and state.units is not None:
+        kept, dense, _ = state.units
+        if kept != dense - round(setting.sparsity * dense):
+            return False
+    elif abs(state.sparsity - setting.sparsity) > 5e-3:
         return False
     if setting.rank is None:
         return state.rank is None
@@ -362,7 +370,8 @@ class LayerTree(Tree[NodeData]):
             step = self.heat(layer.name)
             text.append(short_name(layer), style="" if step is None else self._colour(step))
             if self._detailed:
-                text.append(f" {layer.shape[0]}×{layer.shape[1]} {short_number(layer.params)}", style="dim")
+                narrowed = (f" of {layer.dense_shape[0]}×{layer.dense_shape[1]}" if layer.dense_shape else "")
+                text.append(f" {layer.shape[0]}×{layer.shape[1]}{narrowed} {short_number(layer.params)}", style="dim")
             state = self.state.get(layer.name)
             now = state_text(state)
             if now:
@@ -373,7 +382,8 @@ class LayerTree(Tree[NodeData]):
             text.append_text(self._heat_text([layer.name]))
             return text
         title = data.tower if data.kind == "tower" else f"block {data.block}"
-        params = sum(layer.params for layer in layers)
+        # Against the dense widths: a block whose units were removed shows that saving too.
+        params = sum(layer.original_shape[0] * layer.original_shape[1] for layer in layers)
         saved = stored_fraction_saved(layers, self.state)
         text.append(title, style="bold" if data.kind == "tower" else "")
         text.append(f" {len(layers)} layers {short_number(params)}" if self._detailed
