@@ -523,8 +523,11 @@ def test_theme_files_are_package_data():
 
     assert sorted(p.name for p in BUILTIN_DIRECTORY.glob("*.toml")) == ["rcc-ansi.toml", "rcc-dark.toml",
                                                                        "rcc-light.toml"]
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert "themes/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["rcc_tui"]
+    root = Path(__file__).parents[1]
+    assert BUILTIN_DIRECTORY == root / "themes"  # a checkout reads the top-level folder
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "*.toml" in pyproject["tool"]["setuptools"]["package-data"]["rcc_tui.builtin_themes"]
+    assert '"rcc_tui.builtin_themes": "themes"' in (root / "setup.py").read_text()
 
 
 # -- keymap ----------------------------------------------------------------------------
