@@ -34,7 +34,8 @@ from rcc.eval.encode import encode_texts  # noqa: E402
 from rcc.eval.fidelity import embedding_fidelity  # noqa: E402
 from rcc.eval.suite import evaluator  # noqa: E402
 from rcc.search.objective import ObjectiveConfig  # noqa: E402
-from rcc.session.trial_record import compress, make_record, record_from_dict  # noqa: E402
+from rcc.session.trial_compress import compress  # noqa: E402
+from rcc.compression.trial_record import make_record, record_from_dict
 from rcc.search.space import Bounds, SpaceConfig  # noqa: E402
 from rcc.search.storage import default_url  # noqa: E402
 from rcc.search.run import run_search  # noqa: E402

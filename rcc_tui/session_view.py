@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
     from rcc.session.graph import NodeRecord
     from rcc.session.session import Session
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rcc.compression.plan import CompressionPlan, resolve_plan
 from rcc.errors import Cancelled, RccError
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
 from rcc.session import ops as O
 from rcc.session.graph import NodeRecord
 from rcc.session.progress import OpProgress

@@ -11,9 +11,9 @@ from rcc.compression.plan import (
     CompressionPlan, LayerPlan, PlanError, RankSpec, Rule, layer_params_after, load_plan, parse_rank,
     plan_from_dict, plan_to_dict, resolve_plan, save_plan, summarize_plan, uniform_plan,
 )
-from rcc.compression.plan_rules import METHODS
+from rcc.schema.names import PRUNE_METHODS as METHODS
 from rcc.errors import RccError
-from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.layers import LAYER_KINDS, TOWERS, LayerInfo
 
 # An OpenCLIP-shaped inventory: a 2-block ViT (width 64, MLP 256) and a 2-block text tower
 # (width 48, MLP 192), fused q/k/v split into row slices, and the transposed x @ W projections.

@@ -96,7 +96,7 @@ def test_groups_come_from_the_inventory_of_every_adapter(tiny, hf_clip, blip, bl
 
 def test_pairs_by_shape_and_name_not_by_a_list(tiny):
     # Hand-built layers of an unknown model: the grouping rule needs only (tower, block, kind, shapes).
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
 
     layers = [LayerInfo("m.0.up", "text", 0, "mlp_in", (64, 16), "m.0.up.weight"),
               LayerInfo("m.0.down", "text", 0, "mlp_out", (16, 64), "m.0.down.weight"),

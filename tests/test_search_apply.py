@@ -7,7 +7,7 @@ import pytest
 
 from rcc.cli.main import main
 from rcc.errors import RccError
-from rcc.session.trial_record import record_from_dict
+from rcc.compression.trial_record import record_from_dict
 from rcc.search.storage import StorageError, default_url, open_storage
 from rcc.search.trials import list_trials, load_record, load_study
 from rcc.session import ops as O

@@ -16,7 +16,8 @@ import pytest
 from rcc.compression.plan import uniform_plan
 from rcc.search.objective import ObjectiveConfig
 from rcc.search.pruning import PruningConfig
-from rcc.session.trial_record import compress, make_record
+from rcc.session.trial_compress import compress
+from rcc.compression.trial_record import make_record
 from rcc.search.space import Bounds, SpaceConfig
 from rcc.search.storage import default_url
 from rcc.search.run import run_search

@@ -154,7 +154,7 @@ def test_the_sessions_home_holds_nothing_when_it_does_not_exist(tmp_path, monkey
 
 
 def test_an_empty_plan_preview_needs_no_model():
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
     from rcc.services.edit_preview import preview_edit
 
     layers = [LayerInfo("a", "vision", 0, "mlp_in", (8, 4), "a.weight")]

@@ -17,7 +17,7 @@ from rcc.compression.plan import CompressionPlan, Rule, plan_to_dict
 from rcc.compression.structure import structure_of
 from rcc.errors import RccError
 from rcc.models.registry import load_model
-from rcc.session.trial_record import make_record
+from rcc.compression.trial_record import make_record
 from rcc.session import ops as O
 from rcc.session.compare import compare_nodes
 from rcc.session.export import export_dense

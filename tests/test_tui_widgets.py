@@ -602,7 +602,7 @@ def test_widget_and_screen_modules_import_no_heavy_library():
 
 def test_the_editor_counts_a_channel_pattern_s_narrowed_partner_with_the_targets():
     from rcc.compression.plan import CompressionPlan
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
     from rcc.services.edit_preview import preview_edit
     from rcc_tui.widgets.layer_editor import count_line
 

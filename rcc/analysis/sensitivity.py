@@ -46,12 +46,13 @@ from rcc.compression.layers import (
 )
 from rcc.compression.groups import is_structured, structured_groups
 from rcc.compression.plan_rules import (
-    LEADER_KIND, METHODS, STRUCTURED_METHODS, STRUCTURED_PATTERNS, LayerPlan, RankSpec,
+    LEADER_KIND, STRUCTURED_PATTERNS, LayerPlan, RankSpec,
 )
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.eval.per_example import prediction_kl, primary_from_outcomes
 from rcc.models.adapter import VLModel
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
+from rcc.schema.names import PRUNE_METHODS, STRUCTURED_METHODS
 
 GROUPINGS = ("layer", "block", "kind")
 ANALYSIS_DIR = "analysis"
@@ -79,8 +80,8 @@ class ScanSetting:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
                 or not 0 <= self.sparsity < 1:
             raise AnalysisError(f"sparsity {self.sparsity!r} is out of range; allowed: 0 ≤ sparsity < 1")
-        if self.method not in METHODS:
-            raise AnalysisError(f"method {self.method!r} is unknown; allowed: {', '.join(METHODS)}")
+        if self.method not in PRUNE_METHODS:
+            raise AnalysisError(f"method {self.method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
         if self.rank is None and self.sparsity == 0:
             raise AnalysisError("the setting compresses nothing; allowed: a rank fraction, a sparsity > 0, or both")
         if self.pattern not in ("unstructured", *STRUCTURED_PATTERNS):

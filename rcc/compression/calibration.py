@@ -25,7 +25,7 @@ from rcc.compression.layers import layer_module
 from rcc.data.types import ImageList
 from rcc.eval.encode import CancelCheck, Progress, check_cancel
 from rcc.models.adapter import VLModel, real_tokens
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
 
 
 # Texts per calibration batch: small batches of length-sorted texts waste little on padding

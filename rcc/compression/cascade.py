@@ -30,9 +30,10 @@ from rcc.compression.stage_context import LayerProgress, StageContext, StageOpti
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
+from rcc.schema.names import STAGE_NAMES
 
-STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage}
-DEFAULT_STAGES = ("dare", "nullu", "alphaedit")
+STAGES = dict(zip(STAGE_NAMES, (run_prune_stage, run_lowrank_stage, run_correction_stage), strict=True))
+DEFAULT_STAGES = STAGE_NAMES
 CALIBRATION_PHASE = "calibration"  # the layer progress's phase while the calibration batches run
 Evaluator = Callable[[VLModel], float]
 

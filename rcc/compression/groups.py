@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rcc.compression.plan_rules import LEADER_KIND, STRUCTURED_PATTERNS, PlanError
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
 
 GroupKind = Literal["channel", "head"]
 

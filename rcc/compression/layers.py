@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcc.models.inventory import LayerInfo, attention_path
+from rcc.models.inventory import attention_path
+
+from rcc.schema.layers import LayerInfo
 
 MASK = "weight_mask"
 

@@ -30,7 +30,7 @@ from rcc.compression.plan_rules import (
     context, describe_rule, normalize_settings, parse_nm, parse_rank, rule_matches, settings_to_json,
 )
 from rcc.compression.groups import check_structured, is_structured, planned_shapes
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
 
 __all__ = [
     "CompressionPlan", "LayerCount", "LayerPlan", "PlanError", "PlanSummary", "RankSpec", "Rule",

@@ -16,17 +16,16 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from rcc.errors import RccError
-from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.names import PRUNE_METHODS, STRUCTURED_METHODS
+from rcc.schema.layers import LAYER_KINDS, TOWERS, LayerInfo
 
 RankMode = Literal["fixed", "energy", "auto"]
 RANK_MODES: tuple[RankMode, ...] = ("fixed", "energy", "auto")
-METHODS: tuple[str, ...] = ("dare", "magnitude", "wanda")
 PATTERNS_ALLOWED = ("'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel' (MLP hidden units, "
                     "on mlp_in) or 'head' (attention heads, on attn_q)")
 # Structured patterns remove whole units (rcc.compression.groups); the amount sits on the leader.
 STRUCTURED_PATTERNS: tuple[str, ...] = ("channel", "head")
 LEADER_KIND: dict[str, str] = {"channel": "mlp_in", "head": "attn_q"}
-STRUCTURED_METHODS = ("magnitude", "wanda")
 RANK_ALLOWED = "an integer ≥ 1, 'energy:F' with 0 < F ≤ 1, or 'auto'"
 SPARSITY_ALLOWED = "0 ≤ sparsity < 1"
 _NM = re.compile(r"(\d+):(\d+)")
@@ -139,8 +138,8 @@ def _check_sparsity(value: Any) -> float:
 
 
 def _check_method(value: Any) -> str:
-    if value not in METHODS:
-        raise PlanError(f"method {value!r} is unknown; allowed: {', '.join(METHODS)}")
+    if value not in PRUNE_METHODS:
+        raise PlanError(f"method {value!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
     return value
 
 

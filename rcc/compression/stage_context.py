@@ -12,7 +12,7 @@ from rcc.compression.plan import LayerPlan
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
 
 # (stage, layer index, layer count, layer name)
 LayerProgress = Callable[[str, int, int, str], None]

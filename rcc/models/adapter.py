@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from rcc.errors import EvalError
-from rcc.models.inventory import LayerInfo, Tower
+from rcc.schema.layers import LayerInfo, Tower
 
 TextBatch = dict[str, torch.Tensor]
 

@@ -44,7 +44,8 @@ from rcc.models.hf_clip import (
     spec_error,
     text_max_length,
 )
-from rcc.models.inventory import LayerInfo, LayerKind, Tower, block_index, linear_layers
+from rcc.models.inventory import block_index, linear_layers
+from rcc.schema.layers import LayerInfo, LayerKind, Tower
 
 RETRIEVAL = "BlipForImageTextRetrieval"
 CAPTION = "BlipForConditionalGeneration"

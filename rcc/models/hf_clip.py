@@ -17,7 +17,8 @@ from torch import nn
 
 from rcc.errors import ModelSpecError
 from rcc.models.adapter import TextBatch, VLModel, cut_to_longest
-from rcc.models.inventory import LayerInfo, LayerKind, Tower, block_index, linear_layers
+from rcc.models.inventory import block_index, linear_layers
+from rcc.schema.layers import LayerInfo, LayerKind, Tower
 from rcc.models.load_errors import LOAD_ERRORS, load_reason
 
 ACCEPTED_FORMS = "hf:ID_OR_LOCAL_DIR, hf-blip:ID_OR_LOCAL_DIR"

@@ -19,56 +19,10 @@ Conventions every stage relies on:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-Tower = Literal["vision", "text", "fusion", "decoder"]
-LayerKind = Literal["attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "projection"]
-
-TOWERS: tuple[Tower, ...] = ("vision", "text", "fusion", "decoder")
-LAYER_KINDS: tuple[LayerKind, ...] = (
-    "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "projection",
-)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One compressible weight matrix."""
-
-    name: str
-    tower: Tower
-    block: int | None
-    kind: LayerKind
-    shape: tuple[int, int]
-    param: str
-    rows: tuple[int, int] | None = None
-    transposed: bool = False
-    heads: int | None = None  # attention layers: heads of their attention module now
-    dense_shape: tuple[int, int] | None = None  # before structured pruning; None: the shape is unchanged
-
-    @property
-    def params(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    @property
-    def original_shape(self) -> tuple[int, int]:
-        """The shape before any structured pruning (channels or heads removed)."""
-        return self.dense_shape or self.shape
-
-    def as_dict(self) -> dict:
-        out = {
-            "name": self.name, "tower": self.tower, "block": self.block, "kind": self.kind,
-            "shape": list(self.shape), "params": self.params, "param": self.param,
-        }
-        if self.heads is not None:
-            out["heads"] = self.heads
-        if self.dense_shape is not None:
-            out["dense_shape"] = list(self.dense_shape)
-        return out
-
+from rcc.schema.layers import LayerInfo
 
 def read_matrix(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
     """The layer's weight as an ``(out, in)`` view of the live parameter (no copy).

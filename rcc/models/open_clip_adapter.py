@@ -13,7 +13,8 @@ from torch import nn
 
 from rcc.errors import ModelSpecError
 from rcc.models.adapter import TextBatch, VLModel, cut_to_longest
-from rcc.models.inventory import LAYER_KINDS, LayerInfo, LayerKind, Tower, block_index, linear_layers
+from rcc.models.inventory import block_index, linear_layers
+from rcc.schema.layers import LAYER_KINDS, LayerInfo, LayerKind, Tower
 from rcc.models.load_errors import LOAD_ERRORS, load_reason
 
 # Last dotted component (or a distinctive suffix) of a Linear's name → its kind. Covers

@@ -28,9 +28,10 @@ from typing import Any
 
 from rcc.compression.groups import is_structured, structured_groups
 from rcc.compression.plan import CompressionPlan, resolve_plan
-from rcc.compression.plan_rules import METHODS, PlanError, check_pattern, parse_nm
+from rcc.compression.plan_rules import PlanError, check_pattern, parse_nm
 from rcc.errors import RccError
-from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.layers import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.names import PRUNE_METHODS
 
 LEVELS = ("global", "group", "layer")
 GROUP_KEYS = ("tower", "block", "kind")
@@ -116,8 +117,8 @@ class SpaceConfig:
                 raise SearchError(f"rank fraction low {self.rank.low!r} is out of range; allowed: 0 < low ≤ 1")
         if self.multiplier is not None:
             self.multiplier.check("multiplier", 0.0, math.inf, ceiling_open=True)
-        if self.method is not None and self.method not in METHODS:
-            raise SearchError(f"method {self.method!r} is unknown; allowed: {', '.join(METHODS)}")
+        if self.method is not None and self.method not in PRUNE_METHODS:
+            raise SearchError(f"method {self.method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
         if self.pattern is not None:
             try:
                 check_pattern(self.pattern)

@@ -4,7 +4,7 @@ A study searches one session node. Its settings (space, objective, pruning, samp
 starting point (model, data, eval split, node, dense accuracy) are stored as study user
 attributes when it is created; every worker that joins, on this machine or another, reads
 them from there and refuses to join with different ones. Every trial stores its record
-(rcc.session.trial_record) and measurements as trial user attributes.
+(rcc.session.trial_compress) and measurements as trial user attributes.
 
 Limits: ``trials`` (what this worker runs), ``timeout`` (seconds), ``patience`` (stop once
 that many finished trials in a row, study-wide, brought nothing onto the front: for

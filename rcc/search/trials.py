@@ -18,7 +18,7 @@ from rcc.errors import RccError
 from rcc.search.storage import display_url, open_storage
 
 if TYPE_CHECKING:  # the record module imports torch; listings must stay light
-    from rcc.session.trial_record import TrialRecord
+    from rcc.compression.trial_record import TrialRecord
 
 
 class StudyNotFound(RccError):
@@ -167,6 +167,6 @@ def load_trial(storage, study: str, number: int):
 
 def load_record(storage, study: str, number: int) -> TrialRecord:
     """The stored record of trial ``number`` of ``study`` (see ``load_trial`` for what is refused)."""
-    from rcc.session.trial_record import record_from_dict
+    from rcc.compression.trial_record import record_from_dict
 
     return record_from_dict(load_trial(storage, study, number).user_attrs["record"])

@@ -16,7 +16,7 @@ from rcc.compression.plan_edits import edited_plan
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan, PlanSummary
     from rcc.compression.plan_rules import LayerPlan
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
 
 
 @dataclass(frozen=True)

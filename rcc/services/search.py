@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rcc.eval.encode import CancelCheck
     from rcc.session import ops as O
-    from rcc.session.trial_record import TrialRecord
+    from rcc.compression.trial_record import TrialRecord
     from rcc.search.study import Limits, SearchReport, StudySettings
     from rcc.session.progress import ProgressFn
     from rcc.session.session import OpOutcome, Session
@@ -102,7 +102,7 @@ def apply_trial(session: Session, study: str, trial: int, storage: str | None = 
     ``storage`` (None: the session's search.db) is recorded in the op without its password,
     as provenance; the op carries the trial's record itself.
     """
-    from rcc.session.trial_record import record_from_dict
+    from rcc.compression.trial_record import record_from_dict
     from rcc.search.storage import resolve_url, without_password
     from rcc.search.trials import load_trial
     from rcc.session import ops as O

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rcc.compression.calibration import CalibrationData
     from rcc.eval.encode import CancelCheck
     from rcc.models.adapter import VLModel
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
 
 CALIB_PER_CLASS = 16  # calibration images per class, as `rcc-tui analyze sensitivity --calib-per-class`
 PHASE = "sensitivity"

@@ -269,7 +269,8 @@ def train(session: OpContext, op: O.Train, progress, cancel) -> Effect:
 
 @handles(O.ApplyTrial)
 def apply_trial(session: OpContext, op: O.ApplyTrial, progress, cancel) -> Effect:
-    from rcc.session.trial_record import compress, record_from_dict
+    from rcc.session.trial_compress import compress
+    from rcc.compression.trial_record import record_from_dict
 
     if not op.record:  # the log must hold the trial itself, so replay never reads the storage
         raise O.OpError(f"op 'apply_trial': trial {op.trial} of study {op.study!r} carries no trial record; allowed: "

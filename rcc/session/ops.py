@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 from rcc.compression.schedule import MAX_ATTEMPTS, MAX_STEPS
 from rcc.errors import RccError
+from rcc.schema.names import STAGE_NAMES
 
-STAGE_NAMES = ("dare", "nullu", "alphaedit")
 ALLOCATIONS = ("uniform", "global")  # rcc.compression.unit_allocation (this module imports no torch)
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
 EXPORT_FORMATS = ("compressed", "dense")
@@ -404,7 +404,7 @@ def _has_password(url: str) -> bool:
 class ApplyTrial(Op):
     """Apply a search trial: set its stored plan as the plan and run the compression it ran (a node).
 
-    ``record`` is the trial's stored record (rcc.session.trial_record: plan, stages, calibration,
+    ``record`` is the trial's stored record (rcc.session.trial_compress: plan, stages, calibration,
     node searched from); the session refuses the op without it. The front ends fill it from the
     study's storage (``storage`` None: the session's own search.db) before applying the op
     (rcc.services.search.with_trial_record), so the op log always holds the trial itself:
@@ -431,7 +431,7 @@ class ApplyTrial(Op):
         if not isinstance(self.record, Mapping):
             raise _fail(self.kind, "record", self.record, "a trial record object, or none to read it from storage")
         if self.record:
-            from rcc.session.trial_record import record_from_dict
+            from rcc.compression.trial_record import record_from_dict
 
             try:
                 record_from_dict(dict(self.record))

@@ -21,17 +21,18 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
+from rcc.schema.names import PRUNE_METHODS
 from rcc_tui.sizes import bytes_text, percent_change, short_count
 from rcc_tui.widgets.marked_checkbox import MarkedCheckbox
 from rcc_tui.workers import JobFailed
 
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
     from rcc.services.edit_preview import EditPreview
     from rcc_tui.session_view import LayerState
 
-METHODS = ("dare", "magnitude", "wanda")  # rcc.compression.plan_rules.METHODS, without importing torch
+
 BUDGET_HINT = "0<b<1 (auto)"
 PATTERN_HINT = "unstructured|row|2:4|channel|head"
 FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked")
@@ -108,7 +109,7 @@ class LayerEditor(Vertical):
             yield Label("sparsity", classes="field-label")
             yield Input(placeholder="0 ≤ s < 1", id="sparsity", compact=True, classes="field")
             yield Label("method", classes="field-label second")
-            yield Select([(m, m) for m in METHODS], prompt="mixed", id="method", compact=True,
+            yield Select([(m, m) for m in PRUNE_METHODS], prompt="mixed", id="method", compact=True,
                          classes="field", allow_blank=True)
         with Horizontal(classes="field-row"):
             yield Label("pattern", classes="field-label")

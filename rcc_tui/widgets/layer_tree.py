@@ -25,7 +25,7 @@ from textual.widgets.tree import TreeNode
 
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan
-    from rcc.models.inventory import LayerInfo
+    from rcc.schema.layers import LayerInfo
     from rcc_tui.session_view import LayerState
 
 SELECTED, UNSELECTED, PARTIAL = "■", "□", "◧"
