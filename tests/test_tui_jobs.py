@@ -99,7 +99,7 @@ async def test_one_job_holds_the_session_while_read_only_jobs_run_beside_it():
     release = threading.Event()
 
     def held(context):
-        release.wait(10)
+        release.wait(120)  # generous: under a loaded run the read below may take a while to be scheduled
         return "op"
 
     app = Sink()
@@ -108,10 +108,10 @@ async def test_one_job_holds_the_session_while_read_only_jobs_run_beside_it():
         with pytest.raises(RuntimeError, match="an op is still running"):
             app.jobs.start(Job("a second op", held))
         read = app.jobs.start(Job("a read", lambda context: "listing", lane=BACKGROUND, kind="read"))
-        await asyncio.wait_for(app.jobs.wait(read), 10)  # the read ends while the op still holds the session
+        await asyncio.wait_for(app.jobs.wait(read), 60)  # the read ends while the op still holds the session
         assert op.running and app.jobs.session_job is op and app.jobs.running(BACKGROUND) == []
         release.set()
-        await asyncio.wait_for(app.jobs.wait(), 10)
+        await asyncio.wait_for(app.jobs.wait(), 60)
         await pilot.pause()
     finished = [m.result for m in app.got if isinstance(m, JobFinished)]
     assert finished == ["listing", "op"]

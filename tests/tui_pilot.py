@@ -26,12 +26,13 @@ def private_sessions_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def demo_session(tmp_path_factory) -> Path:
-    """A fresh rcc-mini + digits session (root node only), made once per test run, never opened for writing."""
+    """A fresh rcc-mini + digits session (root node only), made once per test run (shared by the
+    xdist workers), never opened for writing."""
+    from parallel_run import built_once
+
     from rcc.session.session import Session
 
-    directory = tmp_path_factory.mktemp("demo") / "session"
-    Session.create(directory, device="cpu").close()
-    return directory
+    return built_once(tmp_path_factory, "demo-session", lambda path: Session.create(path, device="cpu").close())
 
 
 @pytest.fixture
