@@ -17,8 +17,10 @@ atexit.register(shutil.rmtree, os.environ["RCC_DATA_HOME"], True)
 
 import pytest  # noqa: E402
 
+# How the suite spreads over the cores (xdist workers, one thread each, module groups):
+# tests/parallel_run.py, first, so a worker's thread limits are set before torch is imported.
 # The app's Pilot fixtures (demo_session, session_dir, a private sessions home): tests/tui_pilot.py.
-pytest_plugins = ["tui_pilot"]
+pytest_plugins = ["parallel_run", "tui_pilot"]
 
 
 @pytest.fixture(autouse=True)

@@ -42,8 +42,8 @@ def test_eval_on_the_demo_prints_top1_and_is_repeatable(tmp_path):
     first = _run("eval", "--json", str(tmp_path / "a.json"), "--device", "cpu")
     assert first.returncode == 0, first.stderr
     assert "top1" in first.stdout and "rcc-mini" in first.stdout
-    second = _run("eval", "--json", str(tmp_path / "b.json"), "--device", "cpu", "--no-cache")
-    assert second.returncode == 0, second.stderr
+    # Again without the feature cache, in this process (one real process is enough for the entry point).
+    assert main(["eval", "--json", str(tmp_path / "b.json"), "--device", "cpu", "--no-cache"]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text())
     assert a["metrics"]["top1"] >= 0.90

@@ -9,6 +9,7 @@ spares the sensitive blocks at the same size is a real improvement a few trials 
 
 import copy
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,10 @@ OBJECTIVE = ObjectiveConfig(calib_per_class=1)
 
 
 @pytest.fixture(scope="module")
-def session_dir(tmp_path_factory):
+def session_dir(tmp_path_factory, demo_session):
+    """A private copy of the run's rcc-mini + digits session (tests/tui_pilot.py), root node only."""
     directory = tmp_path_factory.mktemp("search-mini") / "session"
-    with Session.create(directory, device="cpu"):
-        pass
+    shutil.copytree(demo_session, directory)
     return directory
 
 

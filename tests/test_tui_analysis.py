@@ -95,7 +95,7 @@ async def test_scan_sensitivity_colours_the_tree_stores_the_scan_and_a_reopened_
     async with again.run_test(size=SIZE) as pilot:
         await ready(pilot)
         main = again.main
-        await wait_until(pilot, lambda: main.sensitivity is not None, 30, "the stored scan")
+        await wait_until(pilot, lambda: main.sensitivity is not None, what="the stored scan")
         tree = main.query_one("#layer-tree")
         assert tree.sensitivity == scores and main.sensitivity.node == head
         check_tree_colours(tree, scores)

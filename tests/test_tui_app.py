@@ -153,13 +153,15 @@ async def test_run_the_cascade_to_completion_with_every_phase_on_the_status_bar(
         await ready(pilot)
         assert len(app.main.view.layers) == 62 and app.session.head == 1  # opened at its head
         await plan_sparsity(pilot, C_PROJ, "0.3")
+        # Every line the status bar draws until the cascade ends (not a poll: a phase of 1 s on an
+        # idle machine ends between two polls, and the first one comes after the first frames).
+        status, lines = app.main.query_one("#status"), []
+        draw = status.update
+        status.update = lambda text="", **kwargs: lines.append(str(getattr(text, "plain", text))) or draw(text, **kwargs)
         await pilot.press("c")
-        await wait_until(pilot, lambda: running(app), 10, "the cascade to start")
-        lines = []
-        while app.jobs.busy:  # what the status bar says, every 50 ms, until the cascade ends
-            lines.append(text_of(app, "#status"))
-            await pilot.pause(0.05)
+        await wait_until(pilot, lambda: running(app), what="the cascade to start")
         await settle(pilot)
+        status.update = draw
         shown = [line for line in dict.fromkeys(lines) if "x cancels" in line]
         # Every line while it ran: a bar and a percentage first (visible at 80 columns), then the phase.
         assert shown and all(line[:10].strip("█░") == "" and line[10:16].strip().endswith(("%", "--"))
@@ -191,7 +193,7 @@ async def test_cancel_a_run_leaves_the_session_as_it_was_and_clears_the_bar(sess
         await plan_sparsity(pilot, "tower:text kind:mlp_in", "0.5")
         before = state_of(app.session)
         await pilot.press("c")
-        await wait_until(pilot, lambda: running(app) and "%" in text_of(app, "#status"), 30, "the first phase")
+        await wait_until(pilot, lambda: running(app) and "%" in text_of(app, "#status"), what="the first phase")
         await tap(pilot, "x")
         await settle(pilot)
         assert state_of(app.session) == before  # same ops, nodes, head and plan
@@ -210,16 +212,16 @@ async def test_quitting_while_a_run_goes_asks_then_cancels_and_closes_the_sessio
         await plan_sparsity(pilot, "tower:text kind:mlp_in", "0.5")
         before = state_of(app.session)
         await pilot.press("c")
-        await wait_until(pilot, lambda: running(app), 10, "the cascade to start")
+        await wait_until(pilot, lambda: running(app), what="the cascade to start")
         from rcc_tui.screens.quit_screen import QuitScreen
 
         await tap(pilot, "q")
-        await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen), 10, "the question")
+        await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen), what="the question")
         await tap(pilot, "n")  # stay: the run goes on
-        await wait_until(pilot, lambda: not isinstance(app.screen, QuitScreen), 10, "the question to close")
+        await wait_until(pilot, lambda: not isinstance(app.screen, QuitScreen), what="the question to close")
         assert running(app)
         await tap(pilot, "q")
-        await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen), 10, "the question")
+        await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen), what="the question")
         await tap(pilot, "y")
         # Until the app's own shutdown is over (leaving run_test earlier would start a second one).
         await wait_until(pilot, lambda: app._task is not None and app._task.done(), 120, "the app to exit")

@@ -99,7 +99,7 @@ async def test_one_job_holds_the_session_while_read_only_jobs_run_beside_it():
     release = threading.Event()
 
     def held(context):
-        release.wait(10)
+        release.wait(120)  # generous: under a loaded run the read below may take a while to be scheduled
         return "op"
 
     app = Sink()
@@ -108,10 +108,10 @@ async def test_one_job_holds_the_session_while_read_only_jobs_run_beside_it():
         with pytest.raises(RuntimeError, match="an op is still running"):
             app.jobs.start(Job("a second op", held))
         read = app.jobs.start(Job("a read", lambda context: "listing", lane=BACKGROUND, kind="read"))
-        await asyncio.wait_for(app.jobs.wait(read), 10)  # the read ends while the op still holds the session
+        await asyncio.wait_for(app.jobs.wait(read), 60)  # the read ends while the op still holds the session
         assert op.running and app.jobs.session_job is op and app.jobs.running(BACKGROUND) == []
         release.set()
-        await asyncio.wait_for(app.jobs.wait(), 10)
+        await asyncio.wait_for(app.jobs.wait(), 60)
         await pilot.pause()
     finished = [m.result for m in app.got if isinstance(m, JobFinished)]
     assert finished == ["listing", "op"]
@@ -174,3 +174,29 @@ async def test_loss_events_are_never_dropped_and_arrive_batched_in_order():
     assert len(batches) < 50  # one message per run of steps within a tick, not one per step
     assert all(m.event is m.events[-1] for m in messages)
     assert isinstance(app.got[-1], JobFinished) and app.got[-1].result == "trained"
+
+
+async def test_the_status_bar_never_draws_over_what_the_screen_said_about_a_job_that_already_ended():
+    """Each subscriber reads its own queue: the screen may handle a fast job's failure before the bar
+    has read that job's start. The bar must then keep the screen's line (why opening failed), not
+    draw the job and end on a bare "failed: TITLE"."""
+    from rcc_tui.widgets.status_bar import StatusBar
+
+    app = Sink()
+    async with app.run_test() as pilot:
+        bar = StatusBar(id="status")
+        await app.mount(bar)  # after the app's own mount, which made the runner the bar subscribes to
+        ended = Job("opening the session", lambda context: None, started=1.0, ended=2.0)
+        bar.show("no session: session S is in use by process 7")  # the screen handled JobFailed first
+        bar.on_job_started(JobStarted(ended))
+        bar.on_job_progressed(JobProgressed(ended, OpProgress(op="open", phase="load", done=1, total=2)))
+        bar.on_job_failed(JobFailed(ended, RuntimeError("in use"), False))
+        assert bar.text == "no session: session S is in use by process 7" and bar.fraction is None
+
+        running = Job("an op", lambda context: None, started=1.0)  # its start arrives while it runs
+        bar.on_job_started(JobStarted(running))
+        assert bar.text.endswith("an op · starting… · x cancels")
+        running.ended = 2.0
+        bar.on_job_failed(JobFailed(running, RuntimeError("a bug"), False))  # no screen said anything
+        assert bar.text == "failed: an op"
+        await pilot.pause()

@@ -34,10 +34,10 @@ async def open_search(pilot):
 
     pilot.app.main.query_one("#layer-tree").focus()
     await pilot.press("s")
-    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SearchScreen), 10, "the search screen")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SearchScreen), what="the search screen")
     screen = pilot.app.screen
     screen.base_settings = FAST
-    await wait_until(pilot, lambda: not screen.reading, 10, "the first listing")
+    await wait_until(pilot, lambda: not screen.reading, what="the first listing")
     return screen
 
 
@@ -81,7 +81,7 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
         while screen.job is not None:  # rows appear while the search runs, not only at its end
             seen_live = max(seen_live, screen.query_one("#search-table").row_count)
             await pilot.pause(0.1)
-        await wait_until(pilot, lambda: not screen.reading, 10, "the last listing")
+        await wait_until(pilot, lambda: not screen.reading, what="the last listing")
         await pilot.pause()
         assert seen_live >= 1
 
@@ -120,9 +120,9 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
 
         # Reopening lists the stored study without starting anything.
         await pilot.press("escape")
-        await wait_until(pilot, lambda: not isinstance(app.screen, SearchScreen), 10, "the main screen")
+        await wait_until(pilot, lambda: not isinstance(app.screen, SearchScreen), what="the main screen")
         screen = await open_search(pilot)
-        await wait_until(pilot, lambda: screen.query_one("#search-table").row_count == len(rows), 10, "the list")
+        await wait_until(pilot, lambda: screen.query_one("#search-table").row_count == len(rows), what="the list")
         assert screen.job is None and len(list_trials(default_url(session_dir), "app")) == len(rows)
 
 
@@ -153,7 +153,7 @@ async def test_stop_ends_the_search_cleanly_and_bad_values_are_refused(session_d
         await wait_until(pilot, lambda: any(r.state == "RUNNING" for r in screen.rows), 120, "a running trial")
         await pilot.press("x")
         await wait_until(pilot, lambda: screen.job is None, 60, "the search to stop")
-        await wait_until(pilot, lambda: not screen.reading, 10, "the last listing")
+        await wait_until(pilot, lambda: not screen.reading, what="the last listing")
         rows = list_trials(default_url(session_dir), "app")
         assert rows and not any(r.state == "RUNNING" for r in rows) and len(rows) < 50
         assert not any(job.kind == "search" for job in app.jobs.running())
@@ -165,7 +165,7 @@ async def test_stop_ends_the_search_cleanly_and_bad_values_are_refused(session_d
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={}))
         pruned = max(t.number for t in study.trials)
         screen._read("app")
-        await wait_until(pilot, lambda: any(r.number == pruned for r in screen.rows), 10, "the pruned trial")
+        await wait_until(pilot, lambda: any(r.number == pruned for r in screen.rows), what="the pruned trial")
         await pilot.pause()
         table = screen.query_one("#search-table")
         table.move_cursor(row=table.get_row_index(str(pruned)))
@@ -182,7 +182,7 @@ async def test_stop_ends_the_search_cleanly_and_bad_values_are_refused(session_d
         job = screen.job
         assert job is not None and isinstance(app.screen, SearchScreen)
         await pilot.press("q")
-        await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen), 10, "the question")
+        await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen), what="the question")
         assert "A search is running" in str(app.screen.query_one("#quit-question").render())
         await pilot.press("y")
         await wait_until(pilot, lambda: app._task is not None and app._task.done(), 120, "the app to exit")

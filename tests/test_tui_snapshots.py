@@ -49,11 +49,11 @@ def test_a_cascade_running_at_80x24(snap_compare, tmp_path):
         await select_by_pattern(pilot, C_FC)
         await type_into(pilot, "#sparsity", "0.5")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: not pilot.app.jobs.busy, 10, "the edit")
+        await wait_until(pilot, lambda: not pilot.app.jobs.busy, what="the edit")
         pilot.app.main.query_one("#layer-tree").focus()
         await pilot.press("c")
         gate.release(6)  # calibration 0…4 of 4, then the first layer
-        await wait_until(pilot, lambda: "layer 1/1" in pilot.app.main.query_one("#status").text, 10, "a layer")
+        await wait_until(pilot, lambda: "layer 1/1" in pilot.app.main.query_one("#status").text, what="a layer")
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=running)

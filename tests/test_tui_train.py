@@ -58,7 +58,7 @@ async def test_train_from_the_panel_puts_every_loss_and_each_eval_on_the_chart(s
         assert app.main.query_one("#tabs").active == "tab-train"
         await fill_train_panel(pilot, steps="6", eval_every="3", batch="8", lr="1e-4", attention="0.5")
         await pilot.click("#train")
-        await wait_until(pilot, lambda: running(app), 10, "training to start")
+        await wait_until(pilot, lambda: running(app), what="training to start")
         assert app.main.check_action("train", ()) is None  # dimmed while it runs
         await settle(pilot)
 

@@ -173,15 +173,15 @@ async def test_progress_shows_the_phase_and_percentage_from_the_start_and_the_ba
         await plan_sparsity(pilot, C_FC, "0.5")
         await pilot.press("c")
         bar = app.main.query_one("#status")
-        await wait_until(pilot, lambda: running(app), 5, "the cascade to start")
+        await wait_until(pilot, lambda: running(app), what="the cascade to start")
         gate.release()  # the first event: calibration 0 of 4
-        await wait_until(pilot, lambda: "calibration" in bar.text, 5, "the first phase")
+        await wait_until(pilot, lambda: "calibration" in bar.text, what="the first phase")
         assert bar.text.startswith("░" * 10 + "   0% cascade ≥0.95 on 1 layer · calibration · 0/4 images")
         assert bar.fraction == 0.0 and "ETA" not in bar.text and bar.text.endswith("x cancels")
         assert bar.region.height == 1 and bar.region.bottom == SMALL[1] - 1  # right above the footer
         time.sleep(1.1)  # a second of measured progress: an ETA can be estimated
         gate.release()
-        await wait_until(pilot, lambda: "1/4" in bar.text, 5, "the next event")
+        await wait_until(pilot, lambda: "1/4" in bar.text, what="the next event")
         assert bar.text.startswith("██░░░░░░░░  25% ") and bar.fraction == 0.25
         assert "ETA " in bar.text  # three more units at about one a second
         assert "calibration · 1/4 images" in text_of(app, "#run-status")  # the run panel follows too

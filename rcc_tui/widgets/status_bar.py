@@ -119,15 +119,17 @@ class StatusBar(Static):
 
     # -- the runner's messages --
     def on_job_started(self, message: JobStarted) -> None:
-        if message.job.lane == SESSION:
+        # A job that ended before its start reached this bar (a fast failure, a loaded machine: each
+        # subscriber reads its own queue) is not drawn: the screen may already have said how it ended.
+        if message.job.lane == SESSION and message.job.running:
             self.job = message.job
             self._clock = PhaseClock()
             self._draw_running(message.job, "starting…", None, None)
 
     def on_job_progressed(self, message: JobProgressed) -> None:
         event = message.event
-        if message.job.lane != SESSION or not hasattr(event, "phase"):
-            return
+        if message.job.lane != SESSION or not hasattr(event, "phase") or not message.job.running:
+            return  # (an ended job's late progress would draw over what the screen said about its end)
         fraction, eta = None, None
         if event.total and event.metric is None:
             fraction = event.fraction
