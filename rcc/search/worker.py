@@ -8,8 +8,8 @@ workers 1…N−1 as processes; each gets a JSON job on stdin: ``{"session", "st
 stdin, not on the command line, so a password in it never shows in ``ps``. Each worker opens
 the session read-only (never its write lock), loads its own copy of the model at the study's
 node, reads the study's settings from the storage and runs its share of the trials; Optuna's
-storage hands out trial numbers, so workers never share or lose one. SIGTERM ends a worker
-like Ctrl-C: Optuna marks the running trial FAIL and nothing else is touched.
+storage hands out trial numbers, so workers never share or lose one. SIGTERM asks a worker to
+stop: its running trial ends at its next batch and is recorded FAIL; nothing else is touched.
 
 A worker never outlives the command that started it: on Linux the kernel sends it SIGTERM
 when its parent dies (``PR_SET_PDEATHSIG``, set first thing), and everywhere it checks its
@@ -143,8 +143,19 @@ def run_parallel(url: str, study, ctx, settings, limits, workers: int, session_d
             log.close()
 
 
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
+# SIGTERM asks the worker to stop; the trial's own cancel checks (every batch) and the check
+# between trials read it. Raising KeyboardInterrupt from the handler instead could land inside
+# Optuna's storage writes (the FAIL of the interrupted trial among them) and leave a trial RUNNING.
+_stop_requested = threading.Event()
+
+
+def _request_stop(_signum, _frame) -> None:
+    _stop_requested.set()
+
+
+def stop_check(orphaned: Callable[[], bool] | None) -> Callable[[], bool]:
+    """True once SIGTERM arrived or (with ``orphaned``) the parent died."""
+    return lambda: _stop_requested.is_set() or (orphaned is not None and orphaned())
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -203,13 +214,17 @@ def work(job: dict, orphaned: Callable[[], bool] | None = None) -> int:
 
 def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _request_stop)
     try:
         job = json.loads(sys.stdin.read())
         orphaned = die_with_parent(int(job["parent"])) if job.get("parent") else None
-        work(job, orphaned)
-    except Cancelled:  # its parent died during a trial (recorded FAIL)
-        print("rcc-tui search worker: its parent died; stopped", file=sys.stderr)
+        stop = stop_check(orphaned)
+        work(job, stop)
+        if stop():  # stopped between trials
+            print("rcc-tui search worker: asked to stop (SIGTERM or its parent died); stopped", file=sys.stderr)
+            return 130
+    except Cancelled:  # asked to stop during a trial (recorded FAIL)
+        print("rcc-tui search worker: asked to stop (SIGTERM or its parent died); stopped", file=sys.stderr)
         return 130
     except RccError as exc:
         print(f"rcc-tui search worker: error: {exc}", file=sys.stderr)
