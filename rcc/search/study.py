@@ -338,8 +338,6 @@ def run_worker(study, ctx: SearchContext, settings: StudySettings, limits: Limit
     from optuna.trial import TrialState
 
     finished = 0
-    if cancel is not None and cancel():  # asked to stop while loading: start no trial
-        return finished
     mode, measure = settings.objective.mode, settings.objective.size
 
     def after_trial(study, frozen) -> None:

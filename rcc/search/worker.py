@@ -209,6 +209,8 @@ def work(job: dict, orphaned: Callable[[], bool] | None = None) -> int:
     ctx = load_context(source, settings, device=job.get("device", "auto"), worker=int(job["worker"]), seed=seed,
                        dense_accuracy=study.user_attrs.get(DENSE_ATTR))
     limits = Limits(trials=job.get("trials"), timeout=job.get("timeout"), patience=job.get("patience"))
+    if orphaned is not None and orphaned():  # asked to stop while loading: start no trial
+        return 0
     return run_worker(study, ctx, settings, limits, job.get("trials"), cancel=orphaned)
 
 
