@@ -1,7 +1,8 @@
 """Calibration statistics: what each layer sees as input on a small, fixed set of data.
 
 For a layer with inputs X (in × N, one column per token), we keep
-- ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda), and
+- ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda),
+- ``absmax`` = max_t |x_tj| per input channel (SmoothQuant's activation range, for the quant stage), and
 - ``gram`` = X Xᵀ (in × in, for whitened SVD and AlphaEdit), only when asked: it is in² floats.
 Images feed the vision tower, texts the text tower; layers no input reaches get no entry
 (bare projection parameters, cross-attention in unimodal encoding): stages fall back to
@@ -33,6 +34,7 @@ class InputStats:
     sq_norms: torch.Tensor
     gram: torch.Tensor | None
     count: int
+    absmax: torch.Tensor | None = None
 
     @property
     def norms(self) -> torch.Tensor:
@@ -68,8 +70,10 @@ def collect_input_stats(
             if entry is None:
                 entry = stats[name] = InputStats(torch.zeros(x.shape[1], device=x.device),
                                                  torch.zeros(x.shape[1], x.shape[1], device=x.device) if gram else None,
-                                                 0)
+                                                 0, torch.zeros(x.shape[1], device=x.device))
             entry.sq_norms += (x * x).sum(dim=0)
+            if x.shape[0]:
+                torch.maximum(entry.absmax, x.abs().amax(dim=0), out=entry.absmax)
             if entry.gram is not None:
                 entry.gram.addmm_(x.t(), x)
             entry.count += x.shape[0]

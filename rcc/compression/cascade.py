@@ -1,6 +1,6 @@
 """Recursive Cascade Compression: stages in order, each evaluated, backed off when it costs too much.
 
-For each step of the schedule and each stage (default DARE → Nullu → AlphaEdit):
+For each step of the schedule and each stage (default DARE → Nullu → AlphaEdit → quant):
   1. snapshot the selected layers; run the stage at strength f (the schedule's next fraction);
   2. evaluate; if metric ≥ threshold · dense metric, accept and go on;
   3. else restore the snapshot and retry half-way back towards the stage's previous strength,
@@ -24,14 +24,16 @@ from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameter
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
 from rcc.compression.prune_stage import run_prune_stage
+from rcc.compression.quant_stage import QUANT_METHODS, embedding_paths, run_quant_stage
 from rcc.compression.schedule import check_schedule, next_fraction
 from rcc.compression.stage_context import LayerProgress, StageContext, StageOptions
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
 
-STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage}
-DEFAULT_STAGES = ("dare", "nullu", "alphaedit")
+STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage,
+          "quant": run_quant_stage}
+DEFAULT_STAGES = tuple(STAGES)  # a stage with nothing planned (no correction, no bits) changes nothing
 Evaluator = Callable[[VLModel], float]
 
 
@@ -53,6 +55,10 @@ class CascadeConfig:
         if self.max_attempts < 1:
             raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1")
         check_schedule(self.schedule, self.steps)
+        if self.options.quant_method not in QUANT_METHODS:
+            raise RccError(f"quant method {self.options.quant_method!r} is unknown; allowed: {', '.join(QUANT_METHODS)}")
+        if not 0.0 <= self.options.smooth_alpha < 1.0:
+            raise RccError(f"smooth_alpha {self.options.smooth_alpha} is out of range; allowed: 0 ≤ α < 1 (0: off)")
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ def run_cascade(
         raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
     module = model.module
     index = model.layer_index
-    before_run = LayerSnapshot(module, [index[name] for name in plans])
+    before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
     model_params_before = model.num_parameters()
     try:
         unfuse(module, [index[name] for name in plans])
@@ -159,8 +165,8 @@ def run_stage(
     if not plans:
         raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
     module, index = model.module, model.layer_index
-    before_run = LayerSnapshot(module, [index[name] for name in plans])
     config = CascadeConfig(stages=(stage,), options=options)
+    before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
     try:
         unfuse(module, [index[name] for name in plans])
         ctx = _context(model, plans, plan, calibration, preserved, config, progress, cancel)
@@ -175,14 +181,23 @@ def run_stage(
                     seconds=time.perf_counter() - start)
 
 
+def _tables(model: VLModel, plans, config: CascadeConfig) -> list[str]:
+    """Embedding tables the quant stage may replace (kept by snapshots like the selected layers)."""
+    if "quant" not in config.stages or not config.options.quant_embeddings:
+        return []
+    index = model.layer_index
+    return embedding_paths(model, {index[name].tower for name, p in plans.items() if p.bits is not None})
+
+
 def _selected(p) -> bool:
-    return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction)
+    return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction or p.bits is not None)
 
 
 def _context(model, plans, plan, calibration, preserved, config, progress, cancel) -> StageContext:
     index = model.layer_index  # a property that walks the model: once, not per layer
     layers = [index[name] for name in plans]
-    needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
+    needs_gram = ("alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
+                  or ("quant" in config.stages and any(p.bits for p in plans.values())))
     stats = collect_input_stats(model, layers, calibration, gram=needs_gram, cancel=cancel)
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:
@@ -223,7 +238,8 @@ def _run_steps(ctx: StageContext, evaluate: Evaluator, config: CascadeConfig, re
 
 def _run_stage_with_backoff(ctx, evaluate, config, result, stage, step, previous, target, on_attempt):
     layers = ctx.layers()
-    snapshot = LayerSnapshot(ctx.model.module, layers)
+    tables = _tables(ctx.model, ctx.plans, config) if stage == "quant" else []
+    snapshot = LayerSnapshot(ctx.model.module, layers, tables)
     fraction = target
     floor = config.threshold * result.dense_metric
     for attempt in range(1, config.max_attempts + 1):

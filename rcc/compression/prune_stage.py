@@ -31,7 +31,7 @@ class LayerChange:
 
 def run_prune_stage(ctx: StageContext, fraction: float) -> list[LayerChange]:
     """Prune every planned layer with sparsity > 0 to ``fraction`` of its target."""
-    todo = [layer for layer in ctx.layers() if ctx.plans[layer.name].sparsity > 0]
+    todo = [layer for layer in ctx.float_layers() if ctx.plans[layer.name].sparsity > 0]
     changes = []
     for i, layer in enumerate(todo):
         ctx.tick(STAGE, i, len(todo), layer.name)

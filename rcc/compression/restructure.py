@@ -1,7 +1,8 @@
 """Changing a compressed module's structure in place: back to dense, or to another structure.
 
 ``densify`` turns a compressed module back into its original architecture (fused attention,
-plain Linears, no mask buffers) holding the effective weights, so ordinary libraries load it.
+plain Linears, no mask buffers, float weights) holding the effective weights, so ordinary
+libraries load it; ``dequantize`` turns one int8 layer back into its float form.
 ``restructure`` turns a module of one compressed structure (``structure_of``) into another,
 rebuilding only the paths whose structure differs: checking out a history node then means
 loading only the tensors that changed, and untouched layers keep their module objects.
@@ -14,11 +15,15 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, masked_parameter
+from rcc.compression.quantized_layers import QuantizedEmbedding, QuantizedLowRankLinear, is_quantized
 from rcc.compression.structure import apply_structure
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
-    """The (out, in) matrix a Linear-like layer applies: W ⊙ M masked, (up ⊙ M_up)(down ⊙ M_down) factorised."""
+    """The (out, in) matrix a Linear-like layer applies: W ⊙ M masked, (up ⊙ M_up)(down ⊙ M_down) factorised,
+    diag(s) Q diag(t) int8 (pruned int8 values are 0)."""
+    if is_quantized(layer):
+        return layer.dense_weight()
     if isinstance(layer, LowRankLinear):
         return _masked(layer, "up") @ _masked(layer, "down")
     return _masked(layer, "weight")
@@ -90,6 +95,43 @@ def unfactorise(module: nn.Module, path: str) -> nn.Linear:
     return dense
 
 
+@torch.no_grad()
+def dequantize(module: nn.Module, path: str) -> nn.Module:
+    """Replace the int8 layer at ``path`` by its float form (Linear or LowRankLinear) with its masks.
+
+    W = diag(s) Q diag(t); factorised: up = diag(s_up) Q_up, down = diag(s_down) Q_down diag(t).
+    """
+    quantized = module.get_submodule(path)
+    if isinstance(quantized, QuantizedEmbedding):
+        weight = quantized.dense_weight()
+        floating = skip_init(nn.Embedding, *weight.shape, padding_idx=quantized.padding_idx,
+                             device=weight.device, dtype=weight.dtype)
+        floating.weight.copy_(weight)
+        module.set_submodule(path, floating)
+        _match_mode(module, path)
+        return floating
+    dtype = quantized.bias.dtype if quantized.bias is not None else torch.float32
+    if isinstance(quantized, QuantizedLowRankLinear):
+        weights = quantized.int8_weights()
+        down = weights["down"].dequantize()
+        if quantized.smoothed:
+            down = down * quantized.input_scale.float()[None, :]
+        floating: nn.Module = LowRankLinear(weights["up"].dequantize().to(dtype), down.to(dtype), quantized.bias)
+    else:
+        weight = quantized.dense_weight()
+        floating = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=quantized.bias is not None,
+                             device=weight.device, dtype=dtype)
+        floating.weight.copy_(weight)
+        if quantized.bias is not None:
+            floating.bias.copy_(quantized.bias)
+    for leaf in ("weight_mask", "up_mask", "down_mask"):
+        if leaf in quantized._buffers:
+            floating.register_buffer(leaf, quantized._buffers[leaf].clone())
+    module.set_submodule(path, floating)
+    _match_mode(module, path)
+    return floating
+
+
 def _match_mode(module: nn.Module, path: str) -> None:
     # A new module starts in training mode; in an eval model that would switch kernels
     # (MHA's fast path) and change outputs, so it takes its parent's mode.
@@ -110,6 +152,9 @@ def remove_mask(module: nn.Module, name: str) -> None:
 @torch.no_grad()
 def densify(module: nn.Module) -> nn.Module:
     """Return ``module`` (changed in place) to its original architecture with the effective weights."""
+    for path, child in list(module.named_modules()):
+        if is_quantized(child):
+            dequantize(module, path)
     for path, child in list(module.named_modules()):
         if isinstance(child, (SplitAttention, SplitQKV)):
             merge_split(module, path)
@@ -137,10 +182,17 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
     splits, target_splits = set(current.get("split", [])), set(target.get("split", []))
     ranks, target_ranks = current.get("factorised", {}), target.get("factorised", {})
     masks, target_masks = current.get("masks", {}), target.get("masks", {})
+    quantized, target_quantized = current.get("quantized", {}), target.get("quantized", {})
     rebuilt: set[str] = set()
     masked: set[str] = set()  # mask buffers added or removed outside rebuilt modules
 
-    # Undo what the target lacks; whatever lives under a merged split goes with it.
+    # Undo what the target lacks; whatever lives under a merged split goes with it. Int8 layers
+    # go back to float first, so the steps below see only float forms.
+    dequantized = set()
+    for path, form in quantized.items():
+        if target_quantized.get(path) != form or ranks.get(path) != target_ranks.get(path):
+            dequantize(module, path)
+            dequantized.add(path)
     for path in sorted(splits - target_splits):
         merge_split(module, path)
         rebuilt.add(path)
@@ -158,9 +210,12 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
     new_splits = sorted(target_splits - splits)
     new_ranks = {path: rank for path, rank in target_ranks.items()
                  if ranks.get(path) != rank or _under(path, rebuilt) or _under(path, new_splits)}
-    apply_structure(module, {"split": new_splits, "factorised": new_ranks})
-    rebuilt.update(new_splits, new_ranks)
-    for path in [*new_splits, *new_ranks]:
+    new_quantized = {path: form for path, form in target_quantized.items()
+                     if path in dequantized or quantized.get(path) != form or _under(path, rebuilt)
+                     or _under(path, new_splits) or path in new_ranks}
+    apply_structure(module, {"split": new_splits, "factorised": new_ranks, "quantized": new_quantized})
+    rebuilt.update(new_splits, new_ranks, new_quantized, dequantized)
+    for path in [*new_splits, *new_ranks, *new_quantized]:
         _match_mode(module, path)
     for name, shape in target_masks.items():
         holder_path, _, leaf = name.rpartition(".")

@@ -29,6 +29,10 @@ class StageOptions:
     preserve: bool = False  # confine corrections to the null space of the preserved inputs K₀ (AlphaEdit)
     correction_steps: int = 100  # projected gradient steps where no closed form is cheap
     sequential: bool = False  # correct block by block on inputs that flow through the compressed model
+    quant_method: str = "gptq"  # quant stage rounding: "rtn" (round to nearest) or "gptq" (error feedback)
+    smooth_alpha: float = 0.0  # quant stage: SmoothQuant migration strength α (0: off)
+    gptq_damp: float = 0.01  # GPTQ: δ = damp · mean(diag C) added to C before inverting
+    quant_embeddings: bool = True  # quant stage: int8 embedding tables in the towers it quantises
 
 
 @dataclass
@@ -52,6 +56,12 @@ class StageContext:
         """The current inventory entries of the selected layers (modules change as we go)."""
         index = self.model.layer_index
         return [index[name] for name in self.plans]
+
+    def float_layers(self) -> list[LayerInfo]:
+        """The selected layers that still hold float weights: int8 layers are final for the other stages."""
+        from rcc.compression.layers import is_quantized_layer
+
+        return [layer for layer in self.layers() if not is_quantized_layer(self.model.module, layer)]
 
     def tick(self, stage: str, i: int, total: int, name: str) -> None:
         check_cancel(self.cancel)

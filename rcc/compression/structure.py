@@ -1,7 +1,7 @@
 """The compressed structure of a model as data, and saving / loading compressed models.
 
 ``structure_of`` lists what compression changed in the module tree (split attention, low-rank
-layers and their ranks, mask buffers); ``apply_structure`` re-creates it on a freshly loaded
+layers and their ranks, int8 layers, mask buffers); ``apply_structure`` re-creates it on a freshly loaded
 model of the same spec, after which the saved ``state_dict`` loads strictly. On disk a
 compressed model is ``model.safetensors`` (factors, masks, weights) + ``manifest.json``.
 Version 1 (written here) stores every tensor as is; version 2 (``rcc.session.export``) stores
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, masked_parameter
+from rcc.compression.quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedLowRankLinear, is_quantized
 from rcc.errors import RccError
 
 MANIFEST = "manifest.json"
@@ -29,17 +30,27 @@ READABLE_VERSIONS = (FORMAT_VERSION, PACKED_VERSION)
 
 
 def structure_of(module: nn.Module) -> dict:
-    """Split modules, factorised layers (path → rank) and mask buffers (name → shape)."""
-    split, factorised, masks = [], {}, {}
+    """Split modules, factorised layers (path → rank), mask buffers (name → shape) and int8 layers.
+
+    ``quantized`` (path → {"bits": 8, "smoothed": bool}) is present only when some layer is
+    int8, so the structures of float models read as they always did. An int8 factorised
+    layer is listed under both ``factorised`` and ``quantized``.
+    """
+    split, factorised, masks, quantized = [], {}, {}, {}
     for path, child in module.named_modules():
         if isinstance(child, (SplitAttention, SplitQKV)):
             split.append(path)
-        if isinstance(child, LowRankLinear):
+        if isinstance(child, (LowRankLinear, QuantizedLowRankLinear)):
             factorised[path] = child.rank
+        if is_quantized(child):
+            quantized[path] = {"bits": child.bits, "smoothed": child.smoothed}
         for name, buffer in child.named_buffers(recurse=False):
             if masked_parameter(child, name) is not None:
                 masks[f"{path}.{name}" if path else name] = list(buffer.shape)
-    return {"split": split, "factorised": factorised, "masks": masks}
+    structure = {"split": split, "factorised": factorised, "masks": masks}
+    if quantized:
+        structure["quantized"] = quantized
+    return structure
 
 
 @torch.no_grad()
@@ -53,6 +64,13 @@ def apply_structure(module: nn.Module, structure: dict) -> None:
         up = child.weight.new_zeros(child.out_features, rank)
         down = child.weight.new_zeros(rank, child.in_features)
         module.set_submodule(path, LowRankLinear(up, down, child.bias))
+    for path, form in structure.get("quantized", {}).items():
+        child = module.get_submodule(path)
+        cls = (QuantizedLowRankLinear if isinstance(child, LowRankLinear)
+               else QuantizedEmbedding if isinstance(child, nn.Embedding) else QuantizedLinear)
+        quantized = cls.empty_like(child, smoothed=bool(form.get("smoothed")))
+        quantized.train(child.training)
+        module.set_submodule(path, quantized)
     for name, shape in structure.get("masks", {}).items():
         holder_path, _, leaf = name.rpartition(".")
         module.get_submodule(holder_path).register_buffer(leaf, torch.ones(shape, dtype=torch.bool))

@@ -124,4 +124,7 @@ class VLModel(ABC):
         return digest.hexdigest()
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+        """Every weight entry, int8 values and their scales included (they are parameters stored as buffers)."""
+        from rcc.compression.layers import stored_tensors
+
+        return sum(p.numel() for p in stored_tensors(self.module))

@@ -36,13 +36,14 @@ def size_metrics(model) -> dict[str, float]:
     """Stored numbers and bytes as the compressed export writes them, and all parameters.
 
     A masked parameter stores its kept values plus one bit per entry (the packed mask);
-    every other parameter (factors included) is stored whole.
+    every other parameter (factors included) is stored whole. Int8 layers store one byte per
+    (kept) value plus their float scales.
     """
-    from rcc.compression.layers import masks_by_parameter
+    from rcc.compression.layers import masks_by_parameter, stored_tensors
 
     masks = masks_by_parameter(model.module)
     kept = total = stored = 0
-    for param in model.module.parameters():
+    for param in stored_tensors(model.module):
         total += param.numel()
         mask = masks.get(id(param))
         count = param.numel() if mask is None else int(mask.sum())
@@ -129,7 +130,8 @@ def restricted_plan(plan: CompressionPlan, model, layers: tuple[str, ...]) -> Co
 def _options(op: O._Compress):
     from rcc.compression.stage_context import StageOptions
 
-    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve)
+    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve, quant_method=op.quant_method,
+                   smooth_alpha=op.smooth_alpha, quant_embeddings=op.quant_embeddings)
 
 
 def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
@@ -140,7 +142,8 @@ def run_stage(session: Session, op: O.RunStage, progress, cancel) -> Effect:
     run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, _options(op),
                         progress=_layer_progress(op.kind, progress), cancel=cancel)
     if not run.changed:  # a node equal to its parent would only clutter the history
-        what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
+        what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on",
+                "quant": "bits 8 (or they are int8 already)"}[op.stage]
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
@@ -198,7 +201,7 @@ def label(session: Session, op: O.Label, progress, cancel) -> Effect:
 
 
 def export(session: Session, op: O.Export, progress, cancel) -> Effect:
-    from rcc.session.export import export_compressed, export_dense
+    from rcc.export import export_model
 
     node = op.node or session.head
     out = session.resolve_export_path(op.out)
@@ -208,13 +211,12 @@ def export(session: Session, op: O.Export, progress, cancel) -> Effect:
         session._restore_to(target)
     try:
         extra = {"session": str(session.directory), "node": node, "plan": target.plan}
-        report = (export_compressed(session.model, out, extra=extra) if op.format == "compressed"
-                  else export_dense(session.model, out))
+        report = export_model(session.model, op.format, out, extra=extra)
     finally:
         if moved:
             session._restore_to(session.graph.state(session.head))
-    return Effect(result={"node": node, "out": str(out), "total_bytes": report.total_bytes,
-                          "dense_bytes": report.dense_bytes})
+    return Effect(result={"node": node, "out": str(out), "format": op.format, "total_bytes": report.total_bytes,
+                          "dense_bytes": report.dense_bytes, **report.details})
 
 
 def train(session: Session, op: O.Train, progress, cancel) -> Effect:

@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 
 from rcc.errors import RccError
 
-STAGE_NAMES = ("dare", "nullu", "alphaedit")
+STAGE_NAMES = ("dare", "nullu", "alphaedit", "quant")  # rcc.compression.cascade.STAGES, in order
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
-EXPORT_FORMATS = ("compressed", "dense")
+EXPORT_FORMATS = ("compressed", "dense", "onnx", "hf-compressed")
+QUANT_METHODS = ("rtn", "gptq")  # rcc.compression.quant_stage.QUANT_METHODS
 TRAIN_SCHEDULES = ("cosine", "linear", "constant")
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
@@ -167,12 +168,19 @@ class _Compress(Op):
     calib_per_class: int = 16
     whiten: bool = True
     preserve: bool = False
+    quant_method: str = "gptq"  # the quant stage's rounding (absent in old recipes: they quantise nothing)
+    smooth_alpha: float = 0.0  # the quant stage's SmoothQuant strength (0: off)
+    quant_embeddings: bool = True  # the quant stage also stores the embedding tables of its towers in int8
 
     def validate(self) -> None:
         object.__setattr__(self, "layers", _names(self.kind, "layers", self.layers))
         _int(self.kind, "calib_per_class", self.calib_per_class, 1, 10_000)
         _flag(self.kind, "whiten", self.whiten)
         _flag(self.kind, "preserve", self.preserve)
+        _choice(self.kind, "quant_method", self.quant_method, QUANT_METHODS)
+        _flag(self.kind, "quant_embeddings", self.quant_embeddings)
+        object.__setattr__(self, "smooth_alpha", _float(self.kind, "smooth_alpha", self.smooth_alpha, 0.0, 1.0,
+                                                        high_open=True))
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,13 @@ def _structure_prefixes(current: dict, target: dict) -> tuple[set[str], set[str]
     prefixes = set(current.get("split", [])) ^ set(target.get("split", []))
     now, then = current.get("factorised", {}), target.get("factorised", {})
     prefixes |= {p for p in set(now) | set(then) if now.get(p) != then.get(p)}
+    now, then = current.get("quantized", {}), target.get("quantized", {})
+    prefixes |= {p for p in set(now) | set(then) if now.get(p) != then.get(p)}
     masks = set(current.get("masks", {})) ^ set(target.get("masks", {}))
-    return {p + "." for p in prefixes}, masks | {_masked_name(name) for name in masks}
+    return {p + "." for p in prefixes}, masks | {masked_name(name) for name in masks}
 
 
-def _masked_name(mask: str) -> str:
+def masked_name(mask: str) -> str:
     """``a.b.weight_mask`` → ``a.b.weight``; ``proj_mask`` → ``proj``."""
     holder, _, buffer = mask.rpartition(".")
     leaf = "weight" if buffer == "weight_mask" else buffer[: -len("_mask")]
