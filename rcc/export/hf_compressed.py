@@ -54,6 +54,7 @@ def int8_scales(module: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
             tables.append(path)
         elif is_quantized(child):
             (smoothed if child.smoothed else factorised).append(path)
+    for path, child in module.named_modules():  # after the loop above: a split's q, k, v come after it
         if isinstance(child, SplitQKV):
             parts = [scales.pop(f"{path}.{name}", None) for name in "qkv"]
             if all(part is not None for part in parts):

@@ -83,7 +83,7 @@ class _TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         tokens = {"input_ids": input_ids} if attention_mask is None else {"input_ids": input_ids,
                                                                            "attention_mask": attention_mask}
-        return self._model.encode_text(tokens)
+        return self._model.encode_text_for_export(tokens)
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class Parity:
 def _export(wrapper: nn.Module, args: tuple, names: list[str], output: str, dynamic: dict, path: Path) -> None:
     from rcc.compression.int8_kernels import exported_int8_linear
 
+    wrapper.eval()
     program = torch.onnx.export(
         wrapper, args, dynamo=True, opset_version=OPSET, input_names=names, output_names=[output],
         dynamic_shapes=dynamic, custom_translation_table={exported_int8_linear._opoverload: _translate},
@@ -149,7 +150,8 @@ def export_onnx(model: VLModel, out: Path) -> dict:
     _export(_ImageEncoder(copy_of), (pixels,), ["pixels"], "image_features", {"pixels": {0: batch}}, out / IMAGE_FILE)
     text_dims = {key: {0: batch} for key in keys}
     context = int(padded[keys[0]].shape[1])
-    if tokens[keys[0]].shape[1] < context:  # any length up to the context runs (callers may cut padding)
+    if copy_of.trim_text_padding(copy_of.tokenize(["a"]))[keys[0]].shape[1] < context:
+        # Cutting padding is exact for this tower: any length up to the context runs.
         length = torch.export.Dim("length", min=2, max=context)
         text_dims = {key: {0: batch, 1: length} for key in keys}
     _export(_TextEncoder(copy_of, keys), tuple(tokens[k] for k in keys), list(keys), "text_features", text_dims,
