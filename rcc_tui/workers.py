@@ -48,6 +48,7 @@ class LayerState:
     sparsity: float  # fraction of pruned entries (of the ``down`` factor when factorised)
     rank: int | None  # the factorisation's rank, None when not factorised
     stored: int  # numbers the layer stores now
+    bits: int | None = None  # 8 when the layer holds int8 values, None for float weights
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class SessionView:
 def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
     """Form, sparsity, rank and stored numbers of every layer, from the live model."""
     from rcc.compression.layers import (
-        LowRankLinear,
+        layer_bits,
         layer_form,
         layer_module,
         layer_sparsity,
@@ -85,10 +86,11 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
     for layer in layers:
         try:
             child = layer_module(module, layer)
+            form = layer_form(module, layer)
             state[layer.name] = LayerState(
-                form=layer_form(module, layer), sparsity=layer_sparsity(module, layer),
-                rank=child.rank if isinstance(child, LowRankLinear) else None,
-                stored=stored_parameters(module, layer))
+                form=form, sparsity=layer_sparsity(module, layer),
+                rank=child.rank if form == "factorised" else None,
+                stored=stored_parameters(module, layer), bits=layer_bits(module, layer))
         except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
             state[layer.name] = LayerState("dense", 0.0, None, layer.params)
     return state

@@ -253,6 +253,32 @@ async def test_rank_auto_takes_its_budget_from_the_editor_in_one_op(session_dir)
         assert app.main.query_one("#budget").value == "0.4"  # the field shows the plan's budget now
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_int8_is_a_field_of_the_editor_and_the_quant_stage_runs_from_the_panel(session_dir):
+    app = make_app(session_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await select_by_pattern(pilot, C_FC)
+        app.main.query_one("#bits").toggle()
+        app.main.query_one("#layer-tree").focus()
+        await pilot.press("a")
+        await settle(pilot)
+        assert app.session.plan.overrides == {C_FC: {"bits": 8}}
+        assert app.session.ops()[-1].body["settings"] == {"bits": 8}
+        assert "→int8" in str(app.main.query_one("#layer-tree").expand_path(C_FC).label)
+        app.main.query_one("#stage").value = "quant"
+        app.main.query_one("#layer-tree").focus()
+        await pilot.press("r")
+        await settle(pilot)
+        body = app.session.ops()[-1].body
+        assert (body["op"], body["stage"], body["layers"]) == ("run_stage", "quant", [C_FC])
+        assert app.main.view.state[C_FC].bits == 8
+        label = str(app.main.query_one("#layer-tree").expand_path(C_FC).label)
+        assert "int8" in label and "→" not in label  # applied: the plan's mark is gone
+        assert app.main.query_one("#bits").value  # the editor shows the layer's plan
+
+
 # -- running ------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 METHODS = ("dare", "magnitude", "wanda")  # rcc.compression.plan_rules.METHODS, without importing torch
 BUDGET_HINT = "0<b<1 (auto)"
-FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked")
+FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked", "bits")
 
 
 def parse_sparsity(text: str) -> Any:
@@ -79,7 +79,7 @@ def count_line(summary: PlanSummary, names: Sequence[str], model_total: float | 
 
 
 class LayerEditor(Vertical):
-    """Sparsity, method, pattern, rank, correction and locked for the target layers."""
+    """Sparsity, method, pattern, rank, correction, locked and int8 bits for the target layers."""
 
     class ApplyRequested(Message):
         """Apply ``settings`` (only the changed fields) to ``layers`` as one EditLayers op."""
@@ -118,7 +118,9 @@ class LayerEditor(Vertical):
         with Horizontal(classes="field-row"):
             yield Checkbox("correction", id="correction", compact=True)
             yield Checkbox("locked", id="locked", compact=True)
-            yield Label("budget", classes="field-label second")
+            yield Checkbox("int8", id="bits", compact=True, tooltip="bits 8: the quant stage stores the weights in int8")
+        with Horizontal(classes="field-row"):
+            yield Label("budget", classes="field-label")
             yield Input(placeholder=BUDGET_HINT, id="budget", compact=True, classes="field",
                         tooltip="plan-wide: the fraction of the auto-ranked layers' parameters kept")
         yield Static("", id="editor-counts", markup=False)
@@ -158,6 +160,7 @@ class LayerEditor(Vertical):
             self.query_one("#rank", Input).value = loaded["rank"] or ""
             self.query_one("#correction", Checkbox).value = bool(loaded["correction"])
             self.query_one("#locked", Checkbox).value = bool(loaded["locked"])
+            self.query_one("#bits", Checkbox).value = loaded["bits"] is not None
             self.query_one("#budget", Input).value = self._loaded_budget()
         finally:
             self._loading = False
@@ -206,6 +209,7 @@ class LayerEditor(Vertical):
             "rank": self.query_one("#rank", Input).value.strip(),
             "correction": self.query_one("#correction", Checkbox).value,
             "locked": self.query_one("#locked", Checkbox).value,
+            "bits": 8 if self.query_one("#bits", Checkbox).value else None,
         }
 
     def changed_settings(self) -> dict[str, Any]:
@@ -215,7 +219,7 @@ class LayerEditor(Vertical):
             "sparsity": "" if loaded.get("sparsity") is None else f"{loaded['sparsity']:g}",
             "method": loaded.get("method"), "pattern": loaded.get("pattern") or "",
             "rank": loaded.get("rank") or "", "correction": bool(loaded.get("correction")),
-            "locked": bool(loaded.get("locked")),
+            "locked": bool(loaded.get("locked")), "bits": loaded.get("bits"),
         }
         settings: dict[str, Any] = {}
         for key, value in self._field_values().items():

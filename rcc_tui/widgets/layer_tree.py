@@ -65,7 +65,7 @@ def short_name(layer: LayerInfo) -> str:
 
 
 def state_text(state: LayerState | None) -> str:
-    """``50%``, ``r32``, ``r32 50%`` or ``dense``."""
+    """``50%``, ``r32``, ``r32 50%``, ``50% int8`` or ``dense``."""
     if state is None:
         return ""
     parts = []
@@ -73,6 +73,8 @@ def state_text(state: LayerState | None) -> str:
         parts.append(f"r{state.rank}")
     if state.sparsity > 0:
         parts.append(f"{state.sparsity:.0%}")
+    if state.bits is not None:
+        parts.append(f"int{state.bits}")
     return " ".join(parts) or "dense"
 
 
@@ -85,6 +87,8 @@ def planned_text(setting) -> str:
         parts.append(f"{setting.sparsity:.0%}" if setting.pattern == "unstructured" else setting.pattern)
     if setting.rank is not None:
         parts.append(f"r{setting.rank}" if setting.rank.mode == "fixed" else str(setting.rank))
+    if setting.bits is not None:
+        parts.append(f"int{setting.bits}")
     return "→" + " ".join(parts)
 
 
@@ -92,7 +96,7 @@ def applied(state: LayerState | None, setting) -> bool:
     """Whether the layer already is as the plan wants it (same sparsity and fixed rank)."""
     if state is None or setting is None or not setting.selected:
         return False
-    if abs(state.sparsity - setting.sparsity) > 5e-3:
+    if abs(state.sparsity - setting.sparsity) > 5e-3 or state.bits != setting.bits:
         return False
     if setting.rank is None:
         return state.rank is None

@@ -21,7 +21,7 @@ from rcc_tui.widgets.op_feedback import OpFeedback, submit_op
 if TYPE_CHECKING:
     from rcc.session.ops import Op
 
-STAGES = ("dare", "nullu", "alphaedit")  # rcc.session.ops.STAGE_NAMES
+STAGES = ("dare", "nullu", "alphaedit", "quant")  # rcc.session.ops.STAGE_NAMES
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")  # rcc.session.ops.SCHEDULES
 
 
