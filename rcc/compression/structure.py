@@ -92,8 +92,12 @@ def save_compressed(model, directory: str | Path, extra: dict | None = None) -> 
     return directory / WEIGHTS
 
 
-def load_compressed(directory: str | Path, device: str | None = None):
-    """Rebuild a model saved by ``save_compressed``: base spec, structure, then the weights."""
+def load_compressed(directory: str | Path, device: str | None = None, dtype: torch.dtype | None = None):
+    """Rebuild a model saved by ``save_compressed``: base spec, structure, then the weights.
+
+    With ``device`` CUDA and ``dtype`` fp16 / bf16, the 2:4 layers the manifest lists run as
+    semi-structured sparse weights (``rcc.compression.semi_structured``); anywhere else they stay masked.
+    """
     from safetensors.torch import load_file
 
     from rcc.models.registry import load_model
@@ -126,8 +130,12 @@ def load_compressed(directory: str | Path, device: str | None = None):
     masks = set(manifest["structure"].get("masks", {}))
     state = {k: (v.to(torch.bool) if k in masks else v) for k, v in state.items()}
     model.module.load_state_dict(state, strict=True)
-    if device is not None:
-        model.to(device)
+    if device is not None or dtype is not None:
+        model.to(device, dtype)
+    if manifest.get("semi_structured"):
+        from rcc.compression.semi_structured import install_semi_structured
+
+        install_semi_structured(model.module, list(manifest["semi_structured"]))
     return model
 
 

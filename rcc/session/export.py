@@ -84,9 +84,12 @@ def export_compressed(model: VLModel, out_dir: str | Path, extra: dict | None = 
     state = _plain_state(model.module)
     packed = pack_masked(model.module, state)
     save_file(state, str(out / WEIGHTS))
+    from rcc.compression.semi_structured import two_four_paths
+
     manifest = {**(extra or {}),  # extra never overrides the fields a reader relies on
                 "format": "rcc-compressed", "version": PACKED_VERSION, "model": model.spec,
-                "structure": structure_of(model.module), "packed": packed}
+                "structure": structure_of(model.module), "packed": packed,
+                "semi_structured": two_four_paths(model.module)}  # 2:4 Linears: sparse kernels on CUDA
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out / README).write_text(
         f"A compressed {model.spec} (rcc-compressed version {PACKED_VERSION}).\n\n"
