@@ -313,3 +313,27 @@ def test_densify_gives_the_float_weights_the_int8_layers_apply(quantised):
     assert isinstance(model.module.transformer.resblocks[1].mlp.c_proj, nn.Linear)
     assert torch.equal(model.module.transformer.resblocks[1].mlp.c_proj.weight, layer.dense_weight())
     assert torch.equal(model.module.token_embedding.weight, quantised.module.token_embedding.dense_weight())
+
+
+def test_a_sensitivity_scan_leaves_int8_layers_out_and_the_model_as_it_was(quantised):
+    import numpy as np
+
+    from rcc.analysis.errors import AnalysisError
+    from rcc.analysis.probe import outcome_probe
+    from rcc.analysis.sensitivity import ScanSetting, scan_sensitivity, select_layers
+    from rcc.data.images import ArrayImages
+    from rcc.data.types import ClassificationDataset
+
+    model = copy.deepcopy(quantised)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
+    dataset = ClassificationDataset("synthetic", "test", ArrayImages(pixels), tuple(i % 2 for i in range(8)),
+                                    ("cat", "dog"))
+    probe = outcome_probe(dataset, templates=("a photo of a {c}.",))
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    result = scan_sensitivity(model, ScanSetting(sparsity=0.6), probe, CALIBRATION,
+                              select_layers(model, kinds=["projection", "mlp_in"]))
+    assert {unit.name for unit in result.units} == {"visual.proj", "text_projection"}  # the float ones
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(AnalysisError, match="every layer to scan holds int8 values"):
+        scan_sensitivity(model, ScanSetting(sparsity=0.6), probe, CALIBRATION, select_layers(model, kinds=["mlp_in"]))
