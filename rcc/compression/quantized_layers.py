@@ -51,6 +51,14 @@ class _Int8Module(nn.Module):
         return self._buffers.get("input_scale") is not None
 
     @property
+    def bits(self) -> int:
+        return INT8_BITS
+
+    def int8_weights(self) -> dict[str, Int8Weight]:
+        """Name → int8 values and scales of every quantised matrix in this layer."""
+        return {"weight": Int8Weight(self.weight, self.weight_scale)}
+
+    @property
     def int8_original_dtype(self) -> torch.dtype:
         """The float dtype around this layer (OpenCLIP reads it to choose its cast dtype, as for bitsandbytes)."""
         bias = self._parameters.get("bias")
@@ -91,13 +99,6 @@ class QuantizedLinear(_Int8Module):
     @property
     def out_features(self) -> int:
         return self.weight.shape[0]
-
-    @property
-    def bits(self) -> int:
-        return INT8_BITS
-
-    def int8_weights(self) -> dict[str, Int8Weight]:
-        return {"weight": Int8Weight(self.weight, self.weight_scale)}
 
     def dense_weight(self) -> torch.Tensor:
         """diag(s) Q diag(t): the float matrix this layer applies (a new tensor)."""
@@ -152,10 +153,6 @@ class QuantizedLowRankLinear(_Int8Module):
     def out_features(self) -> int:
         return self.up.shape[0]
 
-    @property
-    def bits(self) -> int:
-        return INT8_BITS
-
     def int8_weights(self) -> dict[str, Int8Weight]:
         return {"up": Int8Weight(self.up, self.up_scale), "down": Int8Weight(self.down, self.down_scale)}
 
@@ -205,13 +202,6 @@ class QuantizedEmbedding(_Int8Module):
     @property
     def embedding_dim(self) -> int:
         return self.weight.shape[1]
-
-    @property
-    def bits(self) -> int:
-        return INT8_BITS
-
-    def int8_weights(self) -> dict[str, Int8Weight]:
-        return {"weight": Int8Weight(self.weight, self.weight_scale)}
 
     def dense_weight(self) -> torch.Tensor:
         return self.weight.float() * self.weight_scale.float()[:, None]
