@@ -112,7 +112,7 @@ def run_cascade(
     start = time.perf_counter()
     plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
     if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+        raise RccError("the plan selects no layer: give some layer a sparsity > 0, a rank or bits 8")
     module = model.module
     index = model.layer_index
     before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
@@ -163,7 +163,7 @@ def run_stage(
     start = time.perf_counter()
     plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
     if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+        raise RccError("the plan selects no layer: give some layer a sparsity > 0, a rank or bits 8")
     module, index = model.module, model.layer_index
     config = CascadeConfig(stages=(stage,), options=options)
     before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))

@@ -305,7 +305,7 @@ def apply_trial(session: Session, op: O.ApplyTrial, progress, cancel) -> Effect:
                       cancel=cancel)
     if result is None:
         raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
-                       f"allowed: a trial whose plan gives some layer a sparsity or a rank")
+                       f"allowed: a trial whose plan gives some layer a sparsity, a rank or bits 8")
     metric = _primary(session, progress, cancel)
     return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
                                          f"{result.removed_fraction:.0%} removed",
