@@ -6,7 +6,8 @@
   (asymmetric uint8), the full 8-bit range on CPUs with VNNI, 7 bits on others (``reduce_range``:
   fbgemm's AVX2 kernel saturates 16-bit sums of u8·s8 pairs otherwise).
 - **CUDA**: torchao's ``Int8Tensor`` (per-row int8 weight, per-token dynamic int8 activation,
-  cuBLAS int8 matmul), built from the same Q and s without re-quantising.
+  cuBLAS int8 matmul), built from the same Q and s without re-quantising; torchao is the
+  optional ``rcc-tui[cuda]`` extra, and without it CUDA runs the simulated form below.
 - **Training / autograd**: the dequantised weight diag(s) Q in float, with the activation
   fake-quantised as the device's kernel would (straight-through gradient): quantised layers are
   frozen (their int8 values never change), the layers around them learn to live with them.
