@@ -255,8 +255,11 @@ def main() -> int:
     if args.device != "cpu" and not torch.cuda.is_available():
         print("no CUDA: nothing to check on this machine (the CUDA paths are guarded; CPU tests cover the rest)")
         return 0
+    from rcc.compression.int8_kernels import torchao_available
+
     name = "CPU dry run" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
-    print(f"{name}, torch {torch.__version__}", flush=True)
+    kernels = "torchao" if torchao_available() else "simulated (pip install 'rcc-tui[cuda]' for torchao's kernels)"
+    print(f"{name}, torch {torch.__version__}, int8 on CUDA: {kernels}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="rcc-gpu-check-"))
     state: dict = {}
     checks: list[tuple[str, Callable[[], str]]] = [
