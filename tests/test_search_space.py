@@ -207,3 +207,22 @@ def test_a_space_config_survives_its_json_form():
     assert space_config_from_dict(config.as_dict()) == config
     with pytest.raises(RccError, match="key 'levels' is unknown"):
         space_config_from_dict({"levels": "layer"})
+
+
+def test_the_search_command_bits_option_searches_int8_and_adds_the_quant_stage():
+    import argparse
+
+    from rcc.cli.search_cmd import build_settings
+    from rcc.search.study import StudySettings
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    from rcc.cli import search_cmd
+
+    search_cmd.add_parser(sub)
+    args = parser.parse_args(["search", "SESSION", "--bits", "--sparsity", "none"])
+    settings = build_settings(args, StudySettings())
+    assert settings.space.bits and settings.space.sparsity is None
+    assert settings.objective.stages == ("dare", "quant")
+    explicit = build_settings(parser.parse_args(["search", "SESSION", "--bits", "--stages", "quant"]), StudySettings())
+    assert explicit.objective.stages == ("quant",)
