@@ -264,7 +264,8 @@ class Label(Op):
 
 @dataclass(frozen=True)
 class Export(Op):
-    """Write a node as a compressed (factors + packed masks) or dense (original architecture) model."""
+    """Write a node as a compressed (factors, packed masks, int8), dense (original architecture), onnx
+    (image and text encoders for onnxruntime) or hf-compressed (compressed-tensors for transformers) model."""
 
     kind: ClassVar[str] = "export"
     format: str = "compressed"
