@@ -184,7 +184,7 @@ WEIGHT_FILES = {"compressed": ("model.safetensors", "manifest.json"),
 
 def export_sizes(model, work: Path) -> tuple[dict[str, float], Path]:
     """MB of the weight files of each export format; the ONNX directory (timed next)."""
-    from rcc.export import export_model
+    from rcc.exports import export_model
 
     sizes = {}
     for fmt in ("compressed", "dense", "onnx"):

@@ -228,7 +228,7 @@ def check_onnx_cuda(device: str, work: Path) -> str:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "SKIP: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    from rcc.export import export_model
+    from rcc.exports import export_model
     from rcc.models.registry import load_model
 
     model = load_model("rcc-mini", device="cpu")

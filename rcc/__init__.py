@@ -9,8 +9,4 @@ def __getattr__(name: str):
         from rcc.compression.structure import load_compressed
 
         return load_compressed
-    if name == "export_model":
-        from rcc.export import export_model
-
-        return export_model
     raise AttributeError(f"module 'rcc' has no attribute {name!r}")

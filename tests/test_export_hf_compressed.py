@@ -15,7 +15,7 @@ from rcc.compression.calibration import CalibrationData
 from rcc.compression.cascade import CascadeConfig, run_cascade
 from rcc.compression.plan import CompressionPlan, Rule
 from rcc.errors import RccError
-from rcc.export import export_model
+from rcc.exports import export_model
 from rcc.models.registry import load_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]

@@ -17,7 +17,7 @@ from rcc.compression.calibration import CalibrationData
 from rcc.compression.cascade import CascadeConfig, run_cascade
 from rcc.compression.plan import CompressionPlan, Rule
 from rcc.errors import RccError
-from rcc.export import export_model
+from rcc.exports import export_model
 from rcc.models.registry import load_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
@@ -129,7 +129,7 @@ def test_a_hugging_face_clip_exports_with_its_attention_mask_input(tmp_path):
 
 
 def test_an_export_that_fails_leaves_the_directory_empty(tmp_path, monkeypatch, int8_model):
-    import rcc.export.onnx_export as onnx_export
+    import rcc.exports.onnx_export as onnx_export
 
     def broken(wrapper, args, names, output, dynamic, path):
         path.write_text("half written")

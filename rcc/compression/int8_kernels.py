@@ -12,7 +12,7 @@
   fake-quantised as the device's kernel would (straight-through gradient): quantised layers are
   frozen (their int8 values never change), the layers around them learn to live with them.
 - **torch.export** (the ONNX export): one custom op, ``rcc::int8_linear``, which
-  ``rcc.export.onnx_export`` translates to DynamicQuantizeLinear → MatMulInteger → scales.
+  ``rcc.exports.onnx_export`` translates to DynamicQuantizeLinear → MatMulInteger → scales.
 
 Why torch's dynamic Linear and not torchao on CPU (measured on rcc-mini's MiniLM text tower,
 ``encode_text`` at batch 32, 2 threads, text fidelity on the held-out docstring sentences as

@@ -201,7 +201,7 @@ def label(session: Session, op: O.Label, progress, cancel) -> Effect:
 
 
 def export(session: Session, op: O.Export, progress, cancel) -> Effect:
-    from rcc.export import export_model
+    from rcc.exports import export_model
 
     node = op.node or session.head
     out = session.resolve_export_path(op.out)

@@ -1,8 +1,10 @@
 """Exports out of rcc: compressed and dense (``rcc.session.export``), ONNX and compressed-tensors.
 
 ``export_model(model, format, out)`` is the one entry point the session op, the CLI and the app use.
+Plural on purpose: ``rcc.export`` is the Python API's function (``rcc/api``), which a subpackage of
+that name would shadow.
 """
 
-from rcc.export.formats import EXPORT_FORMATS, export_model
+from rcc.exports.formats import EXPORT_FORMATS, export_model
 
 __all__ = ["EXPORT_FORMATS", "export_model"]

@@ -2,8 +2,8 @@
 
 - ``compressed``: rcc's own format, smallest, loads with ``rcc.load_compressed``;
 - ``dense``: the original architecture for plain open_clip / transformers;
-- ``onnx``: image and text encoders for onnxruntime (``rcc.export.onnx_export``);
-- ``hf-compressed``: a compressed-tensors checkpoint for transformers (``rcc.export.hf_compressed``).
+- ``onnx``: image and text encoders for onnxruntime (``rcc.exports.onnx_export``);
+- ``hf-compressed``: a compressed-tensors checkpoint for transformers (``rcc.exports.hf_compressed``).
 
 A failed export leaves the directory as it found it (new or empty).
 """
@@ -33,11 +33,11 @@ def export_model(model: VLModel, format: str, out_dir: str | Path, extra: dict |
     out = fresh_directory(out_dir)
     try:
         if format == "onnx":
-            from rcc.export.onnx_export import export_onnx
+            from rcc.exports.onnx_export import export_onnx
 
             details = export_onnx(model, out)
         else:
-            from rcc.export.hf_compressed import export_hf_compressed
+            from rcc.exports.hf_compressed import export_hf_compressed
 
             details = export_hf_compressed(model, out)
     except BaseException:
