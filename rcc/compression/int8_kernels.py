@@ -30,6 +30,7 @@ falls back to the simulated one (same numbers within rounding, float speed).
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from functools import lru_cache
 
@@ -54,7 +55,7 @@ def cpu_kernel_available() -> bool:
 @lru_cache(maxsize=1)
 def torchao_available() -> bool:
     try:
-        from torchao.quantization import Int8Tensor  # noqa: F401
+        importlib.import_module("torchao.quantization").Int8Tensor
     except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means: not usable
         return False
     return True

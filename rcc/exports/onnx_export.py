@@ -19,6 +19,7 @@ difference and the lowest cosine to rcc's own outputs into README.txt beside the
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,8 @@ def _parity(reference: torch.Tensor, candidate) -> Parity:
 def export_onnx(model: VLModel, out: Path) -> dict:
     """Write ``image_encoder.onnx`` and ``text_encoder.onnx`` (and their parity) into directory ``out``."""
     try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
+        for name in ("onnxruntime", "onnxscript"):  # the exporter's translator and the parity check
+            importlib.import_module(name)
     except ImportError as exc:
         raise RccError(f"the ONNX export needs onnx, onnxscript and onnxruntime ({exc.name} is missing); "
                        f"allowed: pip install onnx onnxscript onnxruntime") from None
