@@ -301,6 +301,7 @@ MODELS = {"rcc-mini": rcc_mini_bench, "vit-b-32": vit_b32_bench}
 
 def run_model(name: str, recovery_steps: int, reps: int, only: set[str] | None) -> list[dict]:
     bench = MODELS[name]()
+    bench.extra["load_at_start"] = os.getloadavg()  # shared machine: the 1/5/15-minute load averages
     records = []
     for row, build in variants(bench, recovery_steps):
         if only and row not in only:
@@ -321,8 +322,15 @@ def run_model(name: str, recovery_steps: int, reps: int, only: set[str] | None) 
                     record["quality"]["ort mean cos"] = _ort_fidelity(bench, model, onnx_dir)
         print(f"{name} {row}: {_summary(record)}", flush=True)
         records.append(record)
+    bench.extra["load_at_end"] = os.getloadavg()
+    print(f"{name}: load average at start {_load(bench.extra['load_at_start'])}, "
+          f"at end {_load(bench.extra['load_at_end'])}", flush=True)
     _report(name, bench, records)
     return records
+
+
+def _load(averages) -> str:
+    return " / ".join(f"{value:.2f}" for value in averages)
 
 
 def _ort_fidelity(bench: Bench, model, onnx_dir: Path) -> float:
