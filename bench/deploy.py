@@ -182,17 +182,24 @@ WEIGHT_FILES = {"compressed": ("model.safetensors", "manifest.json"),
                 "onnx": ("image_encoder.onnx", "text_encoder.onnx")}
 
 
-def export_sizes(model, work: Path) -> tuple[dict[str, float], Path]:
-    """MB of the weight files of each export format; the ONNX directory (timed next)."""
+def export_sizes(model, work: Path) -> tuple[dict[str, float | None], dict[str, str], Path]:
+    """MB of the weight files of each export format (None: refused), why a format refused, the ONNX directory."""
+    from rcc.errors import RccError
     from rcc.exports import export_model
 
-    sizes = {}
+    sizes: dict[str, float | None] = {}
+    refused: dict[str, str] = {}
     for fmt in ("compressed", "dense", "onnx"):
         out = work / fmt
-        export_model(model, fmt, out)
+        try:
+            export_model(model, fmt, out)
+        except RccError as exc:  # e.g. dense after head removal: a plain config cannot say so
+            sizes[fmt], refused[fmt] = None, str(exc)
+            continue
         sizes[fmt] = sum((out / name).stat().st_size for name in WEIGHT_FILES[fmt] if (out / name).is_file()) / 2**20
     sizes["hf-compressed"] = None  # OpenCLIP models: only Hugging Face CLIP / BLIP have this format
-    return sizes, work / "onnx"
+    refused["hf-compressed"] = "OpenCLIP model: the format is for Hugging Face CLIP / BLIP"
+    return sizes, refused, work / "onnx"
 
 
 def _ort_session(path: Path, threads: int):
@@ -230,8 +237,12 @@ def latencies(bench: Bench, model, onnx_dir: Path, reps: int) -> dict:
         times: dict[str, list[float]] = {key: [] for key in calls}
         for call in calls.values():
             call()  # warm-up (packing int8 weights, onnxruntime's first run)
-        for _ in range(reps):
-            for key, call in calls.items():  # interleaved: drift hits all three alike
+        keys = list(calls)
+        for rep in range(reps):
+            # Interleaved, so drift hits all three alike, and rotated, so none always runs first
+            # (in a fixed order the dense model timed 1.6× slower than itself in the dense row).
+            for key in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+                call = calls[key]
                 began = time.perf_counter()
                 call()
                 times[key].append(time.perf_counter() - began)
@@ -314,7 +325,7 @@ def run_model(name: str, recovery_steps: int, reps: int, only: set[str] | None) 
             records.append(record)
             continue
         with tempfile.TemporaryDirectory(prefix="rcc-deploy-") as work:
-            record["size_mb"], onnx_dir = export_sizes(model, Path(work))
+            record["size_mb"], record["refused"], onnx_dir = export_sizes(model, Path(work))
             record["latency_ms"] = latencies(bench, model, onnx_dir, reps)
             if bench.quality is not None:
                 record["quality"] = bench.quality(model)
@@ -366,7 +377,8 @@ def _report(name: str, bench: Bench, records: list[dict]) -> None:
             continue
         s, q = r["size_mb"], r.get("quality", {})
         smallest = min(v for v in s.values() if v is not None)
-        rows.append([r["row"], round(s["compressed"], 1), round(s["dense"], 1), round(s["onnx"], 1),
+        rows.append([r["row"], *(round(s[k], 1) if s[k] is not None else "refused"
+                                 for k in ("compressed", "dense", "onnx")),
                      round(dense["size_mb"]["dense"] / smallest, 2),
                      *(round(q[k], 4) if k in q else "-" for k in ("mean cos", "ort mean cos", "top-1"))])
     report(f"deploy_{name}_sizes", columns, rows, {"timed": bench.timed, "records": records, **bench.extra})
@@ -398,7 +410,9 @@ def goals(records: list[dict]) -> list[str]:
         b32 = r["latency_ms"]["b32t2"]
         return b32["dense"] / min(b32["eager"], b32["ort"])
 
-    lines = []
+    # The dense row times the same model as "dense" and as "eager": their ratio is the noise floor.
+    noise = {key: t["dense"] / t["eager"] for key, t in dense["latency_ms"].items()}
+    lines = ["noise floor (dense vs itself, ×): " + ", ".join(f"{key} {value:.2f}" for key, value in noise.items())]
     int8 = [r for name, r in by_row.items() if name.startswith("int8")]
     if int8:
         best = max(int8, key=lambda r: (r.get("quality", {}).get("mean cos", 0), faster(r)))
