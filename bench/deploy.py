@@ -1,6 +1,8 @@
 """Deployment: size on disk per export format, CPU latency in torch eager and onnxruntime, fidelity, top-1.
 
     python -m bench.deploy [--models rcc-mini,vit-b-32] [--recovery-steps 200] [--reps 3]
+    python -m bench.deploy --rows "channels 50 %,combination" --update   # those rows again, the rest kept
+    python -m bench.deploy --markdown                                      # the last results as README tables
 
 For each model, every variant is compressed from the same dense model, exported in every format
 and timed next to the dense model in the same loop (a shared machine drifts between minutes):
@@ -13,12 +15,14 @@ and timed next to the dense model in the same loop (a shared machine drifts betw
   int8 rtn         every Linear and embedding table int8, round to nearest
   int8 gptq        the same with GPTQ error feedback on the calibration Gram
   int8 gptq+sq     GPTQ after SmoothQuant scaling (α = 0.7)
-  combination      the cascade under threshold 0.99 on a plan of structured (or, without the structured
-                   patterns, unstructured) pruning + correction + int8 (GPTQ + SmoothQuant)
-  + recovery       that combination after recovery training (rcc-mini only: ViT-B-32 has random weights)
+  masks + int8     the cascade under threshold 0.99 on a plan of unstructured 50 % (masks) + correction
+                   + int8 (GPTQ + SmoothQuant)
+  combination      the same with structured pruning instead (channels 50 % + heads 25 %; needs the
+                   structured patterns)
+  + recovery       the last of those two after recovery training (rcc-mini only: ViT-B-32 has random weights)
 Models: rcc-mini (the real MiniLM text tower; latency of encode_text on docstring sentences of at
 most 20 tokens; fidelity and top-1 as bench.quality: mean cosine to dense text embeddings on the
-held-out corpus, zero-shot top-1 on the digits test split, the cascade checks the calib split) and
+held-out corpus, zero-shot top-1 on the digits test split, the cascade checks the val split) and
 the OpenCLIP ViT-B-32 architecture (random weights: latency of encode_image on 224² images and sizes;
 its cascade checks the mean cosine to the dense image embeddings of 16 fixed images).
 Sizes are the weight files each export writes (compressed: model.safetensors + manifest.json;
@@ -26,13 +30,15 @@ dense: the safetensors file; onnx: image + text encoder files; tokenizer files e
 hf-compressed exists for Hugging Face CLIP / BLIP only, so it is n/a for these OpenCLIP models.
 Latency: median ms of ``--reps`` calls after a warm-up, batch 1 and 32, 1 and 2 threads
 (torch.set_num_threads; onnxruntime intra_op_num_threads), ratios against the dense model's eager
-time in the same loop. JSON in bench/results/deploy_<model>.json.
+time in the same loop; each row records when it ran and the load average then. JSON in
+bench/results/deploy_<model>_sizes.json and _latency.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import tempfile
@@ -45,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench.report import report  # noqa: E402
+from bench.report import RESULTS_DIR, report  # noqa: E402
 from rcc.compression.cascade import CascadeConfig, run_cascade  # noqa: E402
 from rcc.compression.plan import CompressionPlan, Rule, uniform_plan  # noqa: E402
 from rcc.compression.plan_rules import PlanError, check_pattern  # noqa: E402
@@ -141,22 +147,26 @@ def variants(bench: Bench, recovery_steps: int) -> list[tuple[str, Callable[[], 
              ("int8 gptq+sq", lambda: (_int8(bench, "gptq", SMOOTH)[0], f"GPTQ + SmoothQuant α={SMOOTH}"))]
     combined: dict = {}
 
-    def combination():
-        if structured_patterns():
-            rules = _structured_rules(0.5, 0.25) + (Rule(settings={"bits": 8, "correction": bench.correction}),)
-            what = "channels 50 % + heads 25 %"
-        else:
-            rules = (Rule(settings={"sparsity": 0.5, "method": method, "bits": 8, "correction": bench.correction}),)
-            what = f"{method} 50 % (masks)"
+    def cascade_with_int8(rules: tuple[Rule, ...], what: str):
         plan = CompressionPlan(rules=rules, overrides={layer.name: {"bits": None}
                                                        for layer in layers if layer.transposed})
         model, result = _cascade(bench, plan, ("dare", "nullu", "alphaedit", "quant"), threshold=0.99,
                                  quant_method="gptq", smooth_alpha=SMOOTH)
         kept = [f"{a.stage} ×{a.fraction:g}" for a in result.attempts if a.accepted and a.changed]
-        combined["model"] = model
+        combined["model"] = model  # the last combination built is the one recovery training starts from
         return model, f"{what} + int8 (gptq+sq), cascade ≥ 0.99: {', '.join(kept) or 'nothing kept'}"
 
-    rows.append(("combination", combination))
+    def masks_int8():
+        rules = (Rule(settings={"sparsity": 0.5, "method": method, "bits": 8, "correction": bench.correction}),)
+        return cascade_with_int8(rules, f"{method} 50 % (masks)")
+
+    def combination():
+        if not structured_patterns():
+            return None, "needs the channel / head patterns (issue 14)"
+        rules = _structured_rules(0.5, 0.25) + (Rule(settings={"bits": 8, "correction": bench.correction}),)
+        return cascade_with_int8(rules, "channels 50 % + heads 25 %")
+
+    rows += [("masks + int8", masks_int8), ("combination", combination)]
     if bench.recovery and recovery_steps:
         rows.append((f"+ recovery {recovery_steps}", lambda: _recovered(bench, combined.get("model"), recovery_steps)))
     return rows
@@ -277,7 +287,7 @@ def rcc_mini_bench() -> Bench:
         fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
         return {"mean cos": fidelity.mean_cosine, "NN@10": fidelity.knn_overlap, "top-1": top1(model)}
 
-    return Bench("rcc-mini", dense, calibration, preserved, evaluator(load_dataset("digits", "calib")), inputs,
+    return Bench("rcc-mini", dense, calibration, preserved, evaluator(load_dataset("digits", "val")), inputs,
                  "text", quality, extra={"tokens_b32": list(inputs[32]["input_ids"].shape), "corpus": len(corpus)})
 
 
@@ -310,7 +320,9 @@ def vit_b32_bench() -> Bench:
 MODELS = {"rcc-mini": rcc_mini_bench, "vit-b-32": vit_b32_bench}
 
 
-def run_model(name: str, recovery_steps: int, reps: int, only: set[str] | None) -> list[dict]:
+def run_model(name: str, recovery_steps: int, reps: int, only: set[str] | None, update: bool = False) -> list[dict]:
+    """Run the rows of one model; with ``update`` the rows run replace those of the same name in the
+    model's last results (each record says when it ran and the load then), the others are kept."""
     bench = MODELS[name]()
     bench.extra["load_at_start"] = os.getloadavg()  # shared machine: the 1/5/15-minute load averages
     records = []
@@ -331,13 +343,24 @@ def run_model(name: str, recovery_steps: int, reps: int, only: set[str] | None) 
                 record["quality"] = bench.quality(model)
                 if bench.timed == "text":
                     record["quality"]["ort mean cos"] = _ort_fidelity(bench, model, onnx_dir)
+        record["ran"] = {"at": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg()}
         print(f"{name} {row}: {_summary(record)}", flush=True)
         records.append(record)
     bench.extra["load_at_end"] = os.getloadavg()
+    if update:
+        records = _updated(name, records, [row for row, _ in variants(bench, recovery_steps)])
     print(f"{name}: load average at start {_load(bench.extra['load_at_start'])}, "
           f"at end {_load(bench.extra['load_at_end'])}", flush=True)
     _report(name, bench, records)
     return records
+
+
+def _updated(name: str, records: list[dict], order: list[str]) -> list[dict]:
+    """The model's last records with ``records`` put in their place (by row name), in ``order``."""
+    path = RESULTS_DIR / f"deploy_{name}_sizes.json"
+    kept = {r["row"]: r for r in json.loads(path.read_text())["records"]} if path.is_file() else {}
+    kept.update({r["row"]: r for r in records if "size_mb" in r or r["row"] not in kept})
+    return [kept[row] for row in order if row in kept]
 
 
 def _load(averages) -> str:
@@ -419,7 +442,7 @@ def goals(records: list[dict]) -> list[str]:
         cos = best.get("quality", {}).get("mean cos")
         lines.append(f"int8 alone ({best['row']}): {smaller(best):.2f}× smaller (goal ≥ 3.5), {faster(best):.2f}× "
                      f"faster (goal ≥ 2.2)" + (f", mean cos {cos:.4f} (goal ≥ 0.99)" if cos is not None else ""))
-    for name in [n for n in by_row if n == "combination" or n.startswith("+ recovery")]:
+    for name in [n for n in by_row if n in ("masks + int8", "combination") or n.startswith("+ recovery")]:
         r = by_row[name]
         q, d = r.get("quality", {}), dense.get("quality", {})
         line = f"{name}: {faster(r):.2f}× faster (goal ≥ 3), {smaller(r):.2f}× smaller (goal ≥ 4)"
@@ -434,17 +457,55 @@ def goals(records: list[dict]) -> list[str]:
     return lines
 
 
+def markdown(name: str) -> str:
+    """The last results of one model as two Markdown tables (sizes and quality; latency) and its goals."""
+    records = json.loads((RESULTS_DIR / f"deploy_{name}_sizes.json").read_text())["records"]
+    dense = next(r for r in records if r["row"] == "dense")
+    mb = lambda v: "refused" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [f"**{name}**", "", "| variant | compressed MB | dense MB | onnx MB | × smaller | mean cos | ort mean cos "
+             "| top-1 | ran (load) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in records:
+        if "size_mb" not in r:
+            lines.append(f"| {r['row']} | — | — | — | — | — | — | — | not run: {r['note']} |")
+            continue
+        s, q = r["size_mb"], r.get("quality", {})
+        smallest = min(v for v in s.values() if v is not None)
+        ran = r.get("ran", {})
+        when = f"{ran['at'][11:]} ({ran['load'][0]:.1f})" if ran else ""
+        lines.append(f"| {r['row']} | {mb(s['compressed'])} | {mb(s['dense'])} | {mb(s['onnx'])} | "
+                     f"{dense['size_mb']['dense'] / smallest:.2f} | "
+                     + " | ".join(f"{q[k]:.4f}" if k in q else "—" for k in ("mean cos", "ort mean cos", "top-1"))
+                     + f" | {when} |")
+    lines += ["", "| variant | runtime | " + " | ".join(f"b{b} t{t}" for b, t in SETTINGS) + " |",
+              "|---|---|" + "---:|" * len(SETTINGS)]
+    for r in records:
+        for runtime in ("eager", "ort") if "latency_ms" in r else ():
+            timings = [r["latency_ms"][f"b{b}t{t}"] for b, t in SETTINGS]
+            cells = [f"{t[runtime]:.1f} ms ({t['dense'] / t[runtime]:.2f}×)" for t in timings]
+            lines.append(f"| {r['row']} | {runtime} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {line}" for line in goals(records)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="rcc-mini,vit-b-32")
     parser.add_argument("--recovery-steps", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rows", default="", help="comma list of rows to run (default: all)")
+    parser.add_argument("--update", action="store_true",
+                        help="the rows run replace those of the same name in the last results; the others stay")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the last results as Markdown tables, run nothing")
     args = parser.parse_args()
+    if args.markdown:
+        for name in args.models.split(","):
+            print(markdown(name.strip()))
+        return
     torch.set_num_threads(2)
     only = {r.strip() for r in args.rows.split(",") if r.strip()} or None
     for name in args.models.split(","):
-        records = run_model(name.strip(), args.recovery_steps, args.reps, only)
+        records = run_model(name.strip(), args.recovery_steps, args.reps, only, args.update)
         if any(r["row"] == "dense" and "size_mb" in r for r in records):
             for line in goals(records):
                 print(f"{name}: {line}", flush=True)

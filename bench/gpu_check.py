@@ -83,8 +83,9 @@ def check_session(device: str, work: Path) -> str:
         bf16 = session.apply(O.Train(steps=2, batch_size=16, lr=1e-4, warmup_steps=1, precision="bf16"))
         losses = fp16.result["losses"] + bf16.result["losses"]
         assert all(loss == loss and abs(loss) < 1e4 for loss in losses), losses  # finite: the scaler did its job
-        metric = cascade.metrics["eval/primary"]
-        return (f"cascade top-1 {metric:.3f} (dense {session.nodes()[0].metrics['eval/primary']:.3f}), "
+        key = session.eval_key  # val/primary: the eval split's top-1
+        metric = cascade.metrics[key]
+        return (f"cascade {key} {metric:.3f} (dense {session.nodes()[0].metrics[key]:.3f}), "
                 f"fp16 losses {fp16.result['losses'][0]:.3f}→{fp16.result['losses'][-1]:.3f}, bf16 ok")
 
 
@@ -190,8 +191,8 @@ def check_app(device: str, work: Path) -> str:
     async def drive() -> str:
         app = RccApp(session_dir=str(work / "app-session"), new=True, device=device)
         async with app.run_test(size=(120, 40)) as pilot:
-            main = app.main
-            await _wait(pilot, lambda: main.view is not None and not main.runner.busy, 240)
+            main, jobs = app.main, app.jobs  # the app's one JobRunner
+            await _wait(pilot, lambda: main.view is not None and not jobs.busy, 240)
             assert _on(app.session.model.device, device), app.session.model.device
             await pilot.press("escape", "slash", *layer, "enter")
             await pilot.pause()
@@ -199,11 +200,11 @@ def check_app(device: str, work: Path) -> str:
             field.focus()
             field.value = ""
             await pilot.press(*"0.5", "enter")
-            await asyncio.wait_for(main.runner.wait(), 120)
+            await asyncio.wait_for(jobs.wait(), 120)
             main.query_one("#layer-tree").focus()
             await pilot.press("r")
             await asyncio.sleep(0.2)
-            await asyncio.wait_for(main.runner.wait(), 240)
+            await asyncio.wait_for(jobs.wait(), 240)
             await pilot.pause()
             kinds = [record.kind for record in app.session.ops()]
             assert kinds[-1] == "run_stage", kinds

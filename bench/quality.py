@@ -14,7 +14,7 @@ With ``--recovery-steps N`` (default 100; 0 skips it) an extra row "RCC + recove
 towers pruned to 50 % by the cascade's DARE stage (random drop-and-rescale, the harshest
 pruning), then recovery training (rcc.training.distill: KL + cosine distillation from the
 dense model on the unlabelled digits training images and prompts, masks kept) for N steps,
-keeping the best calib-split checkpoint.
+keeping the best val-split checkpoint (the eval split).
 Metrics: zero-shot top-1 on the digits test split, and text-embedding fidelity on the
 ``eval`` half of the stdlib docstring corpus (mean cosine to the dense embeddings, and
 top-10 nearest-neighbour overlap). One table per budget; JSON in bench/results/quality.json.
@@ -43,6 +43,13 @@ from rcc.eval.suite import evaluator  # noqa: E402
 from rcc.models.registry import load_model  # noqa: E402
 
 TOWERS = {"text": ["text"], "both": None}
+
+
+def quality_cells(model, top1, dense_text, corpus) -> list[float]:
+    """[zero-shot top-1, mean cosine, NN@10 overlap] of ``model``: top-1 from ``top1``, fidelity of its text
+    embeddings of ``corpus`` against the dense model's ``dense_text``."""
+    fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
+    return [round(top1(model), 4), round(fidelity.mean_cosine, 4), round(fidelity.knn_overlap, 4)]
 
 
 def method_setup(method: str, budget: float, towers, layers):
@@ -75,7 +82,7 @@ def main() -> None:
 
     dense = load_model("rcc-mini", device="cpu")
     test = load_dataset("digits", "test")
-    check = evaluator(load_dataset("digits", "calib"))
+    check = evaluator(load_dataset("digits", "val"))
     top1 = evaluator(test)
     corpus = docstring_sentences("eval")
     dense_text = encode_texts(dense, corpus)
@@ -98,9 +105,8 @@ def main() -> None:
                 began = time.perf_counter()
                 result = run_cascade(model, plan, check, calibration, preserved, config)
                 seconds = time.perf_counter() - began
-                fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
-                row = [method, scope, round(top1(model), 4), round(fidelity.mean_cosine, 4),
-                       round(fidelity.knn_overlap, 4), round(result.removed_fraction, 4), round(seconds, 1)]
+                row = [method, scope, *quality_cells(model, top1, dense_text, corpus),
+                       round(result.removed_fraction, 4), round(seconds, 1)]
                 table.append(row)
                 rows.append([budget, *row])
                 print(f"budget {budget} {scope:5s} {method:9s} top1 {row[2]:.4f} cos {row[3]:.4f} "
@@ -124,9 +130,8 @@ def recovery_rows(dense, check, top1, calibration, preserved, dense_text, corpus
     compress_seconds = time.perf_counter() - began
 
     def row(name: str, seconds: float) -> list:
-        fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
-        return [name, "both", round(top1(model), 4), round(fidelity.mean_cosine, 4), round(fidelity.knn_overlap, 4),
-                round(result.removed_fraction, 4), round(seconds, 1)]
+        return [name, "both", *quality_cells(model, top1, dense_text, corpus), round(result.removed_fraction, 4),
+                round(seconds, 1)]
 
     rows = [row("RCC (DARE 50 %)", compress_seconds)]
     print(f"recovery: before {rows[0]}", flush=True)

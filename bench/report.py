@@ -7,6 +7,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,41 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """Two callables timed alternately: medians of wall seconds, and medians of the per-pair ratios
+    first / second of wall time and of this process's CPU time (all its threads)."""
+
+    first: float
+    second: float
+    wall_ratio: float
+    cpu_ratio: float
+
+
+def paired_seconds(first: Callable[[], object], second: Callable[[], object], repeats: int,
+                   warmup: int = 1) -> PairedTiming:
+    """Time ``first`` and ``second`` alternately (A, B, A, B, …), ``repeats`` pairs after ``warmup``.
+
+    A machine that slows down for a while slows both neighbours, so on a shared machine the ratio
+    of neighbours is steadier than the ratio of two medians taken minutes apart; the CPU-time ratio
+    also leaves out the time other processes held the cores (it is the work done, not the wait).
+    """
+    for _ in range(warmup):
+        first()
+        second()
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(repeats):
+        for side, fn in enumerate((first, second)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[side].append(time.perf_counter() - start)
+            cpu[side].append(time.process_time() - start_cpu)
+    return PairedTiming(statistics.median(wall[0]), statistics.median(wall[1]),
+                        statistics.median(x / y for x, y in zip(wall[0], wall[1])),
+                        statistics.median(x / y for x, y in zip(cpu[0], cpu[1])))
 
 
 def machine() -> dict:

@@ -5,10 +5,10 @@ the best uniform plan storing as many values.
 
 One pareto study (rcc.search: TPE, global sparsity level × one multiplier per text block,
 sparsity 70–95 %, pruning method ``--method``, DARE stage only) on a fresh rcc-mini session,
-measured on the digits calib split. Every front trial removing at least ``--min-removed`` of
+measured on the digits val split (the eval split). Every front trial removing at least ``--min-removed`` of
 the text tower's parameters is compared with uniform plans (every text layer at one sparsity:
 magnitude and Wanda) removing a hair less, so the uniform plan stores at least as many values;
-"best uniform" is the one with the higher calib accuracy. Side by side: calib top-1 (what the
+"best uniform" is the one with the higher val accuracy. Side by side: val top-1 (what the
 search saw), test top-1 (held out, 360 images) and text-embedding fidelity on the stdlib
 docstring corpus (mean cosine to the dense model, top-10 nearest-neighbour overlap), as in
 bench.quality. JSON in bench/results/search.json.
@@ -34,12 +34,14 @@ from rcc.eval.encode import encode_texts  # noqa: E402
 from rcc.eval.fidelity import embedding_fidelity  # noqa: E402
 from rcc.eval.suite import evaluator  # noqa: E402
 from rcc.search.objective import ObjectiveConfig  # noqa: E402
-from rcc.search.record import compress, make_record, record_from_dict  # noqa: E402
+from rcc.session.trial_compress import compress  # noqa: E402
+from rcc.compression.trial_record import make_record, record_from_dict
 from rcc.search.space import Bounds, SpaceConfig  # noqa: E402
 from rcc.search.storage import default_url  # noqa: E402
-from rcc.search.study import Limits, StudySettings, run_search  # noqa: E402
+from rcc.search.run import run_search  # noqa: E402
+from rcc.search.study import Limits, StudySettings  # noqa: E402
 from rcc.search.trials import load_study  # noqa: E402
-from rcc.session.handlers import size_metrics  # noqa: E402
+from rcc.compression.stored_size import size_metrics  # noqa: E402
 from rcc.session.session import Session  # noqa: E402
 
 CALIB_PER_CLASS = 4
@@ -75,7 +77,7 @@ def main() -> None:
         with Session.open(session_dir, read_only=True) as session:
             dense = session.model_at(1)
         calibration, preserved = calibration_sets("digits", per_class=CALIB_PER_CLASS, seed=0)
-        calib, test = evaluator(load_dataset("digits", "calib")), evaluator(load_dataset("digits", "test"))
+        val, test = evaluator(load_dataset("digits", "val")), evaluator(load_dataset("digits", "test"))
         corpus = docstring_sentences("eval")
         dense_text = encode_texts(dense, corpus)
 
@@ -84,10 +86,10 @@ def main() -> None:
             result = compress(model, record, calibration, preserved)
             fidelity = embedding_fidelity(dense_text, encode_texts(model, corpus), k=10)
             return [name, int(size_metrics(model)["size/params"]), round(result.removed_fraction, 4),
-                    round(calib(model), 4), round(test(model), 4), round(fidelity.mean_cosine, 4),
+                    round(val(model), 4), round(test(model), 4), round(fidelity.mean_cosine, 4),
                     round(fidelity.knn_overlap, 4)]
 
-        rows = [["dense", int(size_metrics(dense)["size/params"]), 0.0, round(calib(dense), 4), round(test(dense), 4),
+        rows = [["dense", int(size_metrics(dense)["size/params"]), 0.0, round(val(dense), 4), round(test(dense), 4),
                  1.0, 1.0]]
         summary = []
         chosen = sorted((r for r in search.front if r.removed is not None and r.removed >= args.min_removed),
@@ -105,17 +107,17 @@ def main() -> None:
             rows += [found, *uniform]
             summary.append({"trial": best.number, "params": trials[best.number].params, "search": found,
                             "best_uniform": best_uniform})
-            print(f"trial #{best.number} ({best.removed:.1%} removed): calib {found[3]} test {found[4]} cos {found[5]}"
-                  f" | best uniform ({best_uniform[0]}) calib {best_uniform[3]} test {best_uniform[4]} "
+            print(f"trial #{best.number} ({best.removed:.1%} removed): val {found[3]} test {found[4]} cos {found[5]}"
+                  f" | best uniform ({best_uniform[0]}) val {best_uniform[3]} test {best_uniform[4]} "
                   f"cos {best_uniform[5]}", flush=True)
 
-    columns = ["plan", "stored values", "text removed", "calib top-1", "test top-1", "mean cos", "NN@10"]
+    columns = ["plan", "stored values", "text removed", "val top-1", "test top-1", "mean cos", "NN@10"]
     complete = sum(r.state == "COMPLETE" for r in search.rows)
     pruned = sum(r.state == "PRUNED" for r in search.rows)
     report("search", columns, rows, {
         "trials": args.trials, "complete": complete, "pruned": pruned, "search_seconds": round(search_seconds, 1),
         "settings": settings.as_dict(), "front": [r.number for r in search.front], "summary": summary,
-        "dense_calib": search.dense_accuracy,
+        "dense_val": search.dense_accuracy,
     })
     print(f"{args.trials} trials ({complete} complete, {pruned} pruned) in {search_seconds:.0f} s")
 

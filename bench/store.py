@@ -10,6 +10,10 @@ to B) and checks each blob's hash. Reference: ``safetensors.torch.load_file`` of
 holding exactly those tensors (plain load; and load + copy into the model, the same work
 a checkout does). Disk: bytes the store and database grew by per node vs the bytes of the
 tensors that node changed. Goals: checkout ≤ 1.2× the plain load; disk ≤ 1.1× changed bytes.
+
+A blob is hashed on its first read after it was written and trusted afterwards while its file
+is unchanged (rcc.session.store): the table's checkout column is the median of the repeats
+(verified blobs); "first" is each pair's first checkout, which hashes blobs not yet verified.
 """
 
 from __future__ import annotations
@@ -107,24 +111,26 @@ def main() -> None:
                         state[k].copy_(v)
                 plain_copy.append(time.perf_counter() - t0)
             checkout_rows.append((f"{a_id}→{b_id}", loaded, statistics.median(times), statistics.median(plain),
-                                  statistics.median(plain_copy)))
+                                  statistics.median(plain_copy), times[0]))
         graph.close()
 
-    rows = [[f"checkout {pair}", f"{loaded / 2**20:.1f} MiB", t * 1e3, p * 1e3, pc * 1e3, t / p, t / pc]
-            for pair, loaded, t, p, pc in checkout_rows]
-    rows += [[f"node {node_id} disk", f"{changed / 2**20:.2f} MiB changed", "", "", "", grew / changed, ""]
+    rows = [[f"checkout {pair}", f"{loaded / 2**20:.1f} MiB", t * 1e3, first * 1e3, p * 1e3, pc * 1e3, t / p, t / pc,
+             first / pc] for pair, loaded, t, p, pc, first in checkout_rows]
+    rows += [[f"node {node_id} disk", f"{changed / 2**20:.2f} MiB changed", "", "", "", "", grew / changed, "", ""]
              for node_id, changed, grew in disk_rows]
-    worst_checkout = max(t / p for _, _, t, p, _ in checkout_rows)
-    worst_checkout_copy = max(t / pc for _, _, t, _, pc in checkout_rows)
+    worst_checkout = max(t / p for _, _, t, p, _, _ in checkout_rows)
+    worst_checkout_copy = max(t / pc for _, _, t, _, pc, _ in checkout_rows)
+    worst_first_copy = max(first / pc for _, _, _, _, pc, first in checkout_rows)
     worst_disk = max(grew / changed for _, changed, grew in disk_rows)
-    report("store", ["what", "bytes", "checkout ms", "load_file ms", "load_file+copy ms", "× load_file",
-                     "× load+copy"], rows,
+    report("store", ["what", "bytes", "checkout ms", "first ms", "load_file ms", "load_file+copy ms", "× load_file",
+                     "× load+copy", "first × load+copy"], rows,
            extra={"root_capture_seconds": root_seconds, "root_bytes": base_bytes,
                   "worst_checkout_vs_load_file": worst_checkout, "worst_checkout_vs_load_copy": worst_checkout_copy,
+                  "worst_first_checkout_vs_load_copy": worst_first_copy,
                   "worst_disk_vs_changed": worst_disk, "goal_checkout": 1.2, "goal_disk": 1.1})
     print(f"root: {base_bytes / 2**20:.0f} MiB stored in {root_seconds:.1f} s; worst checkout {worst_checkout:.2f}× "
-          f"load_file ({worst_checkout_copy:.2f}× load_file + copy), goal ≤ 1.2×; worst disk {worst_disk:.3f}× "
-          f"changed bytes, goal ≤ 1.1×")
+          f"load_file ({worst_checkout_copy:.2f}× load_file + copy; first checkout of a pair, hashing unverified "
+          f"blobs: {worst_first_copy:.2f}×), goal ≤ 1.2×; worst disk {worst_disk:.3f}× changed bytes, goal ≤ 1.1×")
 
 
 if __name__ == "__main__":

@@ -36,23 +36,24 @@ async def draw(out: Path) -> None:
     from rcc_tui.app import RccApp
 
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["RCC_DATA_HOME"] = str(Path(tmp) / "data-home")  # its blobs leave with it, none in the real home
         app = RccApp(session_dir=str(Path(tmp) / "demo"), new=True, device="cpu")
         app.deterministic = True
         async with app.run_test(size=SIZE) as pilot:
             main = app.main
-            await _until(pilot, lambda: main.view is not None and not main.runner.busy, "the session")
+            await _until(pilot, lambda: main.view is not None and not app.jobs.busy, "the session")
             tree = main.query_one("#layer-tree")
             tree.select_pattern("tower:vision")
             await pilot.pause()
             main.action_scan_sensitivity(rank=0.1)  # a deep cut: the layers' drifts spread out
-            await asyncio.wait_for(main.runner.wait(), 900)
+            await asyncio.wait_for(app.jobs.wait(), 900)
             await _until(pilot, lambda: main.sensitivity is not None, "the tree's colours")
             mlps = tuple(layer.name for layer in main.view.layers
                          if layer.tower == "vision" and ".mlp." in layer.name)
             main.start(O.EditLayers(layers=mlps, settings={"sparsity": 0.5, "method": "wanda"}))
-            await asyncio.wait_for(main.runner.wait(), 300)
+            await asyncio.wait_for(app.jobs.wait(), 300)
             main.start(O.RunStage(stage="dare", layers=mlps), "dare on the vision MLPs")
-            await asyncio.wait_for(main.runner.wait(), 600)
+            await asyncio.wait_for(app.jobs.wait(), 600)
             await pilot.pause(0.5)
             tree.action_clear_selection()
             node = tree.expand_path(BLOCK0)

@@ -1,9 +1,12 @@
-"""``RccApp``: the Textual workbench over one ``rcc.session.Session``.
+"""``RccApp``: the Textual workbench over one session.
 
-The first frame is drawn before anything heavy is imported: torch, the model and the session
-are loaded in a thread worker (``rcc_tui.workers``) after the first paint, while the layer
-tree shows a loading state. Keys are ``Binding``s with ids, so a TOML keymap
-(``rcc_tui.keymap``) can rebind any of them; every action is also in the command palette.
+The app takes a *session factory* (``rcc_tui.workbench_session``): by default one that creates
+or opens an ``rcc.session.Session``; tests hand it a fake. The first frame is drawn before
+anything heavy is imported: the factory runs in a job of the app's one job runner
+(``app.jobs``, ``rcc_tui.workers``) after the first paint, while the layer tree shows a loading
+state. Every piece of background work is a job of that runner. Keys are ``Binding``s with ids,
+so a TOML keymap (``rcc_tui.keymap``) can rebind any of them; every action is also in the
+command palette.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from textual.binding import Binding
 from rcc_tui.commands import RccCommands
 from rcc_tui.screens.main_screen import MainScreen
 from rcc_tui.screens.quit_screen import QuitScreen
+from rcc_tui.workbench_session import SessionFactory, creating, opening
+from rcc_tui.workers import BACKGROUND, JobRunner
 
 DEFAULT_THEME = "rcc-dark"
 
@@ -46,11 +51,24 @@ class RccApp(App):
 
     def __init__(self, session_dir: str | None = None, new: bool = True, model: str = "rcc-mini",
                  data: str = "digits", device: str = "auto", theme: str | None = None,
-                 keymap_path: str | None = None) -> None:
+                 keymap_path: str | None = None, session_factory: SessionFactory | None = None) -> None:
         super().__init__()
         self.config = AppConfig(session_dir=session_dir, new=new, model=model, data=data, device=device)
         self.requested_theme = theme
         self.keymap_path = keymap_path
+        self.jobs = JobRunner(self)  # all background work of the app
+        if session_factory is not None:
+            self.session_factory = session_factory
+            self.opening_title, self.opening_text = "opening the session", "opening the session"
+        elif session_dir is None or new:
+            self.session_factory = creating(model, data, device, session_dir)
+            self.opening_title = f"loading {model} on {data}"
+            self.opening_text = f"creating a session: {model} on {data}"
+        else:
+            self.session_factory = opening(session_dir, device)
+            self.opening_title = "opening the session"
+            self.opening_text = f"opening session {session_dir}"
+        self.opened_directory: str | None = None  # the session's directory once open (printed on exit)
         self._quitting = False
 
     def get_default_screen(self) -> MainScreen:
@@ -62,8 +80,10 @@ class RccApp(App):
 
     @property
     def session(self):
-        """The open ``rcc.session.Session`` (None until it is loaded, and after quitting)."""
-        return self.main.session
+        """The open session: the engine's ``rcc.session.Session`` (or the fake a test gave); None until it is
+        loaded, and after quitting."""
+        opened = self.main.session
+        return getattr(opened, "engine", None) or opened
 
     def on_mount(self) -> None:
         self._load_themes()
@@ -106,16 +126,20 @@ class RccApp(App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    async def action_quit(self) -> None:
-        """Quit; while an op runs, ask first (quitting cancels it, the session stays as before)."""
-        from rcc_tui.screens.search_screen import searches_running
+    def _running_question(self) -> str | None:
+        """What quitting would stop, as a question; None when nothing worth asking about runs."""
+        job = self.jobs.session_job
+        if job is not None and job.kind != "open":
+            return f"{job.title} is running.\nCancel it and quit? The session stays as it was before it."
+        if any(job.kind == "search" for job in self.jobs.running(BACKGROUND)):
+            return "A search is running.\nStop it and quit? Finished trials stay in its study."
+        return None
 
-        runner = self.main.runner
-        if runner.running and runner.op is not None:
-            await self._ask_to_quit(f"{runner.title} is running.\nCancel it and quit? "
-                                    f"The session stays as it was before it.")
-        elif searches_running():
-            await self._ask_to_quit("A search is running.\nStop it and quit? Finished trials stay in its study.")
+    async def action_quit(self) -> None:
+        """Quit; while an op or a search runs, ask first (quitting cancels it, the session stays as before)."""
+        question = self._running_question()
+        if question:
+            await self._ask_to_quit(question)
         else:
             await self.shut_down()
 
@@ -123,10 +147,7 @@ class RccApp(App):
         """ctrl+c: always ask (it is pressed by reflex), unless a dialog is open already."""
         if isinstance(self.screen, QuitScreen):
             return
-        runner = self.main.runner
-        question = (f"{runner.title} is running.\nCancel it and quit?" if runner.running and runner.op is not None
-                    else "Quit rcc-tui?")
-        await self._ask_to_quit(question)
+        await self._ask_to_quit(self._running_question() or "Quit rcc-tui?")
 
     async def _ask_to_quit(self, question: str) -> None:
         if isinstance(self.screen, QuitScreen):
@@ -139,18 +160,15 @@ class RccApp(App):
         await self.push_screen(QuitScreen(question), answered)
 
     async def shut_down(self) -> None:
-        """Cancel the running op (if any), wait for it to stop, close the session, exit."""
+        """Cancel every job (an op, a search), wait for them to stop, close the session, exit."""
         if self._quitting:
             return
         self._quitting = True
-        from rcc_tui.screens.search_screen import cancel_searches, stop_searches
-
         # Ask everything to stop at once, then wait: a search and an op stop side by side.
-        if cancel_searches():
+        if any(job.kind == "search" for job in self.jobs.cancel_all()):
             self.main.set_status("quitting: stopping the search (at its next trial or batch)…")
-        self.main.runner.cancel()
         await self.main.shut_down()
-        await stop_searches()  # a search thread must not outlive the app
+        await self.jobs.wait()  # a search thread must not outlive the app
         self.exit()
 
     def notify(self, message: str, *args, **kwargs) -> None:

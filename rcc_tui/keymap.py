@@ -4,13 +4,13 @@ The file (default ``$XDG_CONFIG_HOME/rcc-tui/keymap.toml``, else ``~/.config/rcc
 read when it exists) has one table::
 
     [keys]
-    "history.checkout" = "enter,c"     # comma-separated keys replace the binding's defaults
+    "history.checkout" = "enter,o"     # comma-separated keys replace the binding's defaults
     history.label = "L"                # unquoted dotted ids work too
 
 Binding ids defined by the widgets and screens of rcc_tui (the app's own ids are listed in
 ``rcc_tui/app.py`` and on the help screen, ``?``):
 
-    history.checkout     enter,c   check out the node under the cursor (rollback; branch from it)
+    history.checkout     enter,o   check out the node under the cursor (rollback; branch from it)
     history.label        l         label / annotate the node under the cursor
     history.mark         m         mark a node; m on a second node compares the two
     history.clear_mark   escape    forget the mark
@@ -95,11 +95,11 @@ def load_keymap(path: str | None, known_ids: Iterable[str] | None = None) -> dic
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise KeymapError(f"{where} is no binding's id; {hint}allowed: {', '.join(known)}")
         if not isinstance(value, str):
-            raise KeymapError(f"{where}: {value!r} is not a string; allowed: keys such as \"enter,c\"")
+            raise KeymapError(f"{where}: {value!r} is not a string; allowed: keys such as \"enter,o\"")
         keys = [k.strip() for k in value.split(",")]
         if not value.strip() or not all(k and KEY.match(k) for k in keys):
             raise KeymapError(f"{where}: {value!r} is not a key list; allowed: key names joined by commas, "
-                              f"such as \"enter,c\" or \"ctrl+p\"")
+                              f"such as \"enter,o\" or \"ctrl+p\"")
         keymap[binding_id] = ",".join(keys)
     return keymap
 

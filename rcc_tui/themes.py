@@ -1,6 +1,6 @@
 """Themes as data: TOML files turned into Textual ``Theme`` objects.
 
-The built-in themes live in ``rcc_tui/themes/*.toml`` (rcc-dark, rcc-light, rcc-ansi); a user
+The built-in themes live in ``themes/*.toml`` at the top of the repository (rcc-dark, rcc-light, rcc-ansi); a user
 adds or overrides themes with files in ``$XDG_CONFIG_HOME/rcc-tui/themes/`` (or
 ``~/.config/rcc-tui/themes/``). A file's top-level keys are the fields of ``textual.theme.Theme``
 (``name`` and ``primary`` required; colours as Textual parses them: ``#RRGGBB``, ``rgb(...)``,
@@ -24,7 +24,15 @@ from textual.theme import Theme
 
 from rcc.errors import RccError
 
-BUILTIN_DIRECTORY = Path(__file__).parent / "themes"
+
+
+def _builtin_directory() -> Path:
+    """``themes/`` at the top of a checkout (and an editable install), or its copy in a wheel."""
+    packaged = Path(__file__).parent / "builtin_themes"  # setup.py installs themes/ there
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "themes"
+
+
+BUILTIN_DIRECTORY = _builtin_directory()
 COLOUR_KEYS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground", "background",
                "surface", "panel", "boost")
 BOOL_KEYS = ("dark", "ansi")

@@ -1,400 +1,145 @@
-"""The bridge between the app and the engine: session work in one thread worker at a time.
+"""The job runner: every piece of background work of the app, with one cancel path and one progress path.
 
-Every blocking call (opening a session, applying an op) runs in a Textual thread worker. The
-worker never touches a widget: it leaves events in a queue that a timer on the main thread
-drains every ``PROGRESS_INTERVAL`` seconds and turns into messages. Layer progress is
-coalesced (only the newest event of a tick is delivered), so a fast stage cannot flood the
-UI; events that carry a ``metric`` or a ``loss`` (chart points) and the start / end of an op
-are never dropped, and always arrive in order. Consecutive loss events of one tick arrive as
-one ``OpProgressed`` (``events`` holds them all), so a fast training run costs one message
-and one chart redraw per tick, not one per step.
+A ``Job`` is a function run in a Textual thread worker: opening the session, one op, a sequence
+of ops (check out, then apply a search trial), a sensitivity scan, a search, a read of a study
+or of a stored scan. Jobs on the ``session`` lane hold the session: one at a time, and nothing
+else writes to it meanwhile. Jobs on the ``background`` lane only read (a search reads the
+session read-only, a comparison reads the graph) and run beside it.
 
-After an op the worker also reads what the screen shows (nodes, plan, layer inventory and
-per-layer state) into a ``SessionView``, so the main thread never reads the live model while
-another op may be changing it.
+The worker never touches a widget. It leaves events in the runner; a timer on the main thread
+delivers them every ``PROGRESS_INTERVAL`` seconds as messages to every *subscriber* (a widget
+calls ``jobs.subscribe(self)`` on mount), which react to them themselves: the status bar shows
+the phase, percentage and ETA, a panel its status and its own inline errors, the chart its
+points. Progress is coalesced per job (only the newest event of a tick is delivered), except
+chart points (an evaluated attempt, a training loss) and the start and end of a job, which are
+never dropped and always arrive in order. Consecutive losses of one tick arrive as one message.
+
+``cancel(job)`` asks a job to stop at its next check (between layers or batches); a cancelled
+job ends with ``JobFailed(cancelled=True)``. There are no polling deadlines: a sequence of ops is
+one job, and whoever waits for work awaits ``wait(job)``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import traceback
-from collections import deque
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from textual.message_pump import MessagePump
+    from textual.app import App
+    from textual.dom import DOMNode
     from textual.timer import Timer
 
-    from rcc.compression.plan import CompressionPlan
-    from rcc.models.inventory import LayerInfo
-    from rcc.session.graph import NodeRecord
     from rcc.session.ops import Op
     from rcc.session.progress import OpProgress
-    from rcc.session.session import OpOutcome, Session
 
 PROGRESS_INTERVAL = 0.1  # seconds between two deliveries of coalesced progress
-WORKER_GROUP = "session"
+SESSION = "session"  # the lane of jobs that hold the session: one at a time
+BACKGROUND = "background"  # read-only jobs, beside it
 
 
-@dataclass(frozen=True)
-class LayerState:
-    """A layer as the live model holds it now."""
+@dataclass(eq=False)
+class Job:
+    """One piece of background work: ``work(context)`` runs in a thread; its return value is the result."""
 
-    form: str  # dense, masked or factorised
-    sparsity: float  # fraction of pruned entries (of the ``down`` factor when factorised)
-    rank: int | None  # the factorisation's rank, None when not factorised
-    stored: int  # numbers the layer stores now
-    bits: int | None = None  # 8 when the layer holds int8 values, None for float weights
+    title: str
+    work: Callable[[JobContext], Any]
+    lane: str = SESSION
+    kind: str = "ops"  # open, ops, scan, search, read: what quitting asks about
+    op: Op | None = None  # the op (the last one of a sequence), when the job applies ops
+    origin: object | None = None  # the widget that asked for it (it shows the job's errors inline)
+    head: Any = None  # the head node (NodeRecord) when the job started, for charts that start from it
+    discard: Callable[[Any], None] | None = None  # releases a result nobody will receive (a session opened)
+    started: float = 0.0  # perf_counter at start
+    ended: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
-
-@dataclass(frozen=True)
-class SessionView:
-    """Everything the screen shows about a session, read in the worker after an op."""
-
-    directory: str
-    model: str
-    data: str
-    eval_split: str
-    head: int | None
-    nodes: tuple[NodeRecord, ...]
-    plan: CompressionPlan
-    layers: tuple[LayerInfo, ...]
-    state: dict[str, LayerState] = field(default_factory=dict)
-    ops: int = 0
-
-    @property
-    def head_node(self) -> NodeRecord | None:
-        return next((node for node in self.nodes if node.id == self.head), None)
-
-
-def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
-    """Form, sparsity, rank and stored numbers of every layer, from the live model."""
-    from rcc.compression.layers import (
-        layer_bits,
-        layer_form,
-        layer_module,
-        layer_sparsity,
-        stored_parameters,
-    )
-
-    module = session.model.module
-    state = {}
-    for layer in layers:
-        try:
-            child = layer_module(module, layer)
-            form = layer_form(module, layer)
-            state[layer.name] = LayerState(
-                form=form, sparsity=layer_sparsity(module, layer),
-                rank=child.rank if form == "factorised" else None,
-                stored=stored_parameters(module, layer), bits=layer_bits(module, layer))
-        except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
-            state[layer.name] = LayerState("dense", 0.0, None, layer.params)
-    return state
-
-
-def read_view(session: Session, layers: tuple | None = None, with_state: bool = True,
-              previous: SessionView | None = None) -> SessionView:
-    """A ``SessionView`` of ``session``; call it only where no op can run at the same time."""
-    if layers is None:
-        layers = tuple(session.model.layers()) if session.workspace is not None else ()
-    if with_state or previous is None:
-        state = read_layer_state(session, layers) if session.workspace is not None else {}
-    else:
-        state = previous.state
-    return SessionView(
-        directory=str(session.directory), model=session.setting("model") or "", data=session.setting("data") or "",
-        eval_split=session.setting("eval_split") or "", head=session.head, nodes=tuple(session.nodes()),
-        plan=session.plan, layers=tuple(layers), state=state, ops=len(session.ops()))
-
-
-# -- messages (posted on the main thread, in order) -------------------------------------------
-
-class OpStarted(Message):
-    """Work began in the worker: ``op`` is None while a session is being opened."""
-
-    def __init__(self, op: Op | None, title: str) -> None:
-        super().__init__()
-        self.op = op
-        self.title = title
-
-
-class OpProgressed(Message):
-    """Progress of the running op: ``progress`` is the newest event, ``events`` every event carried.
-
-    ``events`` has more than one event only for a batch of training steps (each with a ``loss``).
-    """
-
-    def __init__(self, op: Op | None, progress: OpProgress, events: tuple[OpProgress, ...] = ()) -> None:
-        super().__init__()
-        self.op = op
-        self.progress = progress
-        self.events = events or (progress,)
-
-
-class OpFinished(Message):
-    """The op was applied and recorded; ``view`` is the session as it is now."""
-
-    def __init__(self, op: Op | None, outcome: OpOutcome | None, view: SessionView) -> None:
-        super().__init__()
-        self.op = op
-        self.outcome = outcome
-        self.view = view
-
-
-class OpFailed(Message):
-    """The op raised (or was cancelled); the session is as before it."""
-
-    def __init__(self, op: Op | None, title: str, error: BaseException, cancelled: bool, trace: str = "") -> None:
-        super().__init__()
-        self.op = op
-        self.title = title
-        self.error = error
-        self.cancelled = cancelled
-        self.trace = trace  # the traceback of an unexpected (non-RccError) failure
-
-    @property
-    def message(self) -> str:
-        from rcc.errors import RccError
-
-        if self.cancelled:
-            return f"{self.title} cancelled; the session is as it was before"
-        if isinstance(self.error, RccError):
-            return str(self.error)
-        return f"{self.title} failed: {type(self.error).__name__}: {self.error}"
-
-
-class SessionOpened(Message):
-    """A session was created or opened in the worker; the screen owns it from now on."""
-
-    def __init__(self, session: Session, view: SessionView) -> None:
-        super().__init__()
-        self.session = session
-        self.view = view
-
-
-# -- the runner -------------------------------------------------------------------------------
-
-class OpRunner:
-    """Runs session work in one thread worker at a time and delivers its messages to ``target``."""
-
-    def __init__(self, target: MessagePump) -> None:
-        self.target = target
-        self._lock = threading.Lock()
-        self._queue: deque[Message] = deque()  # messages that must all arrive, in order
-        self._latest: Message | None = None  # the newest layer progress, not yet delivered
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._done.set()
-        self._timer: Timer | None = None
-        self.title = ""
-        self.op: Op | None = None
-        self._close_after: Session | None = None
-        self._abandoned = False  # the screen is gone: whatever the work returns is closed, not shown
-
-    # -- state seen from the main thread --
     @property
     def running(self) -> bool:
-        """Work is running in the worker thread."""
-        return not self._done.is_set()
+        return self.started > 0 and self.ended is None
 
     @property
-    def busy(self) -> bool:
-        """Work is running, or its last messages are not delivered yet."""
-        with self._lock:
-            pending = bool(self._queue) or self._latest is not None
-        return self.running or pending
+    def eval_split(self) -> str:
+        """The split its events' metrics are measured on: the session's eval split ('' when unknown)."""
+        return getattr(self.head, "eval_split", "") or ""
 
     @property
     def cancelling(self) -> bool:
         return self.running and self._cancel.is_set()
 
-    def cancel(self) -> bool:
-        """Ask the running work to stop at its next check (between layers or batches)."""
-        if not self.running:
-            return False
-        self._cancel.set()
-        return True
-
-    async def wait(self, poll: float = 0.02, deliver: bool = True) -> None:
-        """Until the worker thread has returned and its messages are delivered (or dropped)."""
-        import asyncio
-
-        while self.busy:
-            if not self.running:
-                if deliver:
-                    self._flush()
-                else:
-                    self.drop()
-            await asyncio.sleep(poll)
-
-    def drop(self) -> None:
-        """Forget undelivered messages (the screen is going away) and stop the timer.
-
-        A session opened for a screen that no longer wants it is closed here (its lock released).
-        """
-        with self._lock:
-            dropped = list(self._queue)
-            self._queue.clear()
-            self._latest = None
-        for message in dropped:
-            if isinstance(message, SessionOpened):
-                message.session.close()
-        if self._timer is not None:
-            self._timer.pause()
-
-    def close_when_done(self, session: Session | None) -> None:
-        """The screen is gone: cancel, and close ``session`` (and any session the work opens) when it returns."""
-        self._close_after = session
-        self._abandoned = True
-        self._cancel.set()
-        if not self.running:
-            self._close_pending()
-
-    def _close_pending(self) -> None:
-        with self._lock:
-            session, self._close_after = self._close_after, None
-            dropped = [m for m in self._queue if isinstance(m, SessionOpened)]
-            self._queue.clear()
-            self._latest = None
-        for item in [session, *(m.session for m in dropped)]:
-            if item is not None:
-                item.close()
-
-    # -- starting work (main thread) --
-    def open(self, title: str, open_session: Callable[[Callable, Callable], Session]):
-        """Create or open a session in the worker: ``open_session(progress, cancel) -> Session``."""
-
-        def job(progress, cancel):
-            session = open_session(progress, cancel)
-            try:
-                view = read_view(session)
-            except BaseException:
-                session.close()
-                raise
-            return SessionOpened(session, view)
-
-        return self._start(None, title, job)
-
-    def apply(self, session: Session, op: Op, title: str | None = None, previous: SessionView | None = None):
-        """Apply ``op`` to ``session`` in the worker; the model is re-read only if the op can change it."""
-        from rcc.session import ops as O
-
-        reads_model = op.changes_model or isinstance(op, O.Checkout)
-
-        def job(progress, cancel):
-            outcome = session.apply(op, progress=progress, cancel=cancel)
-            layers = previous.layers if previous is not None and not reads_model else None
-            view = read_view(session, layers=layers, with_state=reads_model, previous=previous)
-            return OpFinished(op, outcome, view)
-
-        return self._start(op, title or op.kind.replace("_", " "), job)
-
-    def run(self, title: str, job: Callable[[Callable, Callable], Message], op: Op | None = None):
-        """Run ``job(progress, cancel) -> Message`` in the worker; its result message is delivered last."""
-        return self._start(op, title, job)
-
-    def _start(self, op: Op | None, title: str, job: Callable[[Callable, Callable], Message]):
-        if self.running:
-            raise RuntimeError(f"{self.title} is still running")
-        if self._timer is None:
-            self._timer = self.target.set_interval(PROGRESS_INTERVAL, self._flush, name="op-progress", pause=True)
-        self._cancel.clear()
-        self._done.clear()
-        self.title, self.op = title, op
-        self._push(OpStarted(op, title))
-        self._timer.resume()
-
-        def work() -> None:
-            try:
-                try:
-                    message = job(self._progress(op), self._cancel.is_set)
-                except BaseException as error:  # noqa: BLE001  (the session is as before; say why, never raise)
-                    from rcc.errors import Cancelled, RccError
-
-                    cancelled = isinstance(error, Cancelled)
-                    trace = "" if isinstance(error, RccError) else traceback.format_exc()
-                    message = OpFailed(op, title, error, cancelled, trace)
-                with self._lock:
-                    self._latest = None  # progress of finished work is stale
-                self._push(message)
-            finally:
-                self._done.set()
-                if self._abandoned:
-                    self._close_pending()
-
-        return self.target.run_worker(work, name=title, group=WORKER_GROUP, thread=True, exclusive=True,
-                                      exit_on_error=False)
-
-    # -- worker thread side --
-    def _progress(self, op: Op | None):
-        def report(event: OpProgress) -> None:
-            message = OpProgressed(op, event)
-            with self._lock:
-                if event.metric is not None or event.loss is not None:  # a chart point: keep it,
-                    # after the layer progress that came before it
-                    if self._latest is not None:
-                        self._queue.append(self._latest)
-                        self._latest = None
-                    self._queue.append(message)
-                else:
-                    self._latest = message
-
-        return report
-
-    def _push(self, message: Message) -> None:
-        with self._lock:
-            self._queue.append(message)
-
-    # -- main thread side --
-    def _flush(self) -> None:
-        with self._lock:
-            messages = list(self._queue)
-            self._queue.clear()
-            if self._latest is not None:
-                messages.append(self._latest)
-                self._latest = None
-            idle = not messages and not self.running
-        messages = batch_losses(messages)
-        for message in messages:
-            self.target.post_message(message)
-        if idle and self._timer is not None:
-            self._timer.pause()
-
-    def deliver_now(self) -> None:
-        """Deliver whatever is pending at once (used when the app shuts down)."""
-        self._flush()
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started if self.started else 0.0
 
 
-def _is_loss_step(message: Message) -> bool:
-    return (isinstance(message, OpProgressed) and message.progress.loss is not None
-            and message.progress.metric is None)
+@dataclass
+class JobContext:
+    """What a job's work function gets: report progress, check for a cancel, leave a partial view."""
+
+    job: Job
+    progress: Callable[[Any], None]
+    view: Any = None  # a job that changed the session before failing leaves the view it read here
+
+    def cancelled(self) -> bool:
+        return self.job._cancel.is_set()
 
 
-def batch_losses(messages: list[Message]) -> list[Message]:
-    """``messages`` with each run of consecutive loss-only progress merged into one message, in order."""
-    out: list[Message] = []
-    run: list[OpProgressed] = []
+# -- messages (posted on the main thread, in order, to every subscriber) ------------------------
 
-    def close_run() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            events = tuple(event for message in run for event in message.events)
-            out.append(OpProgressed(run[-1].op, events[-1], events))
-        run.clear()
+class JobMessage(Message, bubble=False):  # each subscriber gets its own copy: none travels up to another one
+    """Something happened to ``job``."""
 
-    for message in messages:
-        if _is_loss_step(message):
-            run.append(message)  # type: ignore[arg-type]
-        else:
-            close_run()
-            out.append(message)
-    close_run()
-    return out
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.job = job
+
+
+class JobStarted(JobMessage, bubble=False):
+    """``job`` began in its worker thread."""
+
+
+class JobProgressed(JobMessage, bubble=False):
+    """Progress of ``job``: ``event`` is the newest event, ``events`` every event carried (a batch of losses)."""
+
+    def __init__(self, job: Job, event: Any, events: tuple = ()) -> None:
+        super().__init__(job)
+        self.event = event
+        self.events = events or (event,)
+
+
+class JobFinished(JobMessage, bubble=False):
+    """``job`` returned ``result``."""
+
+    def __init__(self, job: Job, result: Any) -> None:
+        super().__init__(job)
+        self.result = result
+
+
+class JobFailed(JobMessage, bubble=False):
+    """``job`` raised (or was cancelled); an op that failed left the session as before it.
+
+    ``view`` is the session as it is now when a sequence changed it before failing (else None).
+    """
+
+    def __init__(self, job: Job, error: BaseException, cancelled: bool, trace: str = "", view: Any = None) -> None:
+        super().__init__(job)
+        self.error = error
+        self.cancelled = cancelled
+        self.trace = trace  # the traceback of an unexpected (non-RccError) failure
+        self.view = view
+
+    @property
+    def message(self) -> str:
+        if self.cancelled:
+            return f"{self.job.title} cancelled; the session is as it was before"
+        return f"{self.job.title} failed: {describe_error(self.error)}" if self.trace else describe_error(self.error)
 
 
 def describe_error(error: Any) -> str:
@@ -402,3 +147,242 @@ def describe_error(error: Any) -> str:
     from rcc.errors import RccError
 
     return str(error) if isinstance(error, RccError) else f"{type(error).__name__}: {error}"
+
+
+def _is_point(event: Any) -> bool:
+    return bool(getattr(event, "is_point", False))
+
+
+# -- the runner -----------------------------------------------------------------------------------
+
+class JobRunner:
+    """Starts jobs in thread workers of ``app`` and delivers their messages to the subscribers."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Job, Any]] = []  # (job, message or event) that must all arrive, in order
+        self._latest: dict[Job, Any] = {}  # the newest coalescable event of each job, not yet delivered
+        self._jobs: list[Job] = []  # started, not yet delivered to the end
+        self._subscribers: weakref.WeakSet[DOMNode] = weakref.WeakSet()
+        self._timer: Timer | None = None
+        self._closed = False
+        self._after_close: Callable[[], None] | None = None
+
+    # -- subscribers --
+    def subscribe(self, node: DOMNode) -> None:
+        """``node`` receives every job message from now on (until it is removed)."""
+        self._subscribers.add(node)
+
+    # -- state seen from the main thread --
+    @property
+    def session_job(self) -> Job | None:
+        """The running job that holds the session, if any."""
+        return next((job for job in self._jobs if job.lane == SESSION and job.running), None)
+
+    def running(self, lane: str | None = None) -> list[Job]:
+        return [job for job in self._jobs if job.running and (lane is None or job.lane == lane)]
+
+    @property
+    def busy(self) -> bool:
+        """A job runs, or messages of one are not delivered yet."""
+        return bool(self._jobs)
+
+    def pending(self, job: Job) -> bool:
+        """``job`` runs, or its last messages are not delivered yet."""
+        return job in self._jobs
+
+    # -- starting and stopping (main thread) --
+    def start(self, job: Job) -> Job:
+        """Run ``job``; a second job on the session lane while one runs is a programming error (check first)."""
+        if self._closed:
+            raise RuntimeError("the job runner is closed")
+        if job.lane == SESSION and self.session_job is not None:
+            raise RuntimeError(f"{self.session_job.title} is still running")
+        if self._timer is None:
+            self._timer = self.app.set_interval(PROGRESS_INTERVAL, self._flush, name="job-progress", pause=True)
+        job.started = time.perf_counter()
+        with self._lock:
+            self._jobs.append(job)
+            self._queue.append((job, JobStarted(job)))
+        self._timer.resume()
+        context = JobContext(job, self._reporter(job))
+
+        def work() -> None:
+            try:
+                message: Message = JobFinished(job, job.work(context))
+            except BaseException as error:  # noqa: BLE001  (the job says why; the app never crashes)
+                from rcc.errors import Cancelled, RccError
+
+                trace = "" if isinstance(error, (RccError, Cancelled)) else traceback.format_exc()
+                message = JobFailed(job, error, isinstance(error, Cancelled), trace, context.view)
+            with self._lock:
+                self._latest.pop(job, None)  # progress of finished work is stale
+                job.ended = time.perf_counter()  # ended before its last message can arrive
+                closed = self._closed
+                if not closed:
+                    self._queue.append((job, message))
+            if closed:
+                self._discard(job, message)
+                self._forget(job)
+
+        self.app.run_worker(work, name=job.title, group=f"jobs-{job.lane}", thread=True, exit_on_error=False)
+        return job
+
+    def cancel(self, job: Job | None = None) -> bool:
+        """Ask ``job`` (default: the session's job) to stop at its next check; False when nothing runs."""
+        job = job or self.session_job
+        if job is None or not job.running:
+            return False
+        job._cancel.set()
+        return True
+
+    def cancel_all(self) -> list[Job]:
+        """Ask every running job to stop; the jobs asked."""
+        jobs = self.running()
+        for job in jobs:
+            job._cancel.set()
+        return jobs
+
+    async def wait(self, jobs: Job | Iterable[Job] | None = None, poll: float = 0.02) -> None:
+        """Until ``jobs`` (default: all) have ended and their messages were delivered."""
+        wanted = [jobs] if isinstance(jobs, Job) else None if jobs is None else list(jobs)
+        while any(job in self._jobs for job in (self._jobs if wanted is None else wanted)):
+            if not any(job.running for job in self._jobs):
+                self._flush()
+            await asyncio.sleep(poll)
+
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """The app is going: cancel everything, deliver nothing more, release what finishing jobs return;
+        ``then()`` runs once no job runs any more (at once when none does)."""
+        with self._lock:
+            self._closed = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            self._latest.clear()
+        self.cancel_all()
+        for job, message in dropped:
+            self._discard(job, message)
+        for job in [job for job in self._jobs if not job.running]:
+            self._jobs.remove(job)
+        self._after_close = then
+        if self._timer is not None:
+            self._timer.pause()
+        self._maybe_after_close()
+
+    # -- worker thread side --
+    def _reporter(self, job: Job) -> Callable[[Any], None]:
+        def report(event: Any) -> None:
+            with self._lock:
+                if self._closed:
+                    return
+                if _is_point(event):  # a chart point: keep it, after the progress that came before it
+                    latest = self._latest.pop(job, None)
+                    if latest is not None:
+                        self._queue.append((job, latest))
+                    self._queue.append((job, event))
+                else:
+                    self._latest[job] = event
+
+        return report
+
+    def _discard(self, job: Job, message: Any) -> None:
+        if isinstance(message, JobFinished) and job.discard is not None:
+            job.discard(message.result)
+
+    def _forget(self, job: Job) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._jobs.remove(job)
+        self._maybe_after_close()
+
+    def _maybe_after_close(self) -> None:
+        if self._closed and self._after_close is not None and not any(job.running for job in self._jobs):
+            then, self._after_close = self._after_close, None
+            then()
+
+    # -- main thread side --
+    def _flush(self) -> None:
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+            for job, event in self._latest.items():
+                items.append((job, event))
+            self._latest.clear()
+        messages = _as_messages(items)
+        for message in messages:
+            for node in list(self._subscribers):
+                if node.is_attached:
+                    node.post_message(_copy(message))
+        ended = {message.job for message in messages if isinstance(message, (JobFinished, JobFailed))}
+        with self._lock:
+            for job in ended:
+                if job in self._jobs:
+                    self._jobs.remove(job)
+            idle = not self._jobs and not self._queue and not self._latest
+        if idle and self._timer is not None:
+            self._timer.pause()
+
+
+def _as_messages(items: list[tuple[Job, Any]]) -> list[JobMessage]:
+    """Events become ``JobProgressed``; each run of consecutive loss-only events of a job becomes one."""
+    out: list[JobMessage] = []
+    run: list[Any] = []
+    run_job: Job | None = None
+
+    def close_run() -> None:
+        if run:
+            out.append(JobProgressed(run_job, run[-1], tuple(run)))
+            run.clear()
+
+    for job, item in items:
+        if isinstance(item, JobMessage):
+            close_run()
+            out.append(item)
+            continue
+        losses = getattr(item, "loss", None) is not None and getattr(item, "metric", None) is None
+        if losses and (run_job is job or not run):
+            run_job = job
+            run.append(item)
+            continue
+        close_run()
+        if losses:
+            run_job = job
+            run.append(item)
+        else:
+            out.append(JobProgressed(job, item))
+    close_run()
+    return out
+
+
+def _copy(message: JobMessage) -> JobMessage:
+    """A fresh message with the same content (a Message instance is delivered once)."""
+    if isinstance(message, JobProgressed):
+        return JobProgressed(message.job, message.event, message.events)
+    if isinstance(message, JobFinished):
+        return JobFinished(message.job, message.result)
+    if isinstance(message, JobFailed):
+        return JobFailed(message.job, message.error, message.cancelled, message.trace, message.view)
+    return type(message)(message.job)
+
+
+LAYER_PHASES = ("dare", "nullu", "alphaedit", "sensitivity")  # phases counted in layers (detail: the layer)
+
+
+def describe_event(event: OpProgress, split: str = "") -> str:
+    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc``, ``evaluate · 128/360 images``,
+    ``dare step 1 attempt 2: val 96.11% kept`` (a metric on ``split``), …"""
+    if event.metric is not None:
+        verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
+        measured = f"{split} {event.metric:.2%}".strip()
+        return f"{event.phase} {event.detail}: {measured}{verdict}".replace(" : ", ": ")
+    if event.loss is not None:
+        return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
+    if event.total:
+        if event.phase in LAYER_PHASES:
+            layer = f" · {event.detail}" if event.detail else ""
+            return f"{event.phase} · layer {event.done}/{event.total}{layer}"
+        return f"{event.phase} · {event.done}/{event.total} {event.detail}".rstrip()
+    if event.phase == "loading":
+        return f"loading {event.detail}…"
+    return f"{event.phase} {event.detail}".strip() + "…"

@@ -6,6 +6,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Nothing a test does may reach the real data home (~/.local/share/rcc-tui: sessions and the
+# shared store): module-scoped fixtures run before the per-test fixture below, so this is set first.
+os.environ["RCC_DATA_HOME"] = tempfile.mkdtemp(prefix="rcc-test-data-home-")
+atexit.register(shutil.rmtree, os.environ["RCC_DATA_HOME"], True)
+
 import pytest  # noqa: E402
 
 # The app's Pilot fixtures (demo_session, session_dir, a private sessions home): tests/tui_pilot.py.
@@ -14,8 +23,11 @@ pytest_plugins = ["tui_pilot"]
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    # Every test gets its own feature cache, so a cached result can never hide a bug.
+    # Every test gets its own feature cache, so a cached result can never hide a bug, and its own
+    # data home, so sessions of different tests never share blobs (a test that corrupts one of its
+    # blobs must not corrupt another test's session through the shared store's hard links).
     monkeypatch.setenv("RCC_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+    monkeypatch.setenv("RCC_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +41,17 @@ def rcc_mini():
 @pytest.fixture
 def one_thread():
     """Tiny linear algebra runs faster and steadier on one thread when the machine is loaded."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One thread for a whole module: module-scoped fixtures built under it replay exactly in its tests."""
     import torch
 
     threads = torch.get_num_threads()

@@ -139,3 +139,23 @@ def random_images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> li
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
             for _ in range(n)]
+
+
+def sharpen_blip_heads(model, scale: float = 300.0, seed: int = 0) -> None:
+    """Make a tiny random BLIP's predictions peaked enough to move (``model``: a loaded ``HFBlipModel``).
+
+    Random init scores every pair alike and spreads next-token mass almost evenly (logits of
+    std ~0.1), so no distribution can drift. ITM head: weights × ``scale``, bias set so that the
+    logits of random pairs average 0 (uncentred, the softmax would saturate). Caption decoder:
+    the LM head's last LayerNorm gain × ``scale`` / 10 (logits of std ~3).
+    """
+    with torch.no_grad():
+        if model.can_caption:
+            model.module.text_decoder.cls.predictions.transform.LayerNorm.weight.mul_(scale / 10)
+            return
+        head = model.module.itm_head
+        pixels = model.preprocess_batch(random_images(4, seed=seed))
+        tokens = model.tokenize(["a photo of a cat", "two dogs", "a red car", "the bird"])
+        head.weight.mul_(scale)
+        head.bias.zero_()
+        head.bias.sub_(model.match_logits(model.image_states(pixels), tokens).mean(0))

@@ -40,7 +40,7 @@ def test_sensitivity_of_a_node_is_written_and_stored_in_the_session(session_dir,
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "sensitivity.json").read_text())
-    assert data["node"] == 1 and data["split"] == "calib" and len(data["units"]) == 4
+    assert data["node"] == 1 and data["split"] == "val" and len(data["units"]) == 4
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "sensitivity-proxies.png").is_file()
     report = (out / "sensitivity.md").read_text()
@@ -141,7 +141,7 @@ def test_the_report_renders_from_its_json_alone(session_dir, tmp_path, tiny_spec
 
     out = tmp_path / "report"
     model, dense = load_model(tiny_spec, device="cpu"), load_model(tiny_spec, device="cpu")
-    calib = load_dataset("digits", "calib")
+    calib = load_dataset("digits", "val")
     calibration, preserved = calibration_sets("digits", per_class=2)
     probe = outcome_probe(calib)
     layers = select_layers(model, towers=["text"], kinds=["mlp_in", "projection"])
@@ -155,7 +155,7 @@ def test_the_report_renders_from_its_json_alone(session_dir, tmp_path, tiny_spec
     cascade, profile = profile_cascade(model, PLAN, metric_of(probe), calibration, preserved, config)
     write_json_atomic(out / "profile.json", {"cascade": cascade.as_dict(), "profile": profile.as_dict()})
     comparison = comparison_of(example_outcomes(dense, calib), example_outcomes(model, calib), ("dense", "RCC"),
-                               "digits", "calib", resamples=200)
+                               "digits", "val", resamples=200)
     write_json_atomic(out / "compare.json", comparison.as_dict())
     write_json_atomic(out / "subspace.json", compare_subspaces(dense, model).as_dict())
     write_json_atomic(out / META, {"command": "test", "seconds": 1.0, "machine": "x", "threads": 1, "torch": "t",

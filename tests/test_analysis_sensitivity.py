@@ -173,7 +173,7 @@ def test_rcc_mini_scan_ranks_the_text_projection_above_a_harmless_query(rcc_mini
     harmless = "text.transformer.encoder.layer.4.attention.self.query"
     saved = _state(rcc_mini)
     calibration, _ = calibration_sets("digits", per_class=4, seed=0)
-    result = scan_sensitivity(rcc_mini, ScanSetting(rank=0.02), outcome_probe(load_dataset("digits", "calib")),
+    result = scan_sensitivity(rcc_mini, ScanSetting(rank=0.02), outcome_probe(load_dataset("digits", "val")),
                               calibration, select_layers(rcc_mini, names=["text.proj", harmless]))
     assert _same(rcc_mini, saved)
     ranked = [u.name for u in result.ranked()]

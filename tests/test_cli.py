@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from rcc.cli.main import build_parser, main
+from rcc_tui.main import build_parser, main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rcc.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rcc_tui.main", *args], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -25,17 +25,31 @@ def test_every_subcommand_has_help(capsys):
         assert f"rcc-tui {name}" in capsys.readouterr().out
 
 
+
+def test_the_engine_cli_has_only_the_headless_commands_and_no_app():
+    """rcc.cli builds the headless commands; the app's (open, new, serve) come from rcc_tui.main."""
+    from rcc.cli import main as headless
+
+    engine = set(headless.build_parser()._subparsers._group_actions[0].choices)
+    full = set(build_parser()._subparsers._group_actions[0].choices)
+    assert full - engine == {"open", "new", "serve"} and {"eval", "session", "search"} <= engine
+    done = subprocess.run([sys.executable, "-c", "import sys\nfrom rcc.cli.main import main\ncode = main([])"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no command given" in done.stderr and len(done.stderr.splitlines()) == 1
+
 @pytest.mark.slow
 def test_eval_on_the_demo_prints_top1_and_is_repeatable(tmp_path):
     first = _run("eval", "--json", str(tmp_path / "a.json"), "--device", "cpu")
     assert first.returncode == 0, first.stderr
     assert "top1" in first.stdout and "rcc-mini" in first.stdout
     second = _run("eval", "--json", str(tmp_path / "b.json"), "--device", "cpu", "--no-cache")
+    assert second.returncode == 0, second.stderr
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text())
     assert a["metrics"]["top1"] >= 0.90
     assert a["metrics"] == b["metrics"]
     assert (a["model"], a["data"], a["split"], a["task"]) == ("rcc-mini", "digits", "test", "zeroshot")
+    assert "test/top1" in first.stdout and a["splits"].startswith("train 70 % / val 10 % / test 20 %")
     assert a["metrics"]["n"] == 360
 
 
@@ -53,7 +67,7 @@ def test_layers_lists_the_demo_inventory(tmp_path, capsys):
     (["eval", "--model", "nope:thing"], ["nope:thing", "accepted forms"]),
     (["eval", "--data", "mnist"], ["mnist", "allowed"]),
     (["eval", "--data", "imagefolder:/no/such/dir"], ["/no/such/dir"]),
-    (["eval", "--split", "validation"], ["validation", "train, calib, test"]),
+    (["eval", "--split", "validation"], ["validation", "train, val, test"]),
     (["eval", "--templates", "/no/templates.txt"], ["/no/templates.txt", "digits, cifar"]),
     (["eval", "--batch-size", "0"], ["--batch-size 0", "≥ 1"]),
     (["eval", "--device", "cuda:99"], ["cuda:99", "allowed"]),
@@ -91,9 +105,11 @@ def test_eval_retrieval_end_to_end_on_a_tiny_hf_clip(tmp_path, capsys):
 
     model_dir = save_tiny_clip(tmp_path / "clip")
     data = _captions_csv(tmp_path)
-    assert main(["eval", "--model", f"hf:{model_dir}", "--data", data, "--json", str(tmp_path / "r.json")]) == 0
+    # --split all: the whole file (a test set in itself), not the test fifth of its three-way cut.
+    assert main(["eval", "--model", f"hf:{model_dir}", "--data", data, "--split", "all",
+                 "--json", str(tmp_path / "r.json")]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["task"] == "retrieval"
+    assert result["task"] == "retrieval" and result["split"] == "all"
     metrics = result["metrics"]
     assert (metrics["n_images"], metrics["n_texts"]) == (6, 12)
     # Recall@10 covers all 6 images, so every text finds its image; @1 of a random model is not 1.
@@ -106,7 +122,8 @@ def test_eval_caption_end_to_end_on_a_tiny_blip(tmp_path):
 
     model_dir = save_tiny_blip(tmp_path / "blip", task="caption")
     data = _captions_csv(tmp_path)
-    assert main(["eval", "--model", f"hf-blip:{model_dir}", "--data", data, "--json", str(tmp_path / "c.json")]) == 0
+    assert main(["eval", "--model", f"hf-blip:{model_dir}", "--data", data, "--split", "all",
+                 "--json", str(tmp_path / "c.json")]) == 0
     result = json.loads((tmp_path / "c.json").read_text())
     assert result["task"] == "caption"
     assert result["metrics"]["n_images"] == 6

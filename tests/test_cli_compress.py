@@ -72,7 +72,12 @@ def test_compress_end_to_end_on_a_tiny_hf_clip(clip_dir, captions, tmp_path, cap
     assert "50.0% removed" in printed
     result = json.loads(report.read_text())
     cascade = result["cascade"]
-    assert (result["eval_split"], result["test_split"], result["data"]) == ("test", "test", captions)
+    # The cascade checked val; the report's test numbers read test: two disjoint splits, each named.
+    assert (result["eval_split"], result["test_split"], result["data"]) == ("val", "test", captions)
+    assert result["metrics"]["val/primary"] == {"dense": cascade["dense_metric"], "compressed": cascade["final_metric"]}
+    assert result["metrics"]["test/primary"] == {"dense": result["test_dense"], "compressed": result["test_compressed"]}
+    assert result["splits"]["layout"] == "train 70 % / val 10 % / test 20 % of the file's images (seed 0)"
+    assert "metric on val (dense → compressed)" in printed and "metric on test" in printed
     assert (cascade["params_before"], cascade["params_after"]) == (13440, 6720)
     assert cascade["removed_fraction"] == 0.5
     assert cascade["skipped"] == [] and all(a["accepted"] for a in cascade["attempts"])

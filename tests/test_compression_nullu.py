@@ -336,7 +336,7 @@ def test_greedy_is_optimal_for_equal_shapes_and_convex_curves():
     rng = random.Random(2)
     m, n = 9, 7  # r0 = 3
     r0 = largest_saving_rank(m, n)
-    for trial in range(10):
+    for _trial in range(10):
         layers = []
         for i in range(3):
             head = sorted((rng.uniform(0.1, 3.0) for _ in range(r0)), reverse=True)
@@ -353,7 +353,7 @@ def test_greedy_is_optimal_at_lagrangian_breakpoints_for_mixed_shapes():
     rng = random.Random(3)
     shapes = [(10, 6), (8, 8), (12, 5)]
     checked = 0
-    for trial in range(8):
+    for _trial in range(8):
         layers = []
         for i, (m, n) in enumerate(shapes):
             r0 = largest_saving_rank(m, n)

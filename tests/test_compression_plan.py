@@ -11,9 +11,9 @@ from rcc.compression.plan import (
     CompressionPlan, LayerPlan, PlanError, RankSpec, Rule, layer_params_after, load_plan, parse_rank,
     plan_from_dict, plan_to_dict, resolve_plan, save_plan, summarize_plan, uniform_plan,
 )
-from rcc.compression.plan_rules import METHODS
+from rcc.schema.names import PRUNE_METHODS as METHODS
 from rcc.errors import RccError
-from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.layers import LAYER_KINDS, TOWERS, LayerInfo
 
 # An OpenCLIP-shaped inventory: a 2-block ViT (width 64, MLP 256) and a 2-block text tower
 # (width 48, MLP 192), fused q/k/v split into row slices, and the transposed x @ W projections.
@@ -237,8 +237,8 @@ def test_nm_pattern_with_a_rank_is_refused():
 @pytest.mark.parametrize("settings_, what, allowed", [
     ({"sparsty": 0.5}, "setting 'sparsty' is unknown", "sparsity, method, pattern, rank, correction, locked"),
     ({"method": "obs"}, "method 'obs' is unknown", ", ".join(METHODS)),
-    ({"pattern": "4:2"}, "pattern '4:2' is unknown", "'unstructured', 'row' or 'N:M'"),
-    ({"pattern": "blocks"}, "pattern 'blocks' is unknown", "'unstructured', 'row' or 'N:M'"),
+    ({"pattern": "4:2"}, "pattern '4:2' is unknown", "'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel'"),
+    ({"pattern": "blocks"}, "pattern 'blocks' is unknown", "'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel'"),
     ({"rank": "half"}, "rank 'half' is not understood", "an integer ≥ 1, 'energy:F' with 0 < F ≤ 1, or 'auto'"),
     ({"rank": 1.5}, "rank 1.5 has type float", "an integer ≥ 1"),
     ({"correction": "yes"}, "correction 'yes' is not a boolean", "true, false"),

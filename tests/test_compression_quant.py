@@ -17,10 +17,10 @@ from rcc.compression.plan_rules import PlanError
 from rcc.compression.quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedLowRankLinear
 from rcc.compression.restructure import densify, restructure
 from rcc.compression.stage_context import StageOptions
+from rcc.compression.stored_size import size_metrics
 from rcc.compression.structure import apply_structure, structure_of
 from rcc.errors import RccError
 from rcc.models.registry import load_model
-from rcc.session.handlers import size_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -318,6 +318,34 @@ def test_restructure_goes_between_float_and_int8_forms_bit_identically(dense, qu
     assert structure_of(model.module) == structure_of(float_node.module)
     for got, want in zip(_outputs(model), _outputs(float_node)):
         assert torch.equal(got, want)
+
+
+def test_narrowed_int8_layers_rebuild_restructure_and_export_their_dense_size(dense):
+    from rcc.exports.checkpoints import dense_bytes
+
+    narrowed = copy.deepcopy(dense)  # MLP hidden units halved (structured pruning), then every MLP Linear int8
+    plan = CompressionPlan(rules=(Rule(kind="mlp_in", settings={"pattern": "channel", "sparsity": 0.5, "bits": 8}),
+                                  Rule(kind="mlp_out", settings={"bits": 8})))
+    run_cascade(narrowed, plan, lambda m: 1.0, CALIBRATION, config=EVERYTHING)
+    structure = structure_of(narrowed.module)
+    both = sorted(set(structure["resized"]) & set(structure["quantized"]))
+    assert "transformer.resblocks.0.mlp.c_fc" in both and "transformer.resblocks.0.mlp.c_proj" in both
+    fresh = copy.deepcopy(dense)
+    apply_structure(fresh.module, structure)
+    fresh.module.load_state_dict(narrowed.module.state_dict(), strict=True)
+    assert structure_of(fresh.module) == structure
+    for got, want in zip(_outputs(fresh), _outputs(narrowed)):
+        assert torch.equal(got, want)
+    # Checkout: back to the dense node (shapes grow back, float again), then forward again.
+    restructure(fresh.module, structure, structure_of(dense.module))
+    fresh.module.load_state_dict(dense.module.state_dict(), strict=True)
+    for got, want in zip(_outputs(fresh), _outputs(dense)):
+        assert torch.equal(got, want)
+    restructure(fresh.module, structure_of(dense.module), structure)
+    fresh.module.load_state_dict(narrowed.module.state_dict(), strict=True)
+    for got, want in zip(_outputs(fresh), _outputs(narrowed)):
+        assert torch.equal(got, want)
+    assert dense_bytes(narrowed.module) == dense_bytes(dense.module)  # the original architecture's float bytes
 
 
 def test_densify_gives_the_float_weights_the_int8_layers_apply(quantised):

@@ -17,7 +17,7 @@ from rcc.compression.semi_structured import inference_copy, install_semi_structu
 from rcc.compression.structure import MANIFEST
 from rcc.errors import RccError
 from rcc.models.registry import load_model
-from rcc.session.export import export_compressed
+from rcc.exports.checkpoints import export_compressed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""captions-csv:FILE — one image per distinct path, all its captions in first-seen order."""
+"""captions-csv:FILE — one image per distinct path, all its captions in first-seen order, cut in three."""
 
 import pytest
 from PIL import Image
@@ -27,13 +27,13 @@ def table(tmp_path):
 
 
 def test_repeated_image_groups_captions(table):
-    data = load_captions_csv(table)
+    data = load_captions_csv(table, split="all")
     assert len(data) == 3
     assert data.captions == (("a red, round ball", "a ball on grass"), ("a blue cube",), ("an absolute one",))
     assert data.images.paths[0] == table.parent / "imgs" / "a.png"
     assert data.images.paths[2] == table.parent / "abs.png"
     assert [im.getpixel((0, 0)) for im in data.images] == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]
-    assert data.split == "test" and data.spec == f"captions-csv:{table}"
+    assert data.split == "all" and data.spec == f"captions-csv:{table}"
 
 
 def test_tsv_and_image_root(tmp_path):
@@ -42,7 +42,7 @@ def test_tsv_and_image_root(tmp_path):
     Image.new("RGB", (2, 2)).save(root / "x.jpg")
     path = tmp_path / "t.tsv"
     path.write_text("caption\timage\nsome, text\tx.jpg\n")
-    data = load_captions_csv(path, image_root=root)
+    data = load_captions_csv(path, split="all", image_root=root)
     assert data.captions == (("some, text",),)
     assert data.images.paths == (root / "x.jpg",)
 
@@ -83,4 +83,22 @@ def test_missing_image_is_named(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("image,caption\ngone.png,hello\n")
     with pytest.raises(DataError, match=r"cannot read image '.*gone\.png'"):
-        load_captions_csv(path)
+        load_captions_csv(path, split="all")
+
+
+def test_one_file_is_cut_once_by_image_into_disjoint_splits(tmp_path):
+    rows = []
+    for i in range(20):
+        Image.new("RGB", (2, 2), (i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows += [f"{i}.png,picture {i}", f"{i}.png,another caption of {i}"]  # two captions per image
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,caption\n" + "\n".join(rows) + "\n")
+    parts = {split: load_captions_csv(path, split) for split in ("train", "val", "test")}
+    assert {split: len(data) for split, data in parts.items()} == {"train": 14, "val": 2, "test": 4}
+    seen = [set(data.images.paths) for data in parts.values()]
+    assert len(set().union(*seen)) == 20 == sum(map(len, seen))  # an image and its captions sit in one split
+    for data in parts.values():
+        for image, captions in zip(data.images.paths, data.captions):
+            assert captions == (f"picture {image.stem}", f"another caption of {image.stem}")
+    assert load_captions_csv(path, "val", seed=3).images.paths != parts["val"].images.paths
+    assert len(load_captions_csv(path, "val", fractions=(0.5, 0.25, 0.25))) == 5

@@ -49,11 +49,23 @@ def test_cifar10_test_split_round_trips_pixels_and_labels(cifar10):
     assert data.images[0].getpixel((0, 0)) == tuple(int(v) for v in pixels["test"][0][:, 0, 0])
 
 
-def test_cifar10_train_concatenates_batches_in_order(cifar10):
+def test_cifar10_train_concatenates_batches_in_order_and_val_is_held_out_of_it(cifar10):
     _, folder, pixels = cifar10
-    data = load_cifar("cifar10", folder, "train")  # the batches folder itself also works
-    assert data.labels == (1, 4, 2, 5, 3, 6, 4, 7, 5, 8)
-    assert np.array_equal(np.asarray(data.images[7]), pixels[4][1].transpose(1, 2, 0))
+    batches = (1, 4, 2, 5, 3, 6, 4, 7, 5, 8)  # labels of the five batches, in order
+    train = load_cifar("cifar10", folder, "train", val=3)  # the batches folder itself also works
+    val = load_cifar("cifar10", folder, "val", val=3)
+    # Views of the concatenated batches: val holds 3 records, train the other 7, never one twice.
+    assert len(val) == 3 and len(train) == 7
+    assert sorted(train.images.indices + val.images.indices) == list(range(10))
+    assert train.labels == tuple(batches[i] for i in train.images.indices)
+    assert val.labels == tuple(batches[i] for i in val.images.indices)
+    # Record 7 is batch 4's second; wherever it landed, its pixels are that record's.
+    part = train if 7 in train.images.indices else val
+    k = part.images.indices.index(7)
+    assert np.array_equal(np.asarray(part.images[k]), pixels[4][1].transpose(1, 2, 0))
+    # A fraction works as well (0.1 of 10 → 1), and the draw is fixed by the seed.
+    assert len(load_cifar("cifar10", folder, "val")) == 1
+    assert load_cifar("cifar10", folder, "val", val=3, seed=0).labels == val.labels
 
 
 def test_cifar100_uses_fine_labels_and_names(tmp_path):
@@ -62,7 +74,7 @@ def test_cifar100_uses_fine_labels_and_names(tmp_path):
     coarse = [3, 19]
     data, pixels = _records([42, 99], seed=5, label_prefix=(coarse,))
     (folder / "test.bin").write_bytes(data)
-    (folder / "train.bin").write_bytes(_records([0], seed=6, label_prefix=([0],))[0])
+    (folder / "train.bin").write_bytes(_records([0, 7, 0, 7], seed=6, label_prefix=([0, 1, 0, 1],))[0])
     names = [f"class_{i}" for i in range(100)]
     names[42] = "maple_tree"
     (folder / "fine_label_names.txt").write_text("\n".join(names) + "\n")
@@ -70,7 +82,9 @@ def test_cifar100_uses_fine_labels_and_names(tmp_path):
     assert dataset.labels == (42, 99)
     assert dataset.classnames[42] == "maple tree" and len(dataset.classnames) == 100
     assert np.array_equal(np.asarray(dataset.images[1]), pixels[1].transpose(1, 2, 0))
-    assert load_cifar("cifar100", folder, "train").labels == (0,)
+    # val=2 of 4 train records, class-balanced: one of each fine label; train keeps the others.
+    assert sorted(load_cifar("cifar100", folder, "val", val=2).labels) == [0, 7]
+    assert sorted(load_cifar("cifar100", folder, "train", val=2).labels) == [0, 7]
 
 
 def test_missing_folder(tmp_path):
@@ -109,5 +123,11 @@ def test_label_out_of_range_and_wrong_names_count(cifar10):
 
 
 def test_bad_split(cifar10):
-    with pytest.raises(DataError, match=r"unknown split 'calib' for cifar10; allowed: train, test"):
+    with pytest.raises(DataError, match=r"unknown split 'calib' for cifar10; allowed: train, val, test"):
         load_cifar("cifar10", cifar10[0], "calib")
+
+
+def test_val_larger_than_train_is_refused_in_one_line(cifar10):
+    with pytest.raises(DataError, match=r"^cifar10 '.*' has 10 train items: val=10 would hold out 10; "
+                                        r"allowed: between 1 and 9 \(\?val=\)$"):
+        load_cifar("cifar10", cifar10[0], "val", val=10)

@@ -150,7 +150,8 @@ class FakeCaptioner(VLModel):
     def encode_text(self, tokens):
         raise EvalError("fake captioner has no text encoder")
 
-    def generate_captions(self, pixels, max_new_tokens=30):
+    def generate_captions(self, pixels, max_new_tokens=30, num_beams=1):
+        self.beams = num_beams
         self.batches.append(pixels.shape[0])
         colours = self.encode_image(pixels).argmax(dim=1).tolist()
         return [" ".join(_NAMES[c].split()[:max_new_tokens]) for c in colours]
@@ -211,3 +212,20 @@ def test_evaluate_captioning_refuses_a_model_that_cannot_caption():
     model.tasks = frozenset({"retrieval"})
     with pytest.raises(EvalError, match="cannot caption"):
         evaluate_captioning(model, _dataset())
+
+
+def test_evaluate_captioning_passes_num_beams_and_refuses_a_bad_one():
+    model = FakeCaptioner()
+    evaluate_captioning(model, _dataset(), num_beams=4)
+    assert model.beams == 4
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(EvalError, match=f"num_beams {bad!r} is invalid; allowed: an integer ≥ 1"):
+            evaluate_captioning(model, _dataset(), num_beams=bad)
+
+
+def test_per_image_cider_averages_to_the_corpus_cider():
+    model, dataset = FakeCaptioner(), _dataset()
+    scores = evaluate_captioning(model, dataset).scores
+    assert len(scores.cider_per_image) == 5
+    assert sum(scores.cider_per_image) / 5 == pytest.approx(scores.cider, rel=1e-12)
+    assert max(scores.cider_per_image) > min(scores.cider_per_image)

@@ -129,6 +129,34 @@ print(json.dumps({"rcc": "rcc" in sys.modules}))
     torch.testing.assert_close(scores, text @ image.t(), atol=0.02, rtol=0)
 
 
+def test_narrowed_mlps_load_with_their_widths_and_removed_heads_are_refused(tmp_path):
+    save_tiny_clip(tmp_path / "clip")
+    model = load_model(f"hf:{tmp_path / 'clip'}", device="cpu")
+    plan = CompressionPlan(rules=(Rule(settings={"bits": 8}),
+                                  Rule(kind="mlp_in", settings={"pattern": "channel", "sparsity": 0.5})))
+    run_cascade(model, plan, lambda m: 1.0, CALIBRATION, config=CascadeConfig(threshold=0.0))
+    fc1 = model.module.text_model.encoder.layers[0].mlp.fc1
+    dense = model.module.config.text_config.intermediate_size
+    assert fc1.weight.dtype == torch.int8 and fc1.out_features == dense - round(0.5 * dense)  # narrowed, then int8
+    report = export_model(model, "hf-compressed", tmp_path / "out")
+    config = json.loads((report.directory / "config.json").read_text())
+    assert config["text_config"]["intermediate_size"] == fc1.out_features  # the width the weights have
+    pixels = model.preprocess_batch(random_images(2, seed=5))
+    tokens = model.tokenize(["a cat", "two red birds on a car"])
+    torch.save({"pixels": pixels, "ids": tokens["input_ids"], "mask": tokens["attention_mask"]}, tmp_path / "in.pt")
+    _fresh_process(LOAD_CLIP, report.directory, tmp_path / "in.pt", tmp_path / "out.pt", cwd=tmp_path)
+    out = torch.load(tmp_path / "out.pt")
+    with torch.inference_mode():
+        assert torch.nn.functional.cosine_similarity(out["text"], model.encode_text(tokens)).min() > 0.999
+
+    heads = load_model(f"hf:{tmp_path / 'clip'}", device="cpu")
+    run_cascade(heads, CompressionPlan(rules=(Rule(kind="attn_q", settings={"pattern": "head", "sparsity": 0.5}),)),
+                lambda m: 1.0, CALIBRATION, config=CascadeConfig(threshold=0.0))
+    with pytest.raises(RccError, match="cannot be exported dense: attention .* heads.*--format onnx") as error:
+        export_model(heads, "hf-compressed", tmp_path / "refused")
+    assert "\n" not in str(error.value) and not (tmp_path / "refused").exists()
+
+
 def test_models_transformers_does_not_hold_are_refused_in_one_line(config_path, tmp_path):
     model = load_model(f"open_clip:{config_path}", device="cpu")
     with pytest.raises(RccError, match="format 'hf-compressed' needs a Hugging Face CLIP or BLIP model"):

@@ -7,7 +7,7 @@ import pytest
 
 from rcc.cli.main import main
 from rcc.errors import RccError
-from rcc.search.record import record_from_dict
+from rcc.compression.trial_record import record_from_dict
 from rcc.search.storage import StorageError, default_url, open_storage
 from rcc.search.trials import list_trials, load_record, load_study
 from rcc.session import ops as O
@@ -60,7 +60,7 @@ def test_an_applied_trial_is_a_node_holding_what_the_trial_measured_and_it_repla
         last = session.ops()[-1]
         plan = session.plan
     assert node.op_kind == "apply_trial" and node.parent == 1
-    assert node.metrics["eval/primary"] == trial.user_attrs["accuracy"]
+    assert node.metrics["val/primary"] == trial.user_attrs["accuracy"]
     assert node.metrics["size/params"] == trial.user_attrs["size"]["size/params"]
     assert node.metrics["size/bytes"] == trial.user_attrs["size"]["size/bytes"]
     # The op log holds the trial itself; the storage is provenance (None: the session's search.db).
@@ -76,7 +76,7 @@ def test_an_applied_trial_is_a_node_holding_what_the_trial_measured_and_it_repla
     finally:
         (tmp_path / "moved.db").rename(searched / "search.db")
     assert report.mismatches(0.0) == []
-    assert {row.key for row in report.rows if row.node == node.id} >= {"eval/primary", "size/params"}
+    assert {row.key for row in report.rows if row.node == node.id} >= {"val/primary", "size/params"}
     with Session.open(searched, read_only=True) as a, Session.open(tmp_path / "replayed", read_only=True) as b:
         assert a.graph.state(node.id).tensors == b.graph.state(node.id).tensors
 
@@ -104,6 +104,8 @@ def test_applying_is_refused_off_the_searched_node_and_for_unknown_or_unfinished
         if session.head == 1:
             session.apply(O.ApplyTrial(study="demo", trial=number, record=record))
         head, nodes = session.head, len(session.nodes())
+        with pytest.raises(RccError, match=rf"trial {number} of study 'demo' carries no trial record; allowed: "):
+            session.apply(O.ApplyTrial(study="demo", trial=number))  # the session itself never reads a study
         with pytest.raises(RccError, match=rf"was searched from node 1, but the head is node {head}; "
                                            r"allowed: checkout node 1 first"):
             session.apply(O.ApplyTrial(study="demo", trial=number, record=record))
@@ -169,7 +171,8 @@ def test_a_study_starts_from_the_current_plan_and_from_sensitivity_figures(tmp_p
 
 
 def test_patience_timeouts_and_cancel_stop_a_search(tmp_path, tiny_spec):
-    from rcc.search.study import Limits, StudySettings, patience_exhausted, run_search
+    from rcc.search.run import run_search
+    from rcc.search.study import Limits, StudySettings, patience_exhausted
     from rcc.search.trials import TrialRow
 
     def row(number, state="COMPLETE", front=False):

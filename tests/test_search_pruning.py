@@ -22,7 +22,7 @@ def test_the_wilson_upper_limit_matches_its_formula_and_tightens_with_more_items
 
 
 def test_rungs_are_nested_class_balanced_and_end_with_the_split_itself():
-    data = load_dataset("digits", "calib")
+    data = load_dataset("digits", "val")
     rungs = nested_subsets(data, (0.25, 0.5, 1.0), seed=0)
     assert rungs[-1] is data
     assert [len(r) for r in rungs] == [50, 90, 180]

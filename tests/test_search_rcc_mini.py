@@ -16,12 +16,14 @@ import pytest
 from rcc.compression.plan import uniform_plan
 from rcc.search.objective import ObjectiveConfig
 from rcc.search.pruning import PruningConfig
-from rcc.search.record import compress, make_record
+from rcc.session.trial_compress import compress
+from rcc.compression.trial_record import make_record
 from rcc.search.space import Bounds, SpaceConfig
 from rcc.search.storage import default_url
-from rcc.search.study import Limits, StudySettings, run_search
+from rcc.search.run import run_search
+from rcc.search.study import Limits, StudySettings
 from rcc.search.trials import dominates, list_trials, load_study
-from rcc.session.handlers import size_metrics
+from rcc.compression.stored_size import size_metrics
 from rcc.session.replay import load_recipe, replay
 from rcc.session.session import Session
 
@@ -68,7 +70,7 @@ def test_a_small_study_finds_plans_that_dominate_the_uniform_plan_of_the_same_si
     from rcc.eval.suite import evaluator
 
     calibration, preserved = calibration_sets("digits", per_class=1, seed=0)
-    evaluate = evaluator(load_dataset("digits", "calib"))
+    evaluate = evaluator(load_dataset("digits", "val"))
     complete = [r for r in study.rows if r.state == "COMPLETE"]
     assert len(complete) >= 6 and study.front
     # The most accurate front trials that remove at least 75 % of the text tower, best first.
@@ -112,8 +114,8 @@ def test_an_applied_trial_replays_to_the_same_metric(study, session_dir, tmp_pat
                  "--device", "cpu"]) == 0
     with Session.open(session_dir, read_only=True) as session:
         node = session.nodes()[-1]
-    assert node.metrics["eval/primary"] == best.accuracy
+    assert node.metrics["val/primary"] == best.accuracy
     assert node.metrics["size/params"] == best.size
     report = replay(load_recipe(session_dir), tmp_path / "replayed", [Path(".")], device="cpu")
     assert report.mismatches(0.0) == []
-    assert [r.replayed for r in report.rows if r.node == node.id and r.key == "eval/primary"] == [best.accuracy]
+    assert [r.replayed for r in report.rows if r.node == node.id and r.key == "val/primary"] == [best.accuracy]

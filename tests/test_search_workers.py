@@ -14,7 +14,8 @@ from rcc.errors import RccError
 from rcc.search.objective import ObjectiveConfig
 from rcc.search.space import SpaceConfig
 from rcc.search.storage import default_url, resolve_url
-from rcc.search.study import Limits, StudySettings, run_search
+from rcc.search.run import run_search
+from rcc.search.study import Limits, StudySettings
 from rcc.search.trials import dominates, list_trials, load_study, study_info
 from rcc.session import ops as O
 from rcc.session.session import Session

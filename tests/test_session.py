@@ -84,16 +84,18 @@ def test_the_root_node_holds_the_metrics_of_the_base_model(mini, fresh_mini):
     from rcc.eval.suite import primary_metric, run_eval
 
     root = mini.nodes()[0]
-    expected = primary_metric(run_eval(fresh_mini, load_dataset("digits", "calib")))
+    expected = primary_metric(run_eval(fresh_mini, load_dataset("digits", "val")))
     assert expected >= 0.9
-    assert root.metrics["eval/primary"] == expected
+    assert root.metrics["val/primary"] == expected
     params = sum(p.numel() for p in fresh_mini.module.parameters())
     assert params == 23_439_105
     assert root.metrics["size/params"] == root.metrics["size/total"] == params == root.params
     assert root.metrics["size/bytes"] == 4 * params  # fp32, nothing masked
     assert (root.id, root.parent, root.op_kind) == (1, None, "load_model")
     assert [mini.setting(k) for k in ("model", "data", "eval_split", "test_split")] == [
-        "rcc-mini", "digits", "calib", "test"]
+        "rcc-mini", "digits", "val", "test"]
+    assert mini.splits() == {"layout": "train 70 % / val 10 % / test 20 % of scikit-learn's 1,797 digits "
+                                       "(stratified, seed 0)", "items": {"train": 1257, "val": 180, "test": 360}}
     first = mini.ops()[0]
     assert (first.seq, first.kind, first.node_before, first.node_after) == (1, "load_model", None, 1)
 
@@ -113,11 +115,11 @@ def test_evaluate_adds_test_metrics_to_the_head_node_without_making_a_node(mini,
     assert root.metrics["test/primary"] == root.metrics["test/top1"] == primary_metric(fresh) >= 0.9
     assert root.metrics["test/n"] == 360
     assert root.metrics["test/top5"] == fresh.metrics["top5"]
-    assert "eval/primary" in root.metrics and set(outcome.metrics) == {k for k in root.metrics if k.startswith("test/")}
+    assert "val/primary" in root.metrics and set(outcome.metrics) == {k for k in root.metrics if k.startswith("test/")}
     assert len(mini.nodes()) == nodes_before and len(mini.ops()) == ops_before + 1
     assert mini.ops()[-1].kind == "evaluate"
     # A split the dataset does not have: refused, nothing recorded.
-    with pytest.raises(RccError, match="validation.*train, calib, test"):
+    with pytest.raises(RccError, match="validation.*train, val, test"):
         mini.apply(O.Evaluate(split="validation"))
     assert len(mini.ops()) == ops_before + 1 and mini.nodes()[0] == root
 
@@ -132,13 +134,13 @@ def test_a_cascade_on_rcc_mini_backs_off_to_stay_above_the_threshold(mini, fresh
     root, node = mini.nodes()[0], mini.nodes()[-1]
     assert node.id == outcome.new_node and node.parent == 1
     result = outcome.result
-    dense = root.metrics["eval/primary"]
+    dense = root.metrics["val/primary"]
     assert result["dense_metric"] == dense
     attempts = result["attempts"]
     assert [a["accepted"] for a in attempts] == [a["metric"] >= 0.97 * dense for a in attempts]
     assert attempts[0]["fraction"] == 1.0 and not attempts[0]["accepted"]  # 95 % of every vision matrix: too much
     assert attempts[-1]["accepted"] and attempts[-1]["fraction"] < 1.0
-    assert node.metrics["eval/primary"] == result["final_metric"] == attempts[-1]["metric"] >= 0.97 * dense
+    assert node.metrics["val/primary"] == result["final_metric"] == attempts[-1]["metric"] >= 0.97 * dense
     layers = [layer for layer in mini.model.layers() if layer.tower == "vision"]
     pruned = sum(round(0.95 * attempts[-1]["fraction"] * layer.params) for layer in layers)
     assert result["params_before"] - result["params_after"] == pruned
@@ -174,7 +176,7 @@ def test_compressing_ops_make_child_nodes_with_fewer_parameters(tiny):
     # Factorising rank 4 stores 4·(out + in) numbers instead of out·in, for 2 q (32×32) and 2 mlp_in (128×32).
     assert sizes[0] - sizes[1] == 2 * (32 * 32 - 4 * 64) + 2 * (128 * 32 - 4 * 160)
     assert stage.result["params_before"] - stage.result["params_after"] == sizes[0] - sizes[1]
-    assert all("eval/primary" in n.metrics for n in nodes)
+    assert all("val/primary" in n.metrics for n in nodes)
     assert cascade.result["attempts"][0]["accepted"] is True
 
 
@@ -191,7 +193,7 @@ def test_checkout_restores_each_node_bit_for_bit_across_structure_changes(tiny):
     tiny.apply(O.Checkout(node=1))
     tiny.apply(O.SetPlan(plan=plan_to_dict(OTHER)))
     assert tiny.apply(O.RunStage(stage="nullu")).new_node == 4
-    tiny.apply(O.RunStage(stage="dare")).new_node
+    assert tiny.apply(O.RunStage(stage="dare")).new_node == 5
     saved[5] = _state(tiny)
     other_structure = structure_of(tiny.model.module)
 
@@ -366,7 +368,7 @@ def test_a_cancelled_or_failed_create_leaves_the_directory_empty(tmp_path, tiny_
 
 def test_nodes_that_change_one_layer_each_cost_about_that_layer_in_the_store(tiny):
     tiny.apply(O.SetPlan(plan=plan_to_dict(MLP_HALF)))
-    for i, layer in enumerate(VISION_MLP):
+    for layer in VISION_MLP:
         before = _blob_bytes(tiny)
         parent = tiny.graph.state(tiny.head).tensors
         outcome = tiny.apply(O.RunStage(stage="dare", fraction=0.5, layers=(layer,)))
@@ -430,7 +432,7 @@ def test_reopening_brings_back_the_head_node_bit_for_bit_and_the_plan(tmp_path, 
     with Session.open(directory, device="cpu", load=False) as session:
         assert session.workspace is None and session.head == 1
         with pytest.raises(RccError, match="no model loaded"):
-            session.model
+            _ = session.model
 
 
 def test_a_second_writer_is_refused_in_one_line_while_readers_are_welcome(tiny):
@@ -508,18 +510,31 @@ def test_progress_events_count_layers_up_and_end_with_saving(tiny):
     attempts = [e for e in events if e.accepted is not None]
     assert [e.phase for e in attempts] == ["dare", "nullu"]
     assert all(e.metric is not None and e.params is not None for e in attempts)
-    runs, current = [], []
+    # Every counted phase: calibration, the dense evaluation, each stage's layers, each attempt's
+    # evaluation, saving; each reports done = 0 as it starts (or its first layer) and climbs to its total.
+    runs: list[tuple[str, list[int], int]] = []
     for e in events:
-        if e.total is None:
-            if current:
-                runs.append(current)
-            current = []
+        if e.total is None or e.metric is not None:
+            continue
+        if runs and runs[-1][0] == e.phase and runs[-1][2] == e.total and e.done >= runs[-1][1][-1]:
+            runs[-1][1].append(e.done)
         else:
-            current.append(e.done)
-    runs.append(current)
-    layer_runs = [run for run in runs if run]
-    assert layer_runs and all(run == list(range(1, len(run) + 1)) for run in layer_runs)
-    assert events[-1].phase == "saving"
+            runs.append((e.phase, [e.done], e.total))
+    assert [phase for phase, _, _ in runs] == ["calibration", "evaluate", "dare", "evaluate", "nullu", "evaluate",
+                                              "saving"]
+    for phase, counts, total in runs:
+        assert counts[0] == (1 if phase in ("dare", "nullu") else 0) and counts[-1] == total, (phase, counts)
+        assert counts == sorted(counts)
+    calibration = runs[0]
+    assert calibration[2] == 10 * 16 + len(calibration_texts(tiny))  # images (16 per class) and texts
+    assert events[-1].phase == "saving" and events[-1].done == events[-1].total
+    attempt_sizes = [e.stored_bytes for e in attempts]
+    assert attempt_sizes[-1] == tiny.nodes()[-1].metrics["size/bytes"]  # what the node stores after the last
+
+
+def calibration_texts(session) -> tuple[str, ...]:
+    calibration, _ = session.workspace.calibration(16, session.plan.seed)
+    return calibration.texts
 
 
 # -- more failure paths ---------------------------------------------------------------------------

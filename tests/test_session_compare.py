@@ -81,10 +81,27 @@ def test_a_child_differs_from_its_parent_in_the_layers_its_op_changed(session):
     assert layers[Q].bytes_b == 32 * 32 * 4 + 32 * 4 + 32 * 32  # fp32 weight and bias, bool mask
 
     metrics = {m.key: m for m in comparison.metrics}
-    assert comparison.metrics[0].key == "eval/primary"
+    assert comparison.metrics[0].key == "val/primary"
     assert metrics["size/params"].a == session.graph.node(1).metrics["size/params"]
     assert metrics["size/params"].difference == -(32 * 32 // 2 + 32 * 16 // 2)  # half of q and of proj
     assert comparison.node_b.label == "dare q+proj"
+
+
+@pytest.mark.slow
+def test_with_the_store_each_layer_shows_what_the_compressed_export_stores(session):
+    comparison = compare_nodes(session.graph, 1, 2, store=session.store)
+    layers = {layer.path: layer for layer in comparison.layers}
+    # q pruned to half: 512 kept fp32 values + 1,024 mask bits packed in 128 bytes, and its bias;
+    # in the store it is the dense weight, the bias and a one-byte-per-entry mask (more, not less).
+    assert layers[Q].stored_b == 512 * 4 + 1024 // 8 + 32 * 4
+    assert layers[Q].bytes_b == 32 * 32 * 4 + 32 * 4 + 32 * 32 > layers[Q].stored_b
+    assert layers["visual.proj"].stored_a == 32 * 16 * 4
+    assert layers["visual.proj"].stored_b == 256 * 4 + 512 // 8
+    # Summed over the layers that differ, the export sizes change by what the nodes' size/bytes say.
+    change = sum((layer.stored_b or 0) - (layer.stored_a or 0) for layer in comparison.layers)
+    nodes = {node.id: node for node in session.nodes()}
+    assert change == nodes[2].metrics["size/bytes"] - nodes[1].metrics["size/bytes"]
+    assert compare_nodes(session.graph, 1, 2).layers[0].stored_a is None  # without the store: unknown
 
 
 @pytest.mark.slow
@@ -99,7 +116,7 @@ def test_branches_compare_across_their_common_ancestor_with_every_metric_of_eith
     metrics = {m.key: m for m in comparison.metrics}
     assert metrics["test/primary"].a is None and metrics["test/primary"].b is not None
     assert metrics["test/primary"].difference is None
-    assert set(metrics) >= {"eval/primary", "size/params", "size/total", "size/bytes", "test/primary"}
+    assert set(metrics) >= {"val/primary", "size/params", "size/total", "size/bytes", "test/primary"}
 
 
 @pytest.mark.slow
@@ -127,8 +144,14 @@ async def test_the_compare_screen_reads_the_session_read_only_in_a_worker(sessio
     from textual.widgets import DataTable
 
     from rcc_tui.screens.compare_screen import CompareScreen
+    from rcc_tui.workers import JobRunner
 
-    app = App()
+    class HostApp(App):  # the app's job runner runs the comparison
+        def __init__(self) -> None:
+            super().__init__()
+            self.jobs = JobRunner(self)
+
+    app = HostApp()
     async with app.run_test(size=(120, 40)) as pilot:
         screen = CompareScreen(str(session.directory), 2, 3)
         app.push_screen(screen)
@@ -137,6 +160,6 @@ async def test_the_compare_screen_reads_the_session_read_only_in_a_worker(sessio
             if screen.comparison is not None or screen.error is not None:
                 break
         assert screen.error is None
-        assert screen.comparison == compare_nodes(session.graph, 2, 3)
+        assert screen.comparison == compare_nodes(session.graph, 2, 3, store=session.store)
         layers = screen.query_one("#compare-layers", DataTable)
         assert layers.row_count == len(screen.comparison.layers) and not layers.loading

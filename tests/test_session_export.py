@@ -14,7 +14,7 @@ from rcc.compression.plan import CompressionPlan, Rule
 from rcc.compression.structure import MANIFEST, WEIGHTS, save_compressed, structure_of
 from rcc.errors import RccError
 from rcc.models.registry import load_model
-from rcc.session.export import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, README, export_compressed, export_dense
+from rcc.exports.checkpoints import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, README, export_compressed, export_dense
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -202,8 +202,10 @@ def test_a_non_empty_out_dir_is_refused(tiny, tmp_path):
         message = str(error.value)
         assert str(taken) in message and "new or empty directory" in message and "\n" not in message
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]  # nothing the user had is touched
-    with pytest.raises(RccError, match="not empty"):
+    with pytest.raises(RccError, match="is a file"):
         export_compressed(tiny, taken / "keep.txt")
+    with pytest.raises(RccError, match="lies under .*keep.txt.*, which is a file"):
+        export_compressed(tiny, taken / "keep.txt" / "sub")
 
 
 def test_a_family_without_a_dense_format_is_refused(tiny, tmp_path):

@@ -126,7 +126,7 @@ def test_record_commits_an_op_its_node_tensors_metrics_and_head(graph):
 
 def _fail_midway(graph, **kwargs):
     before = _snapshot(graph)
-    with pytest.raises(Exception):
+    with pytest.raises((sqlite3.Error, TypeError, ValueError)):  # what SQLite or the row's conversion raises
         graph.record("run_stage", {"op": "run_stage"}, graph.head, 0.2, **kwargs)
     assert _snapshot(graph) == before
     # The transaction is closed and its lock released: another thread can read at once.

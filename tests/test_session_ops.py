@@ -173,8 +173,9 @@ def test_ops_built_in_python_are_validated_too():
 
 _names = st.lists(st.text(min_size=1, max_size=12), max_size=4)
 _compress = dict(layers=_names, calib_per_class=st.integers(1, 10_000), whiten=st.booleans(),
-                 preserve=st.booleans(), quant_method=st.sampled_from(O.QUANT_METHODS),
-                 smooth_alpha=st.floats(0.0, 1.0, exclude_max=True), quant_embeddings=st.booleans())
+                 preserve=st.booleans(), allocation=st.sampled_from(O.ALLOCATIONS),
+                 quant_method=st.sampled_from(O.QUANT_METHODS), smooth_alpha=st.floats(0.0, 1.0, exclude_max=True),
+                 quant_embeddings=st.booleans())
 
 
 @settings(max_examples=150, deadline=None)
@@ -198,3 +199,64 @@ def test_random_valid_run_cascade_ops_round_trip(values):
     assert back == op
     assert back.stages == tuple(values["stages"]) and back.threshold == values["threshold"]
     assert op_to_dict(back) == {"op": "run_cascade", **values}
+
+
+def test_every_op_kind_has_one_handler_and_no_kind_is_registered_twice():
+    from rcc.session.handlers import HANDLERS, handles
+
+    assert set(HANDLERS) == set(OP_TYPES)
+    with pytest.raises(ValueError, match="'label' has a handler already"):
+        handles(O.Label)(lambda *args: None)
+    with pytest.raises(ValueError, match="'label' is taken by Label"):
+        O.op_type(O.Label)
+    assert set(HANDLERS) == set(OP_TYPES)  # nothing half-registered
+
+
+def test_what_the_session_must_know_about_an_op_is_on_its_class():
+    assert [kind for kind, cls in OP_TYPES.items() if cls.starts_session] == ["load_model"]
+    assert {kind for kind, cls in OP_TYPES.items() if not cls.needs_model} == {"label"}
+    assert {kind for kind, cls in OP_TYPES.items() if cls.moves_head} == {"checkout"}
+    assert {kind for kind, cls in OP_TYPES.items() if cls.visits_nodes} == {"checkout", "export"}
+
+
+def test_load_model_logs_a_new_op_with_the_data_spec_filled_in_and_leaves_the_callers_op_alone():
+    """A handler sees only its OpContext; what it fills in goes into a new op (ops are frozen), the one logged."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from rcc.data.registry import canonical_spec
+    from rcc.session.handlers import HANDLERS
+
+    class Workspace:
+        eval_split = "val"
+
+        def dataset(self, split):
+            return [0] * {"train": 7, "val": 2, "test": 3}[split]
+
+        def evaluator(self, cancel, progress=None):
+            return lambda model: 0.5
+
+    class Context:  # the OpContext protocol and nothing else
+        directory, graph, plan, workspace, head = Path("/nowhere"), None, CompressionPlan(), None, None
+        module = torch.nn.Linear(2, 3, bias=False)
+
+        def load_workspace(self, model, data, eval_split, test_split, progress=None):
+            self.loaded = (model, data, eval_split, test_split)
+            self.workspace = Workspace()
+
+        @property
+        def model(self):
+            return SimpleNamespace(module=self.module)
+
+    context, op = Context(), O.LoadModel(model="rcc-mini", data="imagefolder:/pets")
+    effect = HANDLERS["load_model"](context, op, None, None)
+    canonical = canonical_spec("imagefolder:/pets")
+    assert canonical == "imagefolder:/pets?split=0.7,0.1,0.2&seed=0"
+    assert op.data == "imagefolder:/pets" and effect.op == dataclasses.replace(op, data=canonical)
+    assert context.loaded == ("rcc-mini", canonical, "val", "test")
+    assert effect.settings == {"model": "rcc-mini", "data": canonical, "eval_split": "val", "test_split": "test",
+                               "splits": json.dumps(effect.result["splits"])}
+    assert effect.result["splits"]["items"] == {"train": 7, "val": 2, "test": 3}
+    assert effect.metrics == {"val/primary": 0.5, "size/params": 6, "size/total": 6, "size/bytes": 24}

@@ -9,8 +9,8 @@ import torch
 
 from rcc.compression.plan import CompressionPlan, Rule, plan_to_dict
 from rcc.compression.quantized_layers import QuantizedLinear, quantized_tensor_names
+from rcc.compression.stored_size import size_metrics
 from rcc.session import ops as O
-from rcc.session.handlers import size_metrics
 from rcc.session.replay import load_recipe, replay
 from rcc.session.session import Session
 

@@ -98,6 +98,24 @@ def test_the_replay_command_verifies_a_session(recorded, model_root, tmp_path, c
     assert f"[1/{len(KINDS)}] load_model" in captured.err and f"[{len(KINDS)}/{len(KINDS)}] label" in captured.err
 
 
+def test_without_out_the_replay_goes_to_a_temporary_session_and_sizes_print_as_integers(
+        recorded, model_root, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    before = {p.name for p in recorded.parent.iterdir()}
+    assert main(["replay", str(recorded), "--data-root", str(model_root), "--device", "cpu", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert {p.name for p in recorded.parent.iterdir()} == before  # nothing written next to the source
+    assert list((tmp_path / "tmp").iterdir()) == []  # and the temporary session is gone
+    assert "a temporary session (removed; --out keeps it)" in " ".join(out.split())  # the title may wrap
+    with Session.open(recorded, read_only=True) as session:
+        stored = int(session.nodes()[0].metrics["size/bytes"])
+    row = next(line for line in out.splitlines() if "size/bytes" in line and "│ 1 " in line)
+    assert f"{stored:,}" in row and f"{stored}.0000" not in out
+
+
 @pytest.fixture(scope="module")
 def recipe_file(recorded, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "nested" / "recipe.json"
@@ -126,7 +144,7 @@ def test_a_recipe_file_replays_and_verifies(recipe_file, model_root, tmp_path, c
 
 def test_verify_fails_when_a_recorded_metric_was_edited(recipe_file, model_root, tmp_path, capsys):
     data = json.loads(recipe_file.read_text())
-    data["nodes"]["2"]["eval/primary"] += 0.125
+    data["nodes"]["2"]["val/primary"] += 0.125
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(data))
     assert _replay_cli(edited, tmp_path / "again", model_root, "--verify") == 1
@@ -261,7 +279,8 @@ def _lines(text: str) -> list[str]:
 def test_session_show_log_graph_and_ls_describe_a_session(recorded, tiny_spec, capsys):
     assert main(["session", "show", str(recorded)]) == 0
     out = capsys.readouterr().out
-    for word in (tiny_spec.split(":", 1)[1][:40], "digits", "calib", "node 4", "test/top1", '"seed": 5'):
+    for word in (tiny_spec.split(":", 1)[1][:40], "digits", "val (180 items)", "train (1,257 items)",
+                 "test (360 items)", "test 20 % of scikit-learn's", "node 4", "test/top1", "val/primary", '"seed": 5'):
         assert word in out, (word, out)
 
     assert main(["session", "log", str(recorded)]) == 0
@@ -286,7 +305,7 @@ def test_session_show_log_graph_and_ls_describe_a_session(recorded, tiny_spec, c
     cells = [cell.strip() for cell in rows[0].split("│")[1:-1]]
     with Session.open(recorded, read_only=True) as session:
         head = session.nodes()[-1]
-    assert cells[2:7] == ["digits", "4", "4", f"{head.metrics['eval/primary']:.4f}", f"{head.params:,}"], cells
+    assert cells[2:7] == ["digits", "4", "4", f"val {head.metrics['val/primary']:.4f}", f"{head.params:,}"], cells
 
 
 def test_session_ls_of_a_folder_without_sessions_lists_nothing(tmp_path, capsys, monkeypatch):
@@ -304,18 +323,18 @@ def copy(recorded, tmp_path) -> Path:
 
 def test_session_apply_runs_ops_as_the_app_would(copy, tmp_path, capsys):
     ops_file = tmp_path / "ops.json"
-    ops_file.write_text(json.dumps([{"op": "checkout", "node": 3}, {"op": "run_stage", "stage": "dare"}]))
+    ops_file.write_text(json.dumps([{"op": "checkout", "node": 1}, {"op": "run_stage", "stage": "dare"}]))
     code = main(["session", "apply", str(copy), '{"op": "label", "node": 4, "label": "branch"}', str(ops_file),
                  "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0, out
-    lines = _lines(out)
+    lines = [line for line in _lines(out) if line.startswith("#")]  # each op's headline (details follow it)
     assert lines[0].startswith("#9 label: head node 4")
-    assert lines[1].startswith("#10 checkout: head node 3")
-    assert lines[2].startswith("#11 run_stage: node 5") and "eval/primary" in lines[2]
+    assert lines[1].startswith("#10 checkout: head node 1")
+    assert lines[2].startswith("#11 run_stage: node 5") and "val/primary" in lines[2]
     with Session.open(copy, read_only=True) as session:
         nodes = session.nodes()
-        assert [(n.id, n.parent) for n in nodes][-1] == (5, 3) and session.head == 5
+        assert [(n.id, n.parent) for n in nodes][-1] == (5, 1) and session.head == 5
         assert nodes[3].label == "branch"
 
 
@@ -335,6 +354,7 @@ def test_session_new_makes_a_session_with_its_root_node(tmp_path, tiny_spec, cap
     assert main(["session", "new", str(tmp_path / "s"), "--model", tiny_spec, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "node 1" in out and "1,233,345 parameters" in out
+    assert "(the eval split)" in out and "val 0." in out and "test 20 % of scikit-learn's 1,797 digits" in out
     assert main(["session", "new", str(tmp_path / "s"), "--model", tiny_spec]) == 2
     assert "not empty" in capsys.readouterr().err
 

@@ -23,12 +23,8 @@ TRAIN = O.Train(steps=5, batch_size=8, lr=1e-3, eval_every=5, warmup_steps=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_for_the_module():
-    # Module-wide (the recorded session is built once): replay compares exact numbers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread_for_the_module(one_thread_module):
+    """Module-wide (the recorded session is built once): replay compares exact numbers."""
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +62,8 @@ def test_train_makes_a_node_of_the_same_size_from_the_root_teacher(trained):
         assert nodes[3].metrics["size/params"] == nodes[2].metrics["size/params"] < nodes[1].metrics["size/params"]
         assert nodes[3].metrics["size/bytes"] == nodes[2].metrics["size/bytes"]
         assert nodes[3].params == nodes[2].params
-        assert 0.0 <= nodes[3].metrics["eval/primary"] <= 1.0
-        assert nodes[3].metrics["eval/primary"] == outcome.metrics["eval/primary"]
+        assert 0.0 <= nodes[3].metrics["val/primary"] <= 1.0
+        assert nodes[3].metrics["val/primary"] == outcome.metrics["val/primary"]
         # Training changed weights (different blobs) but not the structure (same masks).
         before, after = session.graph.state(2), session.graph.state(3)
         assert before.structure == after.structure and before.tensors.keys() == after.tensors.keys()
@@ -151,7 +147,7 @@ def test_replay_reproduces_the_train_node_exactly(trained, model_root, tmp_path)
     assert [op.kind for op in recipe.ops] == ["load_model", "set_plan", "run_stage", "train"]
     report = replay(recipe, tmp_path / "again", [model_root], device="cpu")
     rows = [row for row in report.rows if row.node == 3]
-    assert {row.key for row in rows} >= {"eval/primary", "size/params", "size/bytes"}
+    assert {row.key for row in rows} >= {"val/primary", "size/params", "size/bytes"}
     assert all(row.difference == 0 for row in rows)
     assert report.mismatches(0.0) == []
     with Session.open(directory, read_only=True) as first, Session.open(tmp_path / "again", read_only=True) as second:
@@ -200,7 +196,7 @@ def test_a_train_op_with_attention_transfer_is_recorded_and_replays_exactly(trai
     assert recipe.ops[-1] == O.Train(steps=3, batch_size=8, warmup_steps=0, lr=1e-3, attention_weight=1.0)
     report = replay(recipe, tmp_path / "again", [model_root], device="cpu")
     rows = [row for row in report.rows if row.node == 4]
-    assert {row.key for row in rows} >= {"eval/primary", "size/params"} and report.mismatches(0.0) == []
+    assert {row.key for row in rows} >= {"val/primary", "size/params"} and report.mismatches(0.0) == []
     with Session.open(directory, read_only=True) as first, Session.open(tmp_path / "again", read_only=True) as second:
         assert first.graph.state(4).tensors == second.graph.state(4).tensors
         assert first.ops()[-1].result["losses"] == second.ops()[-1].result["losses"] == losses

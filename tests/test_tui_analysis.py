@@ -37,7 +37,8 @@ def recorded(session) -> tuple:
 
 
 def status_text(main, selector: str) -> str:
-    return str(main.query_one(selector).render())
+    widget = main.query_one(selector)
+    return widget.text if hasattr(widget, "text") else str(widget.render())
 
 
 def check_tree_colours(tree, scores: dict[str, float]) -> None:

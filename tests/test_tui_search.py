@@ -8,7 +8,7 @@ the vision tower is searched, one calibration image per class, two random start 
 from __future__ import annotations
 
 import pytest
-from tui_pilot import make_app, ready, wait_until
+from tui_pilot import make_app, ready, running, wait_until
 
 from rcc.search.objective import ObjectiveConfig
 from rcc.search.space import SpaceConfig
@@ -73,6 +73,7 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
         await ready(pilot)
         screen = await open_search(pilot)
         assert screen.query_one("#search-table").row_count == 0  # no study yet: nothing listed, nothing run
+        assert str(screen.query_one("#search-table").columns["accuracy"].label) == "val accuracy"  # its split
         assert "no study 'app'" in str(screen.query_one("#search-status").render())
         await start(pilot, screen, 3)
         assert screen.job is not None
@@ -98,23 +99,24 @@ async def test_a_search_lists_trials_live_and_a_completed_trial_becomes_a_node(s
         table.focus()
         table.move_cursor(row=table.get_row_index(str(chosen.number)))
         await pilot.press("a")
-        await wait_until(pilot, lambda: not app.main.runner.busy and app.main.view.head != 1, 120, "the apply")
+        await wait_until(pilot, lambda: not running(app) and app.main.view.head != 1, 120, "the apply")
         await pilot.pause()
         node = app.session.nodes()[-1]
         trial = load_study(default_url(session_dir), "app").trials[chosen.number]
         assert node.op_kind == "apply_trial" and node.parent == 1 and app.session.head == node.id
-        assert node.metrics["eval/primary"] == trial.user_attrs["accuracy"]
+        assert node.metrics["val/primary"] == trial.user_attrs["accuracy"]
         assert node.metrics["size/params"] == trial.user_attrs["size"]["size/params"]
 
-        # The head moved off the searched node: applying again checks that node out first, then branches.
+        # The head moved off the searched node: applying again checks that node out first, then branches,
+        # as one job of the runner (no waiting on the checkout from outside).
         await pilot.press("a")
-        await wait_until(pilot, lambda: len(app.session.nodes()) == node.id + 1 and not app.main.runner.busy,
+        await wait_until(pilot, lambda: len(app.session.nodes()) == node.id + 1 and not running(app),
                          120, "the second apply")
         await pilot.pause()
         again = app.session.nodes()[-1]
         assert [r.kind for r in app.session.ops()][-2:] == ["checkout", "apply_trial"]
         assert again.op_kind == "apply_trial" and again.parent == 1 and app.session.head == again.id
-        assert again.metrics["eval/primary"] == trial.user_attrs["accuracy"]
+        assert again.metrics["val/primary"] == trial.user_attrs["accuracy"]
 
         # Reopening lists the stored study without starting anything.
         await pilot.press("escape")
@@ -154,7 +156,7 @@ async def test_stop_ends_the_search_cleanly_and_bad_values_are_refused(session_d
         await wait_until(pilot, lambda: not screen.reading, 10, "the last listing")
         rows = list_trials(default_url(session_dir), "app")
         assert rows and not any(r.state == "RUNNING" for r in rows) and len(rows) < 50
-        assert not any(w.is_running for w in screen.workers if w.group == "search")
+        assert not any(job.kind == "search" for job in app.jobs.running())
         assert "stopped" in notes(app)[-1]
 
         # A trial that is not COMPLETE is refused in one line.
@@ -171,7 +173,7 @@ async def test_stop_ends_the_search_cleanly_and_bad_values_are_refused(session_d
         await pilot.press("a")
         await pilot.pause()
         assert f"trial {pruned} is PRUNED; allowed: a COMPLETE trial" in notes(app)[-1]
-        assert len(app.session.nodes()) == nodes and not app.main.runner.busy
+        assert len(app.session.nodes()) == nodes and not running(app)
 
         # The app still responds; quitting while a search runs asks first, then stops it before the app exits.
         from rcc_tui.screens.quit_screen import QuitScreen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -28,12 +29,14 @@ from rcc_tui.themes import (
 )
 from rcc_tui.widgets.charts import MetricChart, ParetoChart, pareto_front
 from rcc_tui.widgets.history_view import HistoryView, human_count
+from rcc_tui.workers import JobRunner
 
 
 def node(i: int, parent: int | None, acc: float, params: int, kind: str = "run_stage", label: str = "",
          **metrics: float) -> NodeRecord:
     return NodeRecord(id=i, parent=parent, op_seq=i, op_kind=kind, created=1000.0 + i, params=params, label=label,
-                      metrics={"eval/primary": acc, "size/params": params, **metrics})
+                      metrics={"val/primary": acc, "size/params": params, "size/bytes": 4 * params, **metrics},
+                      eval_split="val")
 
 
 # 1 ← 2 ← 3, 2 ← 6; 1 ← 4 ← 5: two branches off the root and one off node 2.
@@ -84,12 +87,18 @@ async def test_history_draws_one_row_per_node_newest_first_with_the_lane_glyphs(
         view = app.query_one(HistoryView)
         expected = graph_rows(NODES, 5)
         assert [cell_text(view, r, "id") for r in range(view.row_count)] == ["6", "5", "4", "3", "2", "1"]
-        assert [cell_text(view, r, "graph") for r in range(view.row_count)] == [e.prefix.rstrip() for e in expected]
-        assert cell_text(view, 1, "graph") == "│ ◉"  # the head, on its own lane
-        assert cell_text(view, 4, "graph") == "●─┼─┘"  # node 2: its two children's lanes join it
-        assert cell_text(view, 3, "label") == "nullu-k"
-        assert cell_text(view, 3, "params") == "19.9M"
-        assert cell_text(view, 3, "eval") == "0.9600"
+        # The lanes, then the mark column's cell (blank: nothing marked).
+        assert [cell_text(view, r, "graph") for r in range(view.row_count)] == \
+            [e.prefix.rstrip() + " " for e in expected]
+        assert cell_text(view, 1, "graph") == "│ ◉ "  # the head, on its own lane
+        assert cell_text(view, 4, "graph") == "●─┼─┘ "  # node 2: its two children's lanes join it
+        assert cell_text(view, 3, "label") == " nullu-k"
+        # Stored bytes (4 per value here), and the change from the parent: 21M values → 19.9M values.
+        assert cell_text(view, 3, "stored") == "79.6M"
+        assert cell_text(view, 3, "change") == "−4.4M −5.2%"
+        assert cell_text(view, 5, "change") == ""  # the root has no parent
+        assert cell_text(view, 3, "eval") == "96.00"  # a percentage; 80 columns leave room for two decimals
+        assert str(view.columns["eval"].label) == "val"  # the column is headed by the split it measures
         assert cell_text(view, 5, "op") == "load_model"
         assert "test" not in [c.value for c in view.columns]
         assert view.selected_node == 5  # the cursor starts on the head
@@ -102,17 +111,17 @@ async def test_history_keys_post_checkout_label_and_compare_messages():
         await pilot.pause()
         view = app.query_one(HistoryView)
         await pilot.press("enter")
-        await pilot.press("down", "c")  # node 4
+        await pilot.press("down", "o")  # node 4
         await pilot.press("l")
         await pilot.press("m")
         await pilot.pause()
         assert view.marked_node == 4
-        assert cell_text(view, 2, "mark") == "◆"
+        assert cell_text(view, 2, "graph").endswith("◆")
         await pilot.press("down", "down", "m")  # node 2: compare 4 with 2
         await pilot.pause()
         assert app.events == [("checkout", 5), ("checkout", 4), ("label", 4), ("compare", 4, 2)]
         assert view.marked_node is None
-        assert cell_text(view, 2, "mark") == " "
+        assert cell_text(view, 2, "graph").endswith(" ")
 
 
 @pytest.mark.asyncio
@@ -146,7 +155,7 @@ async def test_show_keeps_the_cursor_on_the_same_node_when_nodes_arrive():
                    node(8, 7, 0.93, 13_000_000, test__primary=0.9)], 8)
         await pilot.pause()
         assert view.selected_node == 3
-        assert cell_text(view, 0, "id") == "8" and cell_text(view, 0, "graph") == "◉"
+        assert cell_text(view, 0, "id") == "8" and cell_text(view, 0, "graph") == "◉ "
         view.show(NODES[:2], 2)  # the node under the cursor is gone: go to the head
         await pilot.pause()
         assert view.selected_node == 2
@@ -174,12 +183,12 @@ async def test_show_before_mount_draws_on_mount_and_a_theme_change_redraws():
 @pytest.mark.asyncio
 async def test_a_test_metric_column_appears_when_a_node_has_one():
     nodes = [*NODES[:2], NodeRecord(id=3, parent=2, op_seq=3, op_kind="run_stage", created=0.0, params=1,
-                                    metrics={"eval/primary": 0.5, "test/primary": 0.875})]
+                                    metrics={"val/primary": 0.5, "test/primary": 0.875}, eval_split="val")]
     app = HistoryApp(nodes, head=3)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         view = app.query_one(HistoryView)
-        assert cell_text(view, 0, "test") == "0.8750"
+        assert cell_text(view, 0, "test") == "87.50"
         assert cell_text(view, 1, "test") == "—"
 
 
@@ -205,7 +214,7 @@ async def test_an_empty_history_posts_nothing():
 
 def test_human_counts():
     assert [human_count(v) for v in (19_900_000, 151_277_313, 2048, 999, 23_439_105, None)] == \
-        ["19.9M", "151M", "2.05k", "999", "23.4M", "—"]
+        ["19.9M", "151M", "2.05K", "999", "23.4M", "—"]
 
 
 # -- charts ----------------------------------------------------------------------------
@@ -242,9 +251,15 @@ async def test_metric_chart_takes_points_and_a_threshold_and_renders():
         assert chart.points == [(0, 0.978), (1, 0.97), (2, 0.96), (3, 0.955)]
         assert chart.threshold == 0.95
         assert "cascade dare→nullu" in chart.render().plain
-        chart.add_point(4, 0.96, second=23_439_105)  # a second metric (parameters) on the right axis
-        chart.add_point(5, 0.95, second=19_900_000)
-        assert "23.4M" in chart.render().plain and "19.9M" in chart.render().plain
+        chart.start_run("cascade dare→nullu", second_label=MetricChart.STORED)  # stored bytes on the right axis
+        chart.add_point(4, 0.96, second=93_756_420)
+        chart.add_point(5, 0.95, second=93_633_540)
+        plain = chart.render().plain
+        assert "stored bytes" in plain
+        right = re.findall(r"├(\d\S*)\s*$", plain, re.MULTILINE)  # the right axis's tick labels
+        assert len(right) == 3 and len(set(right)) == 3 and right[-1] == "93.6M"
+        steps = re.findall(r"\d+(?:\.\d+)?", plain.splitlines()[-2])
+        assert steps and all(step.isdigit() for step in steps)  # steps are whole numbers
         for theme in ("textual-light", "ansi-dark"):
             app.theme = theme
             await pilot.pause()
@@ -267,7 +282,7 @@ async def test_pareto_chart_marks_the_front_and_the_head():
         # 6 (15M, .90) → 3 (19.9M, .96) → 2 (21M, .97) → 4 (22M, .975) → 1 (23.4M, .978); 5 loses to 2.
         assert chart.front_nodes == [6, 3, 2, 4, 1]
         plain = chart.render().plain
-        assert "◆" in plain and "◉" in plain and "#5" in plain and "23.4M" in plain
+        assert "◆" in plain and "◉" in plain and "#5" in plain and "93.8M" in plain and "stored bytes" in plain
 
 
 # -- label dialog ----------------------------------------------------------------------
@@ -276,6 +291,7 @@ class ScreenApp(App):
     def __init__(self):
         super().__init__()
         self.results = []
+        self.jobs = JobRunner(self)  # screens run their work as jobs of the app's runner
 
     def compose(self) -> ComposeResult:
         yield Static("main")
@@ -345,17 +361,17 @@ async def test_help_screen_lists_the_active_bindings_and_follows_the_keymap():
         rows = {row[3]: row for row in app.screen.rows}
         assert rows["app.run"][1:3] == ("r", "Run stage")
         assert rows["history.checkout"][0] == "history view"
-        assert rows["history.checkout"][1] == "⏎ / c"  # Textual shows enter as ⏎, as the footer does
+        assert rows["history.checkout"][1] == "⏎ / o"  # Textual shows enter as ⏎, as the footer does
         assert {"history.label", "history.mark", "history.clear_mark", "app.help"} <= set(rows)
         assert "Workflow" in str(app.screen.query_one("#help-guide", Static).render())
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, HelpScreen)
-        app.set_keymap({"history.checkout": "o", "app.run": "ctrl+r"})
+        app.set_keymap({"history.checkout": "c", "app.run": "ctrl+r"})
         await pilot.press("question_mark")
         await pilot.pause()
         rows = {row[3]: row for row in app.screen.rows}
-        assert rows["history.checkout"][1] == "o"
+        assert rows["history.checkout"][1] == "c"
         assert rows["app.run"][1] == "^r"
         await pilot.press("q")
         await pilot.pause()
@@ -368,10 +384,10 @@ def prepared_comparison() -> NodeComparison:
     a, b = NODES[1], NODES[5]
     return NodeComparison(
         a=2, b=6, node_a=a, node_b=b, common_ancestor=2,
-        metrics=(MetricDiff("eval/primary", 0.97, 0.9), MetricDiff("size/params", 21_000_000, 15_000_000),
+        metrics=(MetricDiff("val/primary", 0.97, 0.9), MetricDiff("size/params", 21_000_000, 15_000_000),
                  MetricDiff("test/primary", None, 0.88)),
         layers=(LayerDiff("visual.proj", LayerForm("dense"), LayerForm("masked", mask_shape=(128, 128)),
-                          ("proj", "proj_mask"), 65536, 81920),
+                          ("proj", "proj_mask"), 65536, 81920, stored_a=65536, stored_b=34816),
                 LayerDiff("visual.transformer.resblocks.0.mlp.c_fc", LayerForm("dense"),
                           LayerForm("factorised", rank=16), ("down", "up", "weight"), 262144, 40960)),
         tensors_changed=5, bytes_a=327680, bytes_b=122880)
@@ -386,12 +402,15 @@ async def test_compare_screen_shows_metrics_and_layers_side_by_side():
         metrics = app.screen.query_one("#compare-metrics", DataTable)
         layers = app.screen.query_one("#compare-layers", DataTable)
         assert [cell_text(metrics, 0, c) for c in ("metric", "a", "b", "diff")] == \
-            ["eval/primary", "0.9700", "0.9000", "-0.0700"]
+            ["val/primary", "0.9700", "0.9000", "-0.0700"]
         assert cell_text(metrics, 1, "diff") == "-6,000,000"
         assert [cell_text(metrics, 2, c) for c in ("a", "diff")] == ["—", "—"]
         assert [cell_text(layers, 1, c) for c in ("layer", "a", "b")] == \
             ["visual.transformer.resblocks.0.mlp.c_fc", "dense", "rank 16"]
         assert cell_text(layers, 0, "b") == "masked 128×128"
+        # What the export stores (half of proj kept, its mask in bits), not the tensors in the store.
+        assert cell_text(layers, 0, "bytes") == "65.5 KB → 34.8 KB"
+        assert cell_text(layers, 1, "bytes") == "262 KB → 41.0 KB"  # no store read: the tensors' bytes
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, CompareScreen)
@@ -504,8 +523,11 @@ def test_theme_files_are_package_data():
 
     assert sorted(p.name for p in BUILTIN_DIRECTORY.glob("*.toml")) == ["rcc-ansi.toml", "rcc-dark.toml",
                                                                        "rcc-light.toml"]
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert "themes/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["rcc_tui"]
+    root = Path(__file__).parents[1]
+    assert BUILTIN_DIRECTORY == root / "themes"  # a checkout reads the top-level folder
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "*.toml" in pyproject["tool"]["setuptools"]["package-data"]["rcc_tui.builtin_themes"]
+    assert '"rcc_tui.builtin_themes": "themes"' in (root / "setup.py").read_text()
 
 
 # -- keymap ----------------------------------------------------------------------------
@@ -576,3 +598,18 @@ def test_widget_and_screen_modules_import_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_editor_counts_a_channel_pattern_s_narrowed_partner_with_the_targets():
+    from rcc.compression.plan import CompressionPlan
+    from rcc.schema.layers import LayerInfo
+    from rcc.services.edit_preview import preview_edit
+    from rcc_tui.widgets.layer_editor import count_line
+
+    layers = [LayerInfo("b.0.fc", "text", 0, "mlp_in", (16, 4), "b.0.fc.weight"),
+              LayerInfo("b.0.proj", "text", 0, "mlp_out", (4, 16), "b.0.proj.weight")]
+    preview = preview_edit(CompressionPlan(), layers, ["b.0.fc"],
+                           {"sparsity": 0.5, "method": "magnitude", "pattern": "channel"})
+    # Both layers lose half their hidden units: 2 · 64 values of 4 bytes → 2 · 32, no mask bits.
+    assert count_line(preview, layers, ["b.0.fc"], {}, 1000) == (
+        "targets + 1 narrowed 512 B → 256 B (−50%) · model 1.00 KB → 744 B (−26%)")

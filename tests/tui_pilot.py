@@ -1,9 +1,9 @@
 """What the app's Pilot tests share: the demo session fixtures, opening the app, and waiting on it.
 
-One rcc-mini session is created headlessly per test module and copied for each test (creating
-one costs ~10 s; opening a copy ~4 s). The fixtures are plain functions here; each test module
-takes them with ``from tui_pilot import demo_session, session_dir, private_sessions_home``
-(a module that needs another starting session defines its own ``demo_session``).
+The real end-to-end tests (tests/test_tui_app.py and the analysis, search and train ones) copy
+one rcc-mini session created headlessly once per test run (creating one costs ~10 s; opening a
+copy ~4 s); a module that needs another starting session defines its own ``demo_session``.
+Widget, key and snapshot tests run the app on a fake session (tests/fake_session.py) instead.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def private_sessions_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RCC_SESSIONS_DIR", str(tmp_path_factory.mktemp("sessions-home")))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_session(tmp_path_factory) -> Path:
-    """A fresh rcc-mini + digits session (root node only), made once, never opened for writing."""
+    """A fresh rcc-mini + digits session (root node only), made once per test run, never opened for writing."""
     from rcc.session.session import Session
 
     directory = tmp_path_factory.mktemp("demo") / "session"
@@ -58,16 +58,37 @@ async def wait_until(pilot, condition, timeout: float = 120.0, what: str = "cond
 
 async def ready(pilot, timeout: float = 120.0) -> None:
     """Until the session is open and no work is running or undelivered."""
-    main = pilot.app.main
-    await wait_until(pilot, lambda: main.view is not None and not main.runner.busy, timeout, "the session")
+    main, jobs = pilot.app.main, pilot.app.jobs
+    await wait_until(pilot, lambda: main.view is not None and not jobs.busy, timeout, "the session")
     await pilot.pause()
 
 
 async def settle(pilot, timeout: float = 180.0) -> None:
-    """Until the running op ended and its messages reached the screen."""
-    await asyncio.wait_for(pilot.app.main.runner.wait(), timeout)
+    """Until every job ended and its messages reached the screen."""
+    await asyncio.wait_for(pilot.app.jobs.wait(), timeout)
     await pilot.pause()
     await pilot.pause()
+
+
+def running(app) -> bool:
+    """A job holds the session."""
+    return app.jobs.session_job is not None
+
+
+def text_of(app, selector: str) -> str:
+    """What a widget of the main screen shows, as plain text."""
+    widget = app.main.query_one(selector)
+    return widget.text if hasattr(widget, "text") else str(widget.render())
+
+
+def log_lines(app) -> list[str]:
+    """The log's lines as drawn (a long line wraps onto the next ones)."""
+    return [str(line.text) for line in app.main.query_one("#log").lines]
+
+
+def log_text(app) -> str:
+    """The whole log as one string, wrapped lines joined again by single spaces."""
+    return " ".join(line.strip() for line in log_lines(app))
 
 
 async def type_into(pilot, selector: str, text: str) -> None:
@@ -79,9 +100,20 @@ async def type_into(pilot, selector: str, text: str) -> None:
 
 
 async def select_by_pattern(pilot, pattern: str) -> None:
+    """``/``, the pattern, enter: the pattern is put in the field at once (typing is tested elsewhere)."""
     await pilot.press("escape", "slash")  # out of any field, into the pattern input
-    await pilot.press(*pattern, "enter")
+    pilot.app.main.query_one("#pattern").value = pattern
+    await pilot.press("enter")
     await pilot.pause()
+
+
+async def plan_sparsity(pilot, pattern: str, sparsity: str) -> None:
+    """Select ``pattern`` in the tree, type ``sparsity`` in the editor and apply it (one op); back in the tree."""
+    await select_by_pattern(pilot, pattern)
+    await type_into(pilot, "#sparsity", sparsity)
+    await pilot.press("enter")
+    await settle(pilot)
+    pilot.app.main.query_one("#layer-tree").focus()
 
 
 async def tap(pilot, *keys: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 from rcc.analysis.errors import AnalysisError
 from rcc.compression.calibration import CalibrationData
-from rcc.compression.cascade import STAGES, CascadeConfig, CascadeResult, Evaluator, run_cascade
+from rcc.compression.cascade import STAGES, CascadeConfig, CascadeResult, Evaluator, run_cascade, run_plans
 from rcc.compression.layers import LayerSnapshot
 from rcc.compression.plan import CompressionPlan, plan_to_dict, resolve_plan
 from rcc.eval.encode import CancelCheck, check_cancel
@@ -74,6 +74,8 @@ class AblationResult:
     dense_test: float | None
     variants: tuple[VariantResult, ...]
     seconds: float
+    eval_split: str = "eval"  # the split ``metric`` is measured on (what the threshold checks)
+    test_split: str | None = None  # the split of ``test_metric``
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -129,8 +131,12 @@ def run_ablation(
     preserved: CalibrationData | None = None, config: CascadeConfig = CascadeConfig(),
     test_evaluate: Evaluator | None = None, variants: Sequence[AblationVariant] | None = None,
     progress: VariantProgress | None = None, cancel: CancelCheck | None = None,
+    splits: tuple[str, str | None] = ("eval", None),
 ) -> AblationResult:
-    """Run every variant from the same start; the model is left exactly as it was."""
+    """Run every variant from the same start; the model is left exactly as it was.
+
+    ``splits``: the names of the splits ``evaluate`` and ``test_evaluate`` read, for the report.
+    """
     config.validate()
     start = time.perf_counter()
     variants = list(variants) if variants is not None else ablation_variants(config.stages)
@@ -139,7 +145,8 @@ def run_ablation(
     if not selected:
         raise AnalysisError("the plan selects no layer; allowed: a plan that gives some layer a sparsity or a rank")
     index = model.layer_index
-    snapshot = LayerSnapshot(model.module, [index[name] for name in selected])
+    # Every layer a run may change: structured patterns narrow partners the plan does not select.
+    snapshot = LayerSnapshot(model.module, [index[name] for name in run_plans(model, plan)])
     dense_test = test_evaluate(model) if test_evaluate else None
     results: list[VariantResult] = []
     dense_metric = float("nan")
@@ -164,4 +171,5 @@ def run_ablation(
         snapshot.restore(model.module)
     return AblationResult(plan=plan_to_dict(plan), threshold=config.threshold, schedule=config.schedule,
                           steps=config.steps, dense_metric=dense_metric, dense_test=dense_test,
-                          variants=tuple(results), seconds=time.perf_counter() - start)
+                          variants=tuple(results), seconds=time.perf_counter() - start, eval_split=splits[0],
+                          test_split=splits[1] if test_evaluate else None)

@@ -16,10 +16,8 @@ from rcc.analysis.statistics import (
     DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval, PairedComparison, bootstrap_accuracy, bootstrap_recall,
     compare_outcomes,
 )
-from rcc.data.types import Dataset
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.eval.per_example import ExampleOutcomes, example_outcomes
-from rcc.models.adapter import VLModel
 
 
 @dataclass(frozen=True)
@@ -68,15 +66,6 @@ def primary_interval(outcomes: ExampleOutcomes, confidence: float, resamples: in
     if outcomes.task == "zeroshot":
         return bootstrap_accuracy(outcomes.hits["top1"], confidence, resamples, seed)
     return bootstrap_recall(outcomes, confidence, resamples, seed)["mean"]
-
-
-def compare_models_stats(
-    model_a: VLModel, model_b: VLModel, dataset: Dataset, names: tuple[str, str] = ("A", "B"),
-    confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-) -> ModelsComparison:
-    """Evaluate both models per example on ``dataset`` and compare them."""
-    a, b = example_outcomes(model_a, dataset), example_outcomes(model_b, dataset)
-    return comparison_of(a, b, names, dataset.spec, dataset.split, confidence, resamples, seed)
 
 
 def comparison_of(a: ExampleOutcomes, b: ExampleOutcomes, names: tuple[str, str], data: str, split: str,

@@ -5,7 +5,7 @@
 2. Stage ablation and ordering of ``REPORT_PLAN`` on the text tower (9 variants).
 3. The full cascade once more, profiled; then dense against compressed: bootstrap intervals and
    the exact McNemar test on the test split, and the Grassmann distances of what changed.
-Measured on the digits ``calib`` split (the cascade's eval split), tested on ``test``.
+Measured on the digits ``val`` split (the cascade's eval split), tested on ``test``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from rcc.analysis.sensitivity import UnitProgress
 
-MODEL, DATA, EVAL_SPLIT, TEST_SPLIT = "rcc-mini", "digits", "calib", "test"
+MODEL, DATA, EVAL_SPLIT, TEST_SPLIT = "rcc-mini", "digits", "val", "test"
 STRESS_RANK = 0.02
 META = "report.json"  # how and where the report was made
 _MLP = {"sparsity": 0.3, "method": "wanda", "rank": 192, "correction": True}
@@ -57,9 +57,9 @@ def build_report(out_dir: str | Path, quick: bool = False,
     began = time.perf_counter()
     step = progress or (lambda label: None)
     model = load_model(MODEL, device="cpu")
-    calib, test = load_dataset(DATA, EVAL_SPLIT), load_dataset(DATA, TEST_SPLIT)
+    val, test = load_dataset(DATA, EVAL_SPLIT), load_dataset(DATA, TEST_SPLIT)
     calibration, preserved = calibration_sets(DATA, per_class=16, seed=0)
-    probe = outcome_probe(calib)
+    probe = outcome_probe(val)
     layers = select_layers(model, towers=["text"])
     if quick:
         layers = [layer for layer in layers if layer.block in (None, 0)]
@@ -74,7 +74,7 @@ def build_report(out_dir: str | Path, quick: bool = False,
     variants = ablation_variants(config.stages, orders=not quick)
     ablation = run_ablation(model, plan, metric_of(probe), calibration, preserved, config,
                             test_evaluate=metric_of(outcome_probe(test)), variants=variants,
-                            progress=step("ablation"))
+                            progress=step("ablation"), splits=(EVAL_SPLIT, TEST_SPLIT))
     write_json_atomic(out / "ablation.json", ablation.as_dict())
 
     dense = load_model(MODEL, device="cpu")
@@ -89,7 +89,7 @@ def build_report(out_dir: str | Path, quick: bool = False,
         "command": f"rcc-tui analyze report --out {out_dir}" + (" --quick" if quick else ""),
         "seconds": time.perf_counter() - began, "machine": platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "eval_examples": len(calib), "test_examples": len(test)})
+        "eval_examples": len(val), "test_examples": len(test)})
     return render_report(out)
 
 
@@ -160,17 +160,17 @@ def _headline(rank50, rank02, ablation, comparison, subspaces) -> str:
         "## Headline",
         "",
         f"- **50 % rank, one text layer at a time** ({len(rank50.units)} layers; {saving} of them store fewer "
-        f"numbers factorised at that rank): the largest calib top-1 drop is "
+        f"numbers factorised at that rank): the largest val top-1 drop is "
         f"{max(u.metric_drop for u in rank50.units):+.4f} (dense {rank50.baseline:.4f}); the most sensitive layer "
         f"by prediction drift is `{top50.name}` ({top50.drift:.2e} nats). Best proxy of the drift: "
         + (f"`{best_proxy}` (Spearman ρ = {rho[best_proxy]['drift']:.2f})." if best_proxy else "none."),
         f"- **{STRESS_RANK * 100:g} % rank:** "
-        + (("single layers start to hurt; the largest calib top-1 drops: "
+        + (("single layers start to hurt; the largest val top-1 drops: "
             + ", ".join(f"`{u.name}` {u.metric_drop:+.4f}" for u in harmful)) if harmful
            else "no single layer drops top-1")
         + f"; the most sensitive unit by drift is `{top02.name}` ({top02.drift:.3f} nats).",
         f"- **Ablation:** the full cascade removes {full.removed_fraction:.1%} of the planned layers' parameters at "
-        f"calib top-1 {full.metric:.4f} (test {full.test_metric:.4f}, dense {ablation.dense_test:.4f}) in "
+        f"val top-1 {full.metric:.4f} (test {full.test_metric:.4f}, dense {ablation.dense_test:.4f}) in "
         f"{full.cpu_seconds:.0f} CPU s; the best variant is {best_order.name} ({best_order.removed_fraction:.1%}, "
         f"{best_order.metric:.4f})"
         + (f"; without AlphaEdit: {no_edit.removed_fraction:.1%} at {no_edit.metric:.4f} (test "

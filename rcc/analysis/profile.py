@@ -28,7 +28,7 @@ import torch
 
 from rcc.analysis.errors import AnalysisError
 from rcc.compression.calibration import CalibrationData
-from rcc.compression.cascade import Attempt, CascadeConfig, CascadeResult, Evaluator, run_cascade
+from rcc.compression.cascade import CALIBRATION_PHASE, Attempt, CascadeConfig, CascadeResult, Evaluator, run_cascade
 from rcc.compression.plan import CompressionPlan
 from rcc.eval.encode import CancelCheck
 from rcc.models.adapter import VLModel
@@ -123,6 +123,8 @@ class _Recorder:
             torch.cuda.reset_peak_memory_stats()
 
     def progress(self, stage: str, i: int, total: int, name: str) -> None:
+        if stage == CALIBRATION_PHASE:  # batches of the calibration pass: setup, not a layer's work
+            return
         self.ticks.append((time.perf_counter(), name, current_rss()))
 
     def wrap(self, evaluate: Evaluator) -> Evaluator:

@@ -215,8 +215,9 @@ def ablation_section(result: AblationResult, out_dir: str | Path, stem: str = "a
                      title: str | None = None) -> str:
     plot = plot_ablation(result, Path(out_dir) / f"{stem}.png")
     has_test = any(v.test_metric is not None for v in result.variants)
-    columns = ["variant", "kind", "removed", "params after", "metric", *(["test"] if has_test else []),
-               "wall s", "CPU s", "kept / undone", "skipped"]
+    test = result.test_split or "test"
+    columns = ["variant", "kind", "removed", "params after", f"{result.eval_split} metric",
+               *([test] if has_test else []), "wall s", "CPU s", "kept / undone", "skipped"]
     rows = []
     for v in result.variants:
         rows.append([v.name, v.kind if v.kind != "without" else f"without {v.removed}", f"{v.removed_fraction:.1%}",
@@ -228,16 +229,16 @@ def ablation_section(result: AblationResult, out_dir: str | Path, stem: str = "a
         f"## {title or 'Stage ablation and ordering'}",
         "",
         f"Same start, plan and calibration for every variant; threshold {result.threshold} × dense "
-        f"(dense metric {result.dense_metric:.4f}"
-        + (f", test {result.dense_test:.4f}" if result.dense_test is not None else "")
+        f"(dense metric {result.dense_metric:.4f} on {result.eval_split}"
+        + (f", {test} {result.dense_test:.4f}" if result.dense_test is not None else "")
         + f"), schedule {result.schedule} × {result.steps}. {len(result.variants)} variants, {result.seconds:.0f} s. "
         "*wall s* is the whole cascade's wall clock (calibration and the dense evaluation included); *CPU s* is "
         "this process's CPU time over it (all threads), which other jobs on a shared machine inflate less.",
         "",
         markdown_table(columns, rows, "ll" + "r" * (len(columns) - 3) + "l"),
         "",
-        (f"Highest metric (ties: most removed): **{best.name}** ({best.removed_fraction:.1%} removed, metric "
-         f"{best.metric:.4f})."),
+        (f"Highest {result.eval_split} metric (ties: most removed): **{best.name}** ({best.removed_fraction:.1%} "
+         f"removed, metric {best.metric:.4f})."),
         "",
         f"![ablation]({plot})",
         "",

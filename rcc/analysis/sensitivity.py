@@ -14,6 +14,10 @@ size saved 0 for it. The layer's **score** is its drift (higher = more sensitive
 moves in steps of 1/n and is often 0 for single layers of a robust model.
 Proxies (``rcc.analysis.proxies``) are computed for each unit and their Spearman ρ against
 the measured drop and drift is reported.
+With a structured pattern (``channel``, ``head``) a unit is one group (rcc.compression.groups):
+the MLP or attention whose leader is selected loses ``sparsity`` of its hidden units or heads
+(the layers become narrower, as the DARE stage does it) and the scan measures that; proxies,
+which compare weights entry by entry, do not apply to shapes that changed and are left out.
 
 A scan of a session node is stored in the session as ``analysis/sensitivity-<node>.json``;
 ``load_sensitivity`` reads it back as layer name → score.
@@ -40,11 +44,15 @@ from rcc.compression.layers import (
     LayerSnapshot, LowRankLinear, dense_weight, factorise, is_quantized_layer, layer_form, layer_module,
     set_dense_weight, stored_parameters, unfuse,
 )
-from rcc.compression.plan_rules import METHODS, LayerPlan, RankSpec
+from rcc.compression.groups import is_structured, structured_groups
+from rcc.compression.plan_rules import (
+    LEADER_KIND, STRUCTURED_PATTERNS, LayerPlan, RankSpec,
+)
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.eval.per_example import prediction_kl, primary_from_outcomes
 from rcc.models.adapter import VLModel
-from rcc.models.inventory import LayerInfo
+from rcc.schema.layers import LayerInfo
+from rcc.schema.names import PRUNE_METHODS, STRUCTURED_METHODS
 
 GROUPINGS = ("layer", "block", "kind")
 ANALYSIS_DIR = "analysis"
@@ -62,6 +70,7 @@ class ScanSetting:
     method: str = "magnitude"
     whiten: bool = True
     seed: int = 0
+    pattern: str = "unstructured"
 
     def __post_init__(self) -> None:
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, (int, float))
@@ -71,10 +80,17 @@ class ScanSetting:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
                 or not 0 <= self.sparsity < 1:
             raise AnalysisError(f"sparsity {self.sparsity!r} is out of range; allowed: 0 ≤ sparsity < 1")
-        if self.method not in METHODS:
-            raise AnalysisError(f"method {self.method!r} is unknown; allowed: {', '.join(METHODS)}")
+        if self.method not in PRUNE_METHODS:
+            raise AnalysisError(f"method {self.method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
         if self.rank is None and self.sparsity == 0:
             raise AnalysisError("the setting compresses nothing; allowed: a rank fraction, a sparsity > 0, or both")
+        if self.pattern not in ("unstructured", *STRUCTURED_PATTERNS):
+            raise AnalysisError(f"pattern {self.pattern!r} is not scanned; allowed: unstructured, "
+                                f"{', '.join(STRUCTURED_PATTERNS)}")
+        if is_structured(self.pattern) and (self.sparsity == 0 or self.rank is not None
+                                            or self.method not in STRUCTURED_METHODS):
+            raise AnalysisError(f"pattern {self.pattern} scans removed units alone; allowed: a sparsity > 0, no "
+                                f"rank, method {' or '.join(STRUCTURED_METHODS)}")
 
     def rank_for(self, layer: LayerInfo) -> int | None:
         """r = max(1, round(f · min(m, n))), or None without a rank."""
@@ -82,7 +98,10 @@ class ScanSetting:
 
     def describe(self) -> str:
         parts = []
-        if self.sparsity:
+        if is_structured(self.pattern):
+            unit = "hidden units" if self.pattern == "channel" else "heads"
+            parts.append(f"{self.sparsity:.0%} of the {unit} removed ({self.method})")
+        elif self.sparsity:
             parts.append(f"sparsity {self.sparsity:.0%} ({self.method})")
         if self.rank is not None:
             parts.append(f"rank {self.rank:.0%} ({'whitened' if self.whiten else 'plain'} SVD)")
@@ -182,6 +201,20 @@ def scan_units(layers: Sequence[LayerInfo], group_by: str = "layer") -> list[tup
     return list(units.items())
 
 
+def structured_units(inventory: Sequence[LayerInfo], chosen: Sequence[LayerInfo],
+                     pattern: str) -> tuple[list[tuple[str, list[LayerInfo]]], list[LayerInfo]]:
+    """(units, every layer they touch): one unit per ``pattern`` group whose leader is among ``chosen``."""
+    names = {layer.name for layer in chosen}
+    index = {layer.name: layer for layer in inventory}
+    groups = [g for g in structured_groups(inventory) if g.kind == pattern and g.leader in names]
+    if not groups:
+        raise AnalysisError(f"no {pattern} group among the {len(chosen)} selected layers; allowed: layers that "
+                            f"include some {LEADER_KIND[pattern]} of a block with its partners")
+    units = [(g.leader, [index[name] for name in g.members]) for g in groups]
+    touched = [layer for layer in inventory if any(layer.name in g.members for g in groups)]
+    return units, touched
+
+
 def select_layers(model: VLModel, names: Sequence[str] | None = None, towers: Sequence[str] | None = None,
                   kinds: Sequence[str] | None = None) -> list[LayerInfo]:
     """Inventory layers by name (exact) and/or tower and kind; all layers when nothing is given."""
@@ -221,7 +254,10 @@ def scan_sensitivity(
     if not chosen:
         raise AnalysisError("every layer to scan holds int8 values, which no stage changes; allowed: a node "
                             "with float layers (check out the node before the quant stage)")
-    units = scan_units(chosen, group_by)
+    if is_structured(setting.pattern):
+        units, chosen = structured_units(model.layers(), chosen, setting.pattern)
+    else:
+        units = scan_units(chosen, group_by)
     before = LayerSnapshot(module, chosen)  # also brings back fused attention split by unfuse
     try:
         unfuse(module, chosen)
@@ -264,10 +300,13 @@ def _measure_unit(model: VLModel, name: str, names: list[str], setting: ScanSett
         params_after = sum(stored_parameters(module, index[n]) for n in names)
     finally:
         snapshot.restore(module)
-    terms = [layer_proxy_terms(dense[n], after[n], setting.rank_for(layer),
-                               stats[n].sq_norms if n in stats else None, stats[n].gram if n in stats else None)
-             for n, layer in zip(names, members)]
-    proxies = reduce(ProxyTerms.__add__, terms).values()
+    if is_structured(setting.pattern):  # shapes changed: entry-by-entry proxies compare nothing
+        proxies: dict[str, float | None] = {proxy: None for proxy in PROXIES}
+    else:
+        terms = [layer_proxy_terms(dense[n], after[n], setting.rank_for(layer),
+                                   stats[n].sq_norms if n in stats else None, stats[n].gram if n in stats else None)
+                 for n, layer in zip(names, members)]
+        proxies = reduce(ProxyTerms.__add__, terms).values()
     first = members[0]
     metric = primary_from_outcomes(outcomes)
     return UnitSensitivity(
@@ -294,6 +333,11 @@ def apply_setting(model: VLModel, names: Sequence[str], setting: ScanSetting, st
         return StageContext(model=model, plans=plans, stats=stats, preserved={}, dense=dense, seed=setting.seed,
                             options=options)
 
+    if is_structured(setting.pattern):  # names: the group, its leader first
+        plans = {n: LayerPlan() for n in names}
+        plans[names[0]] = LayerPlan(sparsity=setting.sparsity, method=setting.method, pattern=setting.pattern)
+        run_prune_stage(context(plans), 1.0)
+        return 0
     if setting.sparsity > 0:
         run_prune_stage(context({n: LayerPlan(sparsity=setting.sparsity, method=setting.method) for n in names}),
                         1.0)

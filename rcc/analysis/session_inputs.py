@@ -56,7 +56,7 @@ def model_at_node(session_dir: str | Path, node: int | None = None, device: str 
         plan = plan_from_dict(state.plan) if state.plan else session.plan
         return NodeModel(session=Path(session_dir), node=node, model=session.model_at(node),
                          model_spec=session.setting("model"), data=session.setting("data"),
-                         eval_split=session.setting("eval_split"), test_split=session.setting("test_split"),
+                         eval_split=session.eval_split, test_split=session.test_split,
                          plan=plan)
 
 

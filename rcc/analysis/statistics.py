@@ -193,6 +193,10 @@ def compare_outcomes(a: ExampleOutcomes, b: ExampleOutcomes, confidence: float =
     if a.task != b.task or a.groups != b.groups or set(a.hits) != set(b.hits):
         raise AnalysisError("the two outcomes are not on the same examples; allowed: two models evaluated "
                             "on the same dataset split")
+    if a.task not in ("zeroshot", "retrieval"):
+        # Corpus CIDEr's idf comes from the whole reference set: resampling images changes it.
+        raise AnalysisError(f"paired tests of {a.task!r} outcomes are not supported; allowed: zero-shot or "
+                            f"retrieval outcomes")
     weights = bootstrap_weights(a.n, resamples, seed)
     if a.task == "zeroshot":
         ca, cb = _hits(a.hits["top1"]), _hits(b.hits["top1"])

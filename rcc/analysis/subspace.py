@@ -59,12 +59,6 @@ def grassmann_distance(a: torch.Tensor, b: torch.Tensor, orthonormal: bool = Fal
     return float(torch.linalg.vector_norm(principal_angles(a, b, orthonormal)))
 
 
-def top_singular_subspaces(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U_k, V_k): orthonormal bases of the top-k left (m × k) and right (n × k) singular subspaces."""
-    u, _, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
-    return u[:, :k], vh[:k].T
-
-
 def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
     """Singular values above max(m, n) · eps · σ_1 (numpy's matrix_rank tolerance)."""
     if s.numel() == 0 or s[0] == 0:
@@ -110,11 +104,13 @@ class SubspaceResult:
     towers: tuple[SubspaceSummary, ...]
     blocks: tuple[SubspaceSummary, ...]
     unchanged: int  # layers whose weights are identical (distance 0, no SVD taken)
+    # Layers structured pruning narrowed: their subspaces live in spaces of other sizes, not compared.
+    narrowed: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {"layers": [{**asdict(layer), "normalised": layer.normalised} for layer in self.layers],
                 "towers": [asdict(s) for s in self.towers], "blocks": [asdict(s) for s in self.blocks],
-                "unchanged": self.unchanged}
+                "unchanged": self.unchanged, "narrowed": list(self.narrowed)}
 
 
 def subspace_from_dict(data: dict) -> SubspaceResult:
@@ -124,7 +120,8 @@ def subspace_from_dict(data: dict) -> SubspaceResult:
                                         "left_angles": tuple(layer["left_angles"]),
                                         "right_angles": tuple(layer["right_angles"])}) for layer in data["layers"])
         return SubspaceResult(layers, tuple(SubspaceSummary(**t) for t in data["towers"]),
-                              tuple(SubspaceSummary(**b) for b in data["blocks"]), int(data["unchanged"]))
+                              tuple(SubspaceSummary(**b) for b in data["blocks"]), int(data["unchanged"]),
+                              tuple(data.get("narrowed", ())))
     except (KeyError, TypeError, ValueError) as error:
         raise AnalysisError(f"subspace data is malformed ({type(error).__name__}: {error})") from None
 
@@ -162,17 +159,20 @@ def compare_subspaces(dense: VLModel, compressed: VLModel, k: int | None = None,
     missing = [name for name in names if name not in index or name not in dense_index]
     if missing:
         raise AnalysisError(f"layer {missing[0]!r} is not in both models; allowed: a layer both inventories list")
-    results, unchanged = [], 0
+    results, unchanged, narrowed = [], 0, []
     for name in names:
         layer = index[name]
         w, w2 = dense_weight(dense.module, dense_index[name]), dense_weight(compressed.module, layer)
+        if w.shape != w2.shape:
+            narrowed.append(name)
+            continue
         if torch.equal(w.detach(), w2.detach().to(w.dtype)):
             unchanged += 1
             continue
         results.append(layer_subspace(w, w2, k or default_k(compressed.module, layer), name, layer.tower,
                                       layer.block, layer.kind))
     return SubspaceResult(tuple(results), summarise(results, by_block=False), summarise(results, by_block=True),
-                          unchanged)
+                          unchanged, tuple(narrowed))
 
 
 def summarise(layers: Sequence[LayerSubspace], by_block: bool) -> tuple[SubspaceSummary, ...]:

@@ -25,6 +25,7 @@ def _source_args(parser: argparse.ArgumentParser, node_help: str = "node to anal
 def _out_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--out", required=default is None, default=default, metavar="DIR",
                         help="folder for the JSON, the Markdown report and its PNG plots")
+    parser.set_defaults(out_folder=True)  # checked before any work (rcc.cli.main.check_outputs)
 
 
 def add_parser(sub) -> None:
@@ -39,11 +40,16 @@ def add_parser(sub) -> None:
                                           "saved; rank the cheap proxies against them. With --session the scan is "
                                           "also stored in the session (analysis/sensitivity-NODE.json) for the app.")
     _source_args(sens)
-    sens.add_argument("--split", default=None, help="split to measure on (default: the eval split, calib for digits)")
+    sens.add_argument("--split", default=None,
+                      help="split to measure on: the eval split, val (a scan guides compression, so it never "
+                           "reads test); accepted for old scripts")
     sens.add_argument("--rank", type=float, default=None, metavar="F",
                       help="rank as a fraction of each layer's full rank min(m, n), e.g. 0.5")
     sens.add_argument("--sparsity", type=float, default=0.0, help="prune to this sparsity first (0 ≤ s < 1)")
     sens.add_argument("--method", default="magnitude", help="pruning method: magnitude, wanda or dare")
+    sens.add_argument("--pattern", default="unstructured",
+                      help="unstructured, or channel / head: each unit is one MLP / attention losing --sparsity of "
+                           "its hidden units / heads")
     sens.add_argument("--no-whiten", action="store_true", help="plain SVD instead of activation-aware SVD")
     sens.add_argument("--tower", action="append", default=None, help="only layers of this tower (repeatable)")
     sens.add_argument("--kind", action="append", default=None, help="only layers of this kind (repeatable)")
@@ -179,32 +185,24 @@ def _write(out: str, name: str, payload: dict, title: str, sections: list[str]) 
 # -- actions --------------------------------------------------------------------------------------
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from rcc.analysis.probe import outcome_probe
     from rcc.analysis.report import sensitivity_section
-    from rcc.analysis.sensitivity import (
-        ScanSetting, save_sensitivity, scan_sensitivity, select_layers, sensitivity_path,
-    )
+    from rcc.analysis.sensitivity import ScanSetting, select_layers
     from rcc.cli.common import stdout, table
-    from rcc.compression.calibration_sets import calibration_sets
-    from rcc.data.registry import load_dataset
-    from rcc.session.workspace import check_split
+    from rcc.services.sensitivity import scan_layers, store_scan
 
     setting = ScanSetting(rank=args.rank, sparsity=args.sparsity, method=args.method, whiten=not args.no_whiten,
-                          seed=args.seed)
+                          seed=args.seed, pattern=args.pattern)
     model, data, eval_split, _, _, node = _load_source(args)
-    split = check_split(data, args.split or eval_split)
     layers = select_layers(model, args.layer, args.tower, args.kind)
-    dataset = load_dataset(data, split)
-    calibration, _ = calibration_sets(data, per_class=args.calib_per_class, seed=args.seed)
     with _progress_bar() as bar:
-        result = scan_sensitivity(model, setting, outcome_probe(dataset), calibration, layers, args.group_by,
-                                  progress=_updater(bar, "sensitivity"), data=data, split=split)
+        update = _updater(bar, "sensitivity")
+        result = scan_layers(model, data, args.split or eval_split, setting, layers, args.group_by,
+                             calib_per_class=args.calib_per_class,
+                             progress=lambda event: update(event.done, event.total or 0, event.detail))
     if node is not None:
-        result = replace(result, node=node)
-        stored = save_sensitivity(result, sensitivity_path(args.session, node))
-        stdout().print(f"stored in the session: {stored}")
+        stored = store_scan(result, args.session, node)
+        result = stored.result
+        stdout().print(f"stored in the session: {stored.path}")
     rows = [[u.name, u.drift, u.metric_drop, u.saved] for u in result.ranked()[:15]]
     stdout().print(table(f"most sensitive of {len(result.units)} ({setting.describe()})",
                          ["unit", "drift", "drop", "saved"], rows))
@@ -255,6 +253,7 @@ def run_ablation(args: argparse.Namespace) -> int:
     from rcc.compression.cascade import CascadeConfig
     from rcc.compression.plan import load_plan, resolve_plan
     from rcc.data.registry import dataset_splits, load_dataset
+    from rcc.data.roles import eval_split_of
 
     model, data, eval_split, test_split, node_plan, _ = _load_source(args)
     plan = load_plan(args.plan) if args.plan else node_plan
@@ -267,13 +266,14 @@ def run_ablation(args: argparse.Namespace) -> int:
     config.validate()
     test = args.test_split or (test_split if test_split in dataset_splits(data) else None)
     calibration, preserved = calibration_sets(data, per_class=args.calib_per_class, seed=plan.seed)
+    eval_split = eval_split_of(data, eval_split)
     evaluate = metric_of(outcome_probe(load_dataset(data, eval_split)))
     test_evaluate = metric_of(outcome_probe(load_dataset(data, test))) if test else None
     variants = ablation_variants(config.stages, orders=not args.no_orders, removals=not args.no_removals)
     with _progress_bar() as bar:
         result = ablate(model, plan, evaluate, calibration, preserved, config, test_evaluate, variants,
-                        progress=_updater(bar, "ablation"))
-    stdout().print(table("ablation", ["variant", "removed", "metric", "seconds"],
+                        progress=_updater(bar, "ablation"), splits=(eval_split, test))
+    stdout().print(table("ablation", ["variant", "removed", f"{eval_split} metric", "seconds"],
                          [[v.name, f"{v.removed_fraction:.1%}", v.metric, round(v.seconds, 1)]
                           for v in result.variants]))
     _write(args.out, "ablation", result.as_dict(), "Stage ablation", [ablation_section(result, args.out)])

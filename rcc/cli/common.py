@@ -14,8 +14,10 @@ from rcc.errors import RccError
 
 MODEL_HELP = ("model spec (default: rcc-mini). Forms: rcc-mini, open_clip:NAME[@PRETRAINED_TAG_OR_FILE], "
               "open_clip:CONFIG.json[@WEIGHTS], hf:ID_OR_LOCAL_DIR, hf-blip:ID_OR_LOCAL_DIR")
-DATA_HELP = ("dataset spec (default: digits). Forms: digits, imagefolder:DIR[?classnames=FILE], cifar10:DIR, "
-             "cifar100:DIR, coco-karpathy:JSON[?root=DIR], flickr30k-karpathy:JSON[?root=DIR], captions-csv:FILE")
+DATA_HELP = ("dataset spec (default: digits). Forms: digits, imagefolder:DIR[?classnames=FILE&split=0.7,0.1,0.2"
+             "&seed=0], cifar10:DIR[?val=0.1&seed=0], cifar100:DIR[?val=0.1&seed=0], coco-karpathy:JSON[?root=DIR], "
+             "flickr30k-karpathy:JSON[?root=DIR], captions-csv:FILE[?root=DIR&split=0.7,0.1,0.2&seed=0]. Every kind "
+             "has train (calibration, training), val (what compression checks) and test (reports)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -28,20 +28,18 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rcc.cli.common import stdout
-    from rcc.session.ops import Export
+    from rcc.output_paths import check_output_dir
+    from rcc.services.export import export_node
+    from rcc.services.outcomes import export_notes
     from rcc.session.session import Session
 
-    op = Export(format=args.format, out=str(Path(args.out).resolve()), node=args.node)
+    check_output_dir(args.out, "--out")  # before the model loads
     with Session.open(args.session, device=args.device) as session:
-        outcome = session.apply(op)
+        outcome = export_node(session, args.format, str(Path(args.out).resolve()), args.node)
     result = outcome.result
     console = stdout()
     console.print(f"exported node {result['node']} ({args.format}) to {result['out']}: "
                   f"{result['total_bytes'] / 2**20:.2f} MiB (dense weights {result['dense_bytes'] / 2**20:.2f} MiB)")
-    for part in ("image", "text"):
-        if part in result:
-            console.print(f"{part} encoder in onnxruntime vs rcc: max |difference| {result[part]['max_abs']:.3g}, "
-                          f"lowest cosine {result[part]['min_cosine']:.6f}")
-    for note in result.get("notes", []):
-        console.print(f"note: {note}")
+    for line in export_notes(result):
+        console.print(line)
     return 0

@@ -16,7 +16,10 @@ def add_parser(sub) -> None:
     add_model_args(parser)
     parser.add_argument("--sparsity", type=float, default=0.0, help="0 ≤ s < 1 (default 0)")
     parser.add_argument("--method", default="magnitude", help="dare, magnitude or wanda (default magnitude)")
-    parser.add_argument("--pattern", default="unstructured", help="unstructured, row or N:M such as 2:4")
+    parser.add_argument("--pattern", default="unstructured",
+                        help="unstructured, row, N:M such as 2:4, channel (remove MLP hidden units: mlp_in rows and "
+                             "mlp_out columns; default kind mlp_in) or head (remove attention heads: q/k/v rows and "
+                             "out-projection columns; default kind attn_q)")
     parser.add_argument("--rank", default=None, help="an integer, energy:F (0 < F ≤ 1) or auto (needs --budget)")
     parser.add_argument("--budget", type=float, default=None,
                         help="for --rank auto: fraction of the selected layers' parameters to keep (0 < b < 1)")
@@ -37,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from rcc.compression.plan import save_plan, summarize_plan, uniform_plan
     from rcc.compression.plan_rules import check_bits
     from rcc.models.registry import load_model
+    from rcc.output_paths import check_output_file
 
+    check_output_file(args.out, "--out plan file")
     model = load_model(args.model, device="cpu")
     layers = model.layers()
     plan = uniform_plan(sparsity=args.sparsity, rank=args.rank, method=args.method, pattern=args.pattern,

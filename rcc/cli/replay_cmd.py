@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("source", metavar="SESSION_OR_RECIPE")
     parser.add_argument("--out", metavar="NEW_SESSION", default=None,
-                        help="where the replayed session goes (default: a new directory next to the source)")
+                        help="keep the replayed session in this new directory (default: a temporary directory, "
+                             "removed when the replay ends, exports included)")
     parser.add_argument("--verify", action="store_true", help="exit 1 when any metric differs beyond --tolerance")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="allowed absolute difference (default 0: CPU replays are bit-identical)")
@@ -26,44 +27,51 @@ def add_parser(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def _default_out(source: str) -> str:
-    from pathlib import Path
-
-    base = Path(source).resolve()
-    stem = base.name if base.is_dir() else base.stem
-    for i in range(1, 1000):
-        candidate = base.parent / f"{stem}-replay{'' if i == 1 else i}"
-        if not candidate.exists():
-            return str(candidate)
-    raise RuntimeError("no free replay directory name")
+def metric_text(key: str, value: float | None) -> str:
+    """A size as an integer with thousands separators, any other metric with four decimals."""
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if key.startswith("size/") else f"{value:.4f}"
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
     from pathlib import Path
 
     from rcc.cli.common import stderr, stdout, table, write_json
     from rcc.errors import RccError
+    from rcc.output_paths import check_output_dir
     from rcc.session.replay import load_recipe, replay
 
     if args.tolerance < 0:
         raise RccError(f"tolerance {args.tolerance} is negative; allowed: a number ≥ 0")
     recipe = load_recipe(args.source)
-    out = args.out or _default_out(args.source)
+    if args.out:
+        check_output_dir(args.out, "--out session directory")  # a new or empty directory, before any op runs
     roots = [Path(r) for r in (args.data_root or ["."])]
     console = stderr()
 
     def on_op(i: int, op) -> None:
         console.print(f"[{i + 1}/{len(recipe.ops)}] {op.kind}", highlight=False)
 
-    report = replay(recipe, out, roots, device=args.device, on_op=on_op)
+    # Without --out the replayed session is a throwaway: a temporary directory, gone afterwards.
+    scratch = None if args.out else tempfile.TemporaryDirectory(prefix="rcc-replay-")
+    out = args.out or str(Path(scratch.name) / "session")
+    try:
+        report = replay(recipe, out, roots, device=args.device, on_op=on_op)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    where = out if args.out else "a temporary session (removed; --out keeps it)"
     bad = report.mismatches(args.tolerance)
-    rows = [[row.node, row.key, row.recorded, row.replayed,
+    rows = [[row.node, row.key, metric_text(row.key, row.recorded), metric_text(row.key, row.replayed),
              "same" if row.difference == 0 else ("ok" if row.difference <= args.tolerance else "DIFFERS")]
             for row in report.rows]
-    stdout().print(table(f"replay of {args.source} → {out}", ["node", "metric", "recorded", "replayed", ""], rows))
+    stdout().print(table(f"replay of {args.source} → {where}", ["node", "metric", "recorded", "replayed", ""],
+                         rows))
     stdout().print(f"{report.ops} ops replayed; {len(bad)} of {len(report.rows)} metrics differ beyond "
                    f"{args.tolerance:g}")
-    write_json(args.json, {"source": args.source, "out": out, "tolerance": args.tolerance,
+    write_json(args.json, {"source": args.source, "out": args.out, "tolerance": args.tolerance,
                            "rows": [{"node": r.node, "metric": r.key, "recorded": r.recorded, "replayed": r.replayed}
                                     for r in report.rows], "mismatches": len(bad)})
     return 1 if args.verify and bad else 0

@@ -81,6 +81,10 @@ def add_parser(sub) -> None:
                              help="global space: per-group multiplier bounds (default 0.5:1.5:0.1), or 'none'")
     study_group.add_argument("--method", choices=("magnitude", "wanda", "dare"), default=None,
                              help="pruning method of the searched layers (default: the session plan's)")
+    study_group.add_argument("--pattern", default=None, metavar="P",
+                             help="pattern of the searched layers: unstructured, row, channel (MLP hidden units of "
+                                  "each mlp_in's group) or head (attention heads of each attn_q's group); "
+                                  "default: the session plan's")
     study_group.add_argument("--stages", default=None, metavar="LIST",
                              help="each trial's pipeline, comma list of dare, nullu, alphaedit, quant "
                                   "(default: dare, and quant with --bits)")
@@ -143,6 +147,8 @@ def build_settings(args: argparse.Namespace, base):
         space_changes["method"] = args.method
     if args.bits:
         space_changes["bits"] = True
+    if args.pattern is not None:
+        space_changes["pattern"] = args.pattern
     objective_changes = {}
     for option, key in (("objective", "mode"), ("threshold", "threshold"), ("size", "size"),
                         ("calib_per_class", "calib_per_class")):
@@ -203,52 +209,51 @@ def _row_cells(row, dense_params: float | None = None) -> list:
             row.accuracy, "yes" if row.on_front else "", row.origin, row.note]
 
 
-COLUMNS = ["trial", "state", "size", "of dense", "removed", "accuracy", "front", "origin", "note"]
+def _columns(split: str) -> list[str]:
+    """The trial table's header; accuracy is measured on the eval split, and says so."""
+    return ["trial", "state", "size", "of dense", "removed", f"{split} accuracy", "front", "origin", "note"]
 
 
 def run_search_command(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stderr, stdout, table, write_json
-    from rcc.search.seeds import read_scores, session_sensitivity
+    from rcc.search.space import SearchError
     from rcc.search.storage import resolve_url
-    from rcc.search.study import Limits, StudySettings, existing_settings, read_source, run_search
-
-    url = resolve_url(args.storage, session)
+    from rcc.search.study import Limits
+    from rcc.services.search import plan_study, run_study
     from rcc.session.session import is_session
 
+    if args.workers < 1:  # before a study is created or joined
+        raise SearchError(f"workers {args.workers} is invalid; allowed: an integer ≥ 1")
+    resolve_url(args.storage, session)  # a malformed URL is refused before anything else
     if not is_session(session):
         raise RccError(f"{session!r} is not a session; allowed: a directory made by `rcc-tui new` or "
                        f"`rcc-tui session new`")
-    stored = existing_settings(url, args.study)
-    settings = build_settings(args, stored or StudySettings())
+    start = plan_study(session, args.study, args.storage, adjust=lambda base: build_settings(args, base),
+                       sensitivity_file=args.sensitivity)
+    settings, split = start.settings, start.eval_split
     trials = args.trials if args.trials is not None else (None if args.timeout or args.patience else 20)
     limits = Limits(trials=trials, timeout=args.timeout, patience=args.patience)
     console = stderr()
-    sensitivity = None
-    if args.sensitivity:
-        sensitivity = read_scores(args.sensitivity)
-    elif stored is None:  # a new study starts from the session's scan of its node, when there is one
-        found = session_sensitivity(session, read_source(session).node)
-        if found:
-            console.print(f"seeding from the sensitivity scan {found[0]}", highlight=False, markup=False)
-            sensitivity = found[1]
-    console.print(f"{'joining' if stored else 'creating'} study {args.study!r}: {settings.objective.mode}, "
+    if start.sensitivity_source and not args.sensitivity:
+        console.print(f"seeding from the sensitivity scan {start.sensitivity_source}", highlight=False, markup=False)
+    console.print(f"{'joining' if start.joining else 'creating'} study {args.study!r}: {settings.objective.mode}, "
                   f"{settings.space.level} space, {settings.sampler}, {args.workers} worker(s)", highlight=False)
 
     def progress(event) -> None:
         row = event.row
         total = f" of {event.total}" if event.total else ""
         measured = ("" if row.size is None else f"{row.size:,.0f} stored") + (
-            "" if row.accuracy is None else f", accuracy {row.accuracy:.4f}")
+            "" if row.accuracy is None else f", {split} accuracy {row.accuracy:.4f}")
         console.print(f"trial {event.done}{total} (#{row.number}) {row.state.lower()}: {measured}"
                       f"{' — ' + row.note if row.note else ''} · {event.best}", highlight=False, markup=False,
                       soft_wrap=True)
 
-    report = run_search(session, args.study, settings, limits, storage=args.storage, workers=args.workers,
-                        sensitivity=sensitivity, device=args.device, progress=progress)
+    report = run_study(session, start, limits, storage=args.storage, workers=args.workers, device=args.device,
+                       progress=progress)
     dense = _dense_params(report)
     title = (f"{'Pareto front' if settings.objective.mode == 'pareto' else 'feasible front (smallest first)'} of "
-             f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f}")
-    stdout().print(table(title, COLUMNS, [_row_cells(row, dense) for row in report.front]))
+             f"study {report.study} ({report.storage}); dense accuracy {report.dense_accuracy:.4f} on {split}")
+    stdout().print(table(title, _columns(split), [_row_cells(row, dense) for row in report.front]))
     counts = {state: sum(r.state == state for r in report.rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
     stdout().print(f"{report.ran} trials run in {report.seconds:.1f} s; the study holds {len(report.rows)} "
                    f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed). "
@@ -271,9 +276,10 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
     rows = list_trials(url, args.study)
     info = study_info(url, args.study)
     dense = info.dense_size.get("size/params")
-    accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f}"
+    split = info.eval_split
+    accuracy = "–" if info.dense_accuracy is None else f"{info.dense_accuracy:.4f} on {split}"
     stdout().print(table(f"trials of study {args.study} ({display_url(url)}; {info.mode}); dense accuracy {accuracy}",
-                         COLUMNS, [_row_cells(row, dense) for row in rows]))
+                         _columns(split), [_row_cells(row, dense) for row in rows]))
     if args.json:
         from dataclasses import asdict
 
@@ -283,26 +289,17 @@ def run_trials(args: argparse.Namespace, session: str) -> int:
 
 def run_apply(args: argparse.Namespace, session: str) -> int:
     from rcc.cli.common import stdout
-    from rcc.search.storage import resolve_url, without_password
-    from rcc.search.record import record_from_dict
-    from rcc.search.trials import load_trial
-    from rcc.session import ops as O
+    from rcc.services.search import apply_trial
     from rcc.session.session import Session
 
     if args.trial is None:
         raise RccError("search apply needs --trial N; allowed: a COMPLETE trial number from `rcc-tui search trials`")
-    url = resolve_url(args.storage, session)
-    trial = load_trial(url, args.study, args.trial)
-    record = record_from_dict(trial.user_attrs["record"])
-    measured = float(trial.user_attrs.get("accuracy", float("nan")))
-    recorded_storage = None if args.storage is None else without_password(url)
-    with Session.open(session, device=args.device) as opened:
-        if opened.head != record.node:
-            opened.apply(O.Checkout(node=record.node))
-        outcome = opened.apply(O.ApplyTrial(study=args.study, trial=args.trial, storage=recorded_storage,
-                                            record=record.as_dict()))
-    metric = outcome.metrics.get("eval/primary")
+    # Opened without its model: a trial that cannot be read is refused before the model loads.
+    with Session.open(session, device=args.device, load=False) as opened:
+        applied = apply_trial(opened, args.study, args.trial, storage=args.storage)
+        split, metric = opened.eval_split, applied.outcome.metrics.get(opened.eval_key)
+    outcome = applied.outcome
     stdout().print(f"#{outcome.seq} apply_trial: node {outcome.new_node} from trial {args.trial} of {args.study}: "
-                   f"eval {metric:.4f} (the trial measured {measured:.4f}), "
+                   f"eval on {split} {metric:.4f} (the trial measured {applied.measured:.4f}), "
                    f"{int(outcome.metrics.get('size/params', 0)):,} stored values")
     return 0

@@ -1,10 +1,11 @@
-"""``rcc-tui session new|ls|show|log|graph|apply|gc|export-recipe``: sessions, headless."""
+"""``rcc-tui session new|ls|show|log|graph|apply|gc|repair|export-recipe``: sessions, headless."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 from rcc.cli.common import DATA_HELP, MODEL_HELP
@@ -19,7 +20,9 @@ def add_parser(sub) -> None:
     new.add_argument("session", metavar="DIR", help="a new or empty directory")
     new.add_argument("--model", default="rcc-mini", metavar="SPEC", help=MODEL_HELP)
     new.add_argument("--data", default="digits", metavar="SPEC", help=DATA_HELP)
-    new.add_argument("--eval-split", default=None, help="split checked after each stage (default: calib if any)")
+    new.add_argument("--eval-split", default=None,
+                     help="split checked after each stage: always val, the eval split (calibration reads train, "
+                          "reports read test); accepted for old scripts")
     new.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     new.set_defaults(run=run_new)
 
@@ -46,26 +49,41 @@ def add_parser(sub) -> None:
     gc.add_argument("session", metavar="SESSION")
     gc.set_defaults(run=run_gc)
 
+    repair = actions.add_parser("repair", help="rebuild a damaged or lost session database from its journal and store",
+                                description="Rebuilds session.db from session.journal (every commit, as JSON lines) "
+                                            "when SQLite cannot read it or it lacks commits; the damaged file is kept "
+                                            "beside it. Then hashes every blob and names the nodes that cannot be "
+                                            "checked out (a blob missing or corrupt).")
+    repair.add_argument("session", metavar="SESSION")
+    repair.add_argument("--force", action="store_true", help="rebuild even if the database looks intact")
+    repair.set_defaults(run=run_repair)
+
     recipe = actions.add_parser("export-recipe", help="write the op log alone (no weights) as a recipe")
     recipe.add_argument("session", metavar="SESSION")
     recipe.add_argument("recipe", metavar="RECIPE.json")
     recipe.set_defaults(run=run_export_recipe)
 
 
-def sessions_home() -> Path:
-    """Where sessions live unless told otherwise: $RCC_SESSIONS_DIR or ~/.local/share/rcc-tui/sessions."""
-    import os
-
-    return Path(os.environ.get("RCC_SESSIONS_DIR") or Path.home() / ".local/share/rcc-tui/sessions")
-
-
 def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _metric(node, key: str = "eval/primary") -> str:
-    value = node.metrics.get(key)
-    return "–" if value is None else f"{value:.4f}"
+def _metric(node) -> str:
+    """The node's eval metric with the split it was measured on: ``val 0.9722``."""
+    value = node.eval_metric
+    return "–" if value is None else f"{node.eval_split} {value:.4f}"
+
+
+def _split_rows(session) -> list[list]:
+    """One row per data role: the split it reads and its size, then how the splits were made."""
+    splits = session.splits()
+    items = splits.get("items", {})
+
+    def sized(split: str) -> str:
+        return f"{split} ({items[split]:,} items)" if split in items else split
+
+    return [["calibration reads", sized("train")], ["eval split", sized(session.eval_split)],
+            ["test split", sized(session.test_split)], ["splits", splits.get("layout", "–")]]
 
 
 def run_new(args: argparse.Namespace) -> int:
@@ -76,25 +94,21 @@ def run_new(args: argparse.Namespace) -> int:
                         device=args.device) as session:
         root = session.nodes()[0]
         stdout().print(f"session {args.session}: node {root.id} {root.summary}, "
-                       f"eval {_metric(root)}, {root.params:,} parameters")
+                       f"{_metric(root)} (the eval split), {root.params:,} parameters; {session.splits()['layout']}")
     return 0
 
 
 def run_ls(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout, table
-    from rcc.session.session import Session, is_session
+    from rcc.services.sessions import list_sessions, sessions_home
 
     root = Path(args.root) if args.root else sessions_home()
-    rows = []
-    for directory in sorted(p for p in root.glob("*") if is_session(p)) if root.is_dir() else []:
-        with Session.open(directory, read_only=True) as session:
-            nodes = session.nodes()
-            head = next((n for n in nodes if n.id == session.head), None)
-            rows.append([directory.name, session.setting("model"), session.setting("data"), len(nodes),
-                         session.head, head and _metric(head), head and head.params,
-                         _when(nodes[-1].created) if nodes else "–"])
+    rows = [[entry.name, entry.model, entry.data, entry.nodes, entry.head,
+             entry.head_eval_text(), entry.head_params,
+             _when(entry.last_change) if entry.last_change is not None else "–"] for entry in list_sessions(root)]
     stdout().print(table(f"sessions in {root}", ["session", "model", "data", "nodes", "head", "eval", "params",
                                                  "last change"], rows))
+    stdout().print("open one: rcc-tui open NAME", highlight=False)
     return 0
 
 
@@ -105,14 +119,21 @@ def run_show(args: argparse.Namespace) -> int:
     with Session.open(args.session, read_only=True) as session:
         nodes = session.nodes()
         head = next((n for n in nodes if n.id == session.head), None)
-        rows = [["model", session.setting("model")], ["data", session.setting("data")],
-                ["eval split", session.setting("eval_split")], ["nodes", len(nodes)], ["ops", len(session.ops())],
+        rows = [["model", session.setting("model")], ["data", session.setting("data")], *_split_rows(session),
+                ["nodes", len(nodes)], ["ops", len(session.ops())],
                 ["head", f"node {session.head}" if head else "–"],
                 ["head metrics", ", ".join(f"{k} {v:.4g}" for k, v in sorted(head.metrics.items())) if head else "–"],
                 ["plan", json.dumps(json.loads(session.setting("plan") or "{}"), sort_keys=True)],
-                ["disk", f"{session.disk_bytes() / 2**20:.1f} MiB"]]
+                ["disk", _disk(session.disk_usage())]]
         stdout().print(table(f"session {args.session}", ["", "value"], rows))
     return 0
+
+
+def _disk(usage) -> str:
+    if not usage.shared:
+        return f"{usage.total / 2**20:.1f} MiB"
+    return (f"{usage.total / 2**20:.1f} MiB, of which {usage.shared / 2**20:.1f} MiB are blobs linked with the data "
+            f"home's shared store (stored once for all sessions; its own: {usage.own / 2**20:.1f} MiB)")
 
 
 def run_log(args: argparse.Namespace) -> int:
@@ -139,7 +160,7 @@ def run_graph(args: argparse.Namespace) -> int:
     for row in rows:
         node = row.node
         label = f" [{node.label}]" if node.label else ""
-        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} eval {_metric(node)}  "
+        out.print(f"{row.prefix.ljust(width)} {node.id:>3}{label} {node.op_kind:<12} {_metric(node)}  "
                   f"{node.params:>12,} params  {node.summary}", markup=False, highlight=False)
     return 0
 
@@ -153,29 +174,44 @@ def _read_ops(items: list[str]) -> list:
         text = item
         if not item.lstrip().startswith(("{", "[")):
             try:
-                text = Path(item).read_text()
+                text = Path(item).read_text(encoding="utf-8")
             except OSError as exc:
                 raise RccError(f"op {item!r} is neither JSON nor a readable file: {exc.strerror or exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise RccError(f"op file {item!r} is a binary file; allowed: a JSON op or a list of ops") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RccError(f"op {item[:60]!r} is not valid JSON: {exc}") from exc
-        ops.extend(op_from_dict(entry) for entry in (data if isinstance(data, list) else [data]))
+        entries = data if isinstance(data, list) else [data]
+        if not entries:
+            raise RccError(f"op {item[:60]!r} is an empty list; allowed: one op or a non-empty list of ops")
+        ops.extend(op_from_dict(entry) for entry in entries)
     return ops
 
 
 def run_apply(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
+    from rcc.services.outcomes import describe_outcome
+    from rcc.services.search import with_trial_record
     from rcc.session.session import Session
 
-    ops = _read_ops(args.ops)  # every op checked before the session is even opened
+    # Every op checked (a trial's record read from its study) before the session is even opened.
+    ops = [with_trial_record(op, args.session) for op in _read_ops(args.ops)]
     # The model loads with the first op that needs it (so a checkout can leave a corrupt head).
     with Session.open(args.session, device=args.device, load=False) as session:
         for op in ops:
             outcome = session.apply(op)
             made = f"node {outcome.new_node}" if outcome.new_node else f"head node {outcome.node_after}"
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items()))
-            stdout().print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}")
+            out = stdout()
+            out.print(f"#{outcome.seq} {op.kind}: {made} ({outcome.seconds:.1f} s){'; ' + metrics if metrics else ''}",
+                      highlight=False, markup=False)
+            text = describe_outcome(outcome, session.nodes())
+            for line in ((text.headline,) if outcome.unchanged else ()) + text.details:
+                out.print(f"  {line}", highlight=False, markup=False)
+            for warning in text.warnings:
+                print(f"rcc-tui: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -185,16 +221,41 @@ def run_gc(args: argparse.Namespace) -> int:
 
     with Session.open(args.session, load=False) as session:
         report = session.gc()
-    stdout().print(f"removed {report.removed} unreferenced blobs ({report.freed_bytes / 2**20:.1f} MiB); "
+    shared = (f"; {report.shared_removed} blobs of the shared store no session uses"
+              if report.shared_removed else "")
+    stdout().print(f"removed {report.removed} unreferenced blobs{shared} ({report.freed_bytes / 2**20:.1f} MiB freed); "
                    f"kept {report.kept}")
+    return 0
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from rcc.cli.common import stdout
+    from rcc.session.repair import repair
+
+    report = repair(args.session, force=args.force)
+    out = stdout()
+    if not report.rebuilt:
+        out.print(f"session {args.session}: {report.reason}; nothing to repair (--force rebuilds anyway)")
+        return 0
+    kept = f"; the damaged one is kept as {report.kept_as.name}" if report.kept_as else ""
+    out.print(f"session {args.session}: database rebuilt from the journal ({report.reason}): {report.ops} ops, "
+              f"{report.nodes} nodes{kept}", markup=False, highlight=False)
+    for problem in report.journal_problems:
+        out.print(f"  journal: {problem}", markup=False, highlight=False)
+    for node, problem in report.broken_nodes.items():
+        out.print(f"  cannot be rebuilt: node {node}: {problem}", markup=False, highlight=False)
+    if not report.broken_nodes:
+        out.print("  every node's blobs are in the store and match their hashes", markup=False, highlight=False)
     return 0
 
 
 def run_export_recipe(args: argparse.Namespace) -> int:
     from rcc.cli.common import stdout
+    from rcc.output_paths import check_output_file
     from rcc.session.replay import write_recipe
     from rcc.session.session import Session
 
+    check_output_file(args.recipe, "recipe file")
     with Session.open(args.session, read_only=True) as session:
         path = write_recipe(session, args.recipe)
         count = len(session.ops())

@@ -9,8 +9,9 @@ def add_parser(sub) -> None:
     parser = sub.add_parser(
         "train", help="recover accuracy: distil the dense (teacher) node into the current compressed node",
         description="Distils the teacher node (default: the root, i.e. the dense model) into the current node on "
-                    "the dataset's unlabelled training images and prompts, keeping pruned entries at zero, "
-                    "low-rank layers low-rank and locked layers frozen. Records a train op and a new node.",
+                    "the dataset's unlabelled training images and prompts (or captions), keeping pruned entries at "
+                    "zero, low-rank layers low-rank and locked layers frozen. BLIP captioners learn the teacher's "
+                    "next-token distributions on teacher-forced captions. Records a train op and a new node.",
     )
     parser.add_argument("session", metavar="SESSION")
     parser.add_argument("--steps", type=int, default=100)
@@ -18,8 +19,12 @@ def add_parser(sub) -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--kl-weight", type=float, default=1.0, help="KL between similarity logits")
-    parser.add_argument("--cosine-weight", type=float, default=1.0, help="1 − cosine between embeddings")
+    parser.add_argument("--kl-weight", type=float, default=1.0,
+                        help="KL to the teacher's predictions: image-text similarity logits; for BLIP also its "
+                             "ITM distributions (fusion layers) or, for a captioner, its next-token distributions "
+                             "on teacher-forced captions (decoder)")
+    parser.add_argument("--cosine-weight", type=float, default=1.0,
+                        help="1 − cosine between embeddings (a captioner's image embeddings only)")
     parser.add_argument("--mse-weight", type=float, default=0.0, help="squared error between embeddings")
     parser.add_argument("--attention-weight", type=float, default=0.0,
                         help="attention transfer: KL between the teacher's and the student's head-averaged "
@@ -55,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(task, completed=event.done, total=event.total, description=f"{event.phase} {event.detail}")
 
             outcome = session.apply(op, progress=progress)
+        split, key = session.eval_split, session.eval_key
     result = outcome.result
     stdout().print(f"node {outcome.new_node} (from node {before.id}, teacher node {result['teacher']}): "
-                   f"eval {before.metrics.get('eval/primary', float('nan')):.4f} → "
-                   f"{outcome.metrics['eval/primary']:.4f}; loss {result['losses'][0]:.4f} → {result['losses'][-1]:.4f}; "
+                   f"eval on {split} {before.metrics.get(key, float('nan')):.4f} → "
+                   f"{outcome.metrics[key]:.4f}; loss {result['losses'][0]:.4f} → {result['losses'][-1]:.4f}; "
                    f"non-zero parameters {result['params_before']:,} → {result['params_after']:,}; "
                    f"{result['seconds']:.1f} s")
     return 0

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from rcc.cli.common import stderr, stdout, table
     from rcc.errors import RccError
     from rcc.models.quiet import quiet_libraries
+    from rcc.output_paths import check_output_file
     from rcc.models.rcc_mini import CARD_FILE, shipped_state, weights_path
     from rcc.training.demo import DemoTrainConfig, train_demo
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else weights_path()
     if out.suffix != ".safetensors":
         raise RccError(f"--out {str(out)!r} must end in .safetensors")
+    check_output_file(out, "--out weights file")
     with Progress(TextColumn("training rcc-mini"), BarColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
                   TimeRemainingColumn(), console=stderr()) as bar:
         task = bar.add_task("train", total=None, loss=float("nan"))

@@ -334,6 +334,86 @@ def _invertible(r: torch.Tensor) -> bool:
     return float(diagonal.min()) > cut
 
 
+# --- structured removal -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RemovalFit:
+    """A consumer refitted on its kept inputs K after inputs D were removed.
+
+    ``weight`` = W_K + Δ (m × |K|), ``bias_shift`` = β (m,), and the calibration error
+    ‖W' X_K + β1ᵀ − W X‖² of plain removal (``before``: Δ = 0, β = 0) and of the fit (``after``).
+    """
+
+    weight: torch.Tensor
+    bias_shift: torch.Tensor
+    before: float
+    after: float
+
+
+def removal_fit(
+    W: torch.Tensor,
+    keep: torch.Tensor,
+    gram: torch.Tensor,
+    sums: torch.Tensor | None,
+    count: int,
+    lam: float,
+    projector: NullSpace | torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    refit: bool = True,
+) -> RemovalFit:
+    """Δ, β minimising ‖(W_K + Δ) X_K + β1ᵀ − W X‖² + λ‖Δ‖² once the inputs D = ¬keep are gone.
+
+    W X = W_K X_K + W_D X_D, so the residual is Δ X_K + β1ᵀ − W_D X_D. Minimising over β first
+    gives β = W_D μ_D − Δ μ_K (the removed inputs' mean contribution moves into the bias) and
+    leaves the centred problem ‖Δ X̃_K − W_D X̃_D‖² + λ‖Δ‖² with Σ = C − s sᵀ / N (s = X1):
+
+        Δ = W_D Σ_DK U (Uᵀ Σ_KK U + λI)⁻¹ Uᵀ      (U = I without a projector)
+
+    — the AlphaEdit ridge solve of ``dense_correction`` with R C replaced by W_D Σ_DK, so with a
+    projector onto the null space of the preserved inputs (at the kept channels) the refit leaves
+    their outputs alone up to the bias shift. ``mask`` (m × |K|) keeps a pruned consumer's zeros
+    (rows solved as ``masked_correction``). Without ``sums`` (no intercept) Σ = C and β = 0;
+    ``refit=False`` gives only the bias shift (Δ = 0). The errors come from the optimality
+    identity e(Δ*) = e_c(0) − ⟨Δ*, W_D Σ_DK⟩ − λ‖Δ*‖², e_c(0) = tr(W_D Σ_DD W_Dᵀ).
+    """
+    _check_square(gram, "gram")
+    if keep.dtype != torch.bool or keep.shape != (W.shape[1],) or gram.shape[0] != W.shape[1]:
+        raise ValueError(f"keep must be a bool vector over the {W.shape[1]} inputs and gram {W.shape[1]} × "
+                         f"{W.shape[1]}, got {keep.dtype} {tuple(keep.shape)} and {tuple(gram.shape)}")
+    _check_lam(lam)
+    c = _sym64(gram).to(W.device)
+    w = W.detach().to(torch.float64)
+    keep = keep.to(W.device)
+    kept, dropped = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
+    w_d = w[:, dropped]
+    before = float(((w_d @ c[dropped][:, dropped]) * w_d).sum())
+    centred = c
+    if sums is not None and count:
+        s = sums.detach().to(device=W.device, dtype=torch.float64)
+        centred = c - torch.outer(s, s) / count
+    sigma_kk = centred[kept][:, kept]
+    rc = w_d @ centred[dropped][:, kept]
+    base = float(((w_d @ centred[dropped][:, dropped]) * w_d).sum())
+    if not refit or kept.numel() == 0:
+        delta = torch.zeros_like(w[:, kept])
+    elif mask is not None:
+        _check_mask(mask, w[:, kept])
+        delta = _masked_delta(sigma_kk, rc, mask.to(W.device), lam, projector)
+    else:
+        basis = _basis(projector, sigma_kk.shape[0], sigma_kk.device)
+        delta = (_ridge_solve(sigma_kk, rc, lam) if basis is None
+                 else _ridge_solve(basis.T @ sigma_kk @ basis, rc @ basis, lam) @ basis.T)
+    after = base - float((delta * rc).sum()) - lam * float((delta * delta).sum())
+    if sums is not None and count:
+        mu = sums.detach().to(device=W.device, dtype=torch.float64) / count
+        shift = w_d @ mu[dropped] - delta @ mu[kept]
+    else:
+        shift = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+    return RemovalFit(weight=(w[:, kept] + delta).to(W.dtype), bias_shift=shift.to(W.dtype), before=before,
+                      after=max(after, 0.0))
+
+
 # --- iterative ----------------------------------------------------------------------------------
 
 

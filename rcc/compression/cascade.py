@@ -20,20 +20,23 @@ import torch
 
 from rcc.compression.calibration import CalibrationData, collect_input_stats
 from rcc.compression.correction_stage import run_correction_stage
+from rcc.compression.groups import is_structured, partners
 from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameters, unfuse
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
 from rcc.compression.prune_stage import run_prune_stage
-from rcc.compression.quant_stage import QUANT_METHODS, embedding_paths, run_quant_stage
-from rcc.compression.schedule import check_schedule, next_fraction
+from rcc.compression.quant_stage import embedding_paths, run_quant_stage
+from rcc.compression.schedule import MAX_ATTEMPTS, check_schedule, next_fraction
 from rcc.compression.stage_context import LayerProgress, StageContext, StageOptions
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
+from rcc.schema.names import QUANT_METHODS, STAGE_NAMES
 
-STAGES = {"dare": run_prune_stage, "nullu": run_lowrank_stage, "alphaedit": run_correction_stage,
-          "quant": run_quant_stage}
-DEFAULT_STAGES = tuple(STAGES)  # a stage with nothing planned (no correction, no bits) changes nothing
+STAGES = dict(zip(STAGE_NAMES, (run_prune_stage, run_lowrank_stage, run_correction_stage, run_quant_stage),
+                  strict=True))
+DEFAULT_STAGES = STAGE_NAMES  # a stage with nothing planned (no correction, no bits) changes nothing
+CALIBRATION_PHASE = "calibration"  # the layer progress's phase while the calibration batches run
 Evaluator = Callable[[VLModel], float]
 
 
@@ -50,10 +53,10 @@ class CascadeConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
             raise RccError(f"stages {list(self.stages)} are invalid; allowed: a non-empty sequence of {', '.join(STAGES)}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
             raise RccError(f"threshold {self.threshold} is out of range; allowed: 0 ≤ threshold ≤ 1 (of the dense metric)")
-        if self.max_attempts < 1:
-            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_ATTEMPTS}")
         check_schedule(self.schedule, self.steps)
         if self.options.quant_method not in QUANT_METHODS:
             raise RccError(f"quant method {self.options.quant_method!r} is unknown; allowed: {', '.join(QUANT_METHODS)}")
@@ -110,9 +113,7 @@ def run_cascade(
     """
     config.validate()
     start = time.perf_counter()
-    plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
-    if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0, a rank or bits 8")
+    plans = run_plans(model, plan)
     module = model.module
     index = model.layer_index
     before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
@@ -161,9 +162,7 @@ def run_stage(
     if not 0 < fraction <= 1:
         raise RccError(f"fraction {fraction} is out of range; allowed: 0 < fraction ≤ 1")
     start = time.perf_counter()
-    plans = {name: p for name, p in resolve_plan(plan, model.layers()).items() if _selected(p)}
-    if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0, a rank or bits 8")
+    plans = run_plans(model, plan)
     module, index = model.module, model.layer_index
     config = CascadeConfig(stages=(stage,), options=options)
     before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
@@ -193,20 +192,47 @@ def _selected(p) -> bool:
     return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction or p.bits is not None)
 
 
+def run_plans(model: VLModel, plan: CompressionPlan) -> dict:
+    """The layers a run may change, in inventory order: the selected ones, and the partners their
+    structured patterns narrow with them (an mlp_out whose hidden units go, k / v / out of a head group)."""
+    layers = model.layers()
+    resolved = resolve_plan(plan, layers)
+    plans = {name: p for name, p in resolved.items() if _selected(p)}
+    if not plans:
+        raise RccError("the plan selects no layer: give some layer a sparsity > 0, a rank or bits 8")
+    extra = partners(layers, resolved)
+    return {layer.name: resolved[layer.name] for layer in layers if layer.name in plans or layer.name in extra}
+
+
 def _context(model, plans, plan, calibration, preserved, config, progress, cancel) -> StageContext:
     index = model.layer_index  # a property that walks the model: once, not per layer
     layers = [index[name] for name in plans]
     needs_gram = ("alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
                   or ("quant" in config.stages and any(p.bits for p in plans.values())))
-    stats = collect_input_stats(model, layers, calibration, gram=needs_gram, cancel=cancel)
+    # Structured removal collects its own statistics as it goes: a layer only it touches needs none here.
+    measured = [layer for layer in layers if _uses_run_stats(plans[layer.name], config.stages)]
+    # Calibration is a phase of its own (tens of seconds on a large model): reported through the
+    # layer progress as phase "calibration", its units the images and texts run so far.
+    calibrating = None if progress is None else (
+        lambda done, total, what: progress(CALIBRATION_PHASE, done - 1, total, what))
+    stats = collect_input_stats(model, measured, calibration, gram=needs_gram, progress=calibrating,
+                                cancel=cancel) if measured else {}
     kept = {}
     if preserved is not None and "alphaedit" in config.stages and config.options.preserve:
         wanted = [layer for layer in layers if plans[layer.name].correction]
-        kept = collect_input_stats(model, wanted, preserved, gram=True, cancel=cancel)
+        kept = collect_input_stats(model, wanted, preserved, gram=True, progress=calibrating, cancel=cancel)
     dense = {layer.name: dense_weight(model.module, layer).detach().clone() for layer in layers}
     return StageContext(model=model, plans=plans, stats=stats, preserved=kept, dense=dense, seed=plan.seed,
                         budget=plan.budget if plan.budget is not None else 1.0, options=config.options,
-                        calibration=calibration, progress=progress, cancel=cancel)
+                        calibration=calibration, progress=progress, cancel=cancel,
+                        preserved_data=preserved if config.options.preserve else None)
+
+
+def _uses_run_stats(plan, stages) -> bool:
+    """Whether a stage reads the run's calibration statistics of a layer with this plan."""
+    pruned = plan.sparsity > 0 and not is_structured(plan.pattern)
+    quantised = plan.bits is not None and "quant" in stages  # GPTQ's Gram, SmoothQuant's ranges
+    return pruned or plan.rank is not None or (plan.correction and "alphaedit" in stages) or quantised
 
 
 def _base_weights(base: VLModel, names: list[str]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ input to the layer and the target is the dense weight applied to it, ‖(W_c + �
 By default X comes from the dense model and the target is the dense output, which kept
 rcc-mini's text embeddings closer to dense than the sequential variant did
 (``python -m bench.quality --budgets 0.5 --scopes text --methods rcc,rcc-seq``).
-Layers no calibration input reaches are left as they are.
+Layers no calibration input reaches are left as they are, and so are layers whose shape
+changed in this run (structured removal refits them itself: ``structured_stage``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import torch
 from rcc.compression import alphaedit
 from rcc.compression.calibration import collect_input_stats
 from rcc.compression.layers import dense_weight, get_mask, layer_form, layer_module, set_dense_weight
-from rcc.compression.prune_stage import LayerChange
-from rcc.compression.stage_context import StageContext
+from rcc.compression.stage_context import LayerChange, StageContext
 
 STAGE = "alphaedit"
 
@@ -32,11 +32,12 @@ STAGE = "alphaedit"
 def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[LayerChange]:
     """Correct every planned layer with ``correction`` on; ``fraction`` scales λ up when < 1 (gentler)."""
     todo = [layer for layer in ctx.float_layers()
-            if ctx.plans[layer.name].correction and layer.name in ctx.stats and ctx.stats[layer.name].gram is not None]
+            if ctx.plans[layer.name].correction and (stats := ctx.input_stats(layer)) is not None
+            and stats.gram is not None and ctx.dense_fits(layer)]
     sequential = ctx.options.sequential and ctx.calibration is not None
     changes = []
     done = 0
-    for group in (_blocks_in_depth_order(todo) if sequential else [todo]):
+    for group in (blocks_in_depth_order(todo) if sequential else [todo]):
         grams = {layer.name: ctx.stats[layer.name].gram for layer in group}
         if sequential:
             fresh = collect_input_stats(ctx.model, group, ctx.calibration, gram=True, cancel=ctx.cancel)
@@ -50,7 +51,7 @@ def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[Layer
     return changes
 
 
-def _blocks_in_depth_order(layers) -> list[list]:
+def blocks_in_depth_order(layers) -> list[list]:
     """Layers grouped by (tower, block), in forward order: blocks ascending, projections last."""
     groups: dict[tuple, list] = {}
     for layer in layers:

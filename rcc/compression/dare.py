@@ -16,7 +16,8 @@ import torch
 
 from rcc.compression.plan_rules import parse_nm
 
-METHODS = ("dare", "magnitude", "wanda")
+from rcc.schema.names import PRUNE_METHODS
+
 ROW_PATTERNS = ("unstructured", "row")
 
 
@@ -205,8 +206,8 @@ def prune(
     "unstructured" and "row" (its definition: per-output groups beat per-layer ones).
     ``base`` (dare only) makes DARE act on the delta W − B, see ``dare``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; allowed: {', '.join(METHODS)}")
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; allowed: {', '.join(PRUNE_METHODS)}")
     nm = parse_nm(pattern)
     if nm is None and pattern not in ROW_PATTERNS:
         raise ValueError(f"unknown pruning pattern {pattern!r}; allowed: 'unstructured', 'row', or 'N:M' like '2:4'")

@@ -55,10 +55,9 @@ def cpu_kernel_available() -> bool:
 @lru_cache(maxsize=1)
 def torchao_available() -> bool:
     try:
-        importlib.import_module("torchao.quantization").Int8Tensor
+        return hasattr(importlib.import_module("torchao.quantization"), "Int8Tensor")
     except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means: not usable
         return False
-    return True
 
 
 def _versions(*tensors: torch.Tensor | None) -> tuple:

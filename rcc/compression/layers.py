@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rcc.compression.quantized_layers import LAYER_FORMS, QuantizedLowRankLinear, is_quantized
-from rcc.models.inventory import LayerInfo
+from rcc.models.inventory import attention_path
+from rcc.models.stored_weights import stored_tensors
+from rcc.schema.layers import LayerInfo
 
 MASK = "weight_mask"
 
@@ -35,12 +37,13 @@ MASK = "weight_mask"
 class LowRankLinear(nn.Module):
     """y = up(down(x)) + bias: a rank-r factorisation of an (out, in) Linear, r(out + in) weights."""
 
-    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None, copy: bool = True):
         super().__init__()
         if up.shape[1] != down.shape[0]:
             raise ValueError(f"factor shapes {tuple(up.shape)} and {tuple(down.shape)} do not chain")
-        self.up = nn.Parameter(up.detach().clone())
-        self.down = nn.Parameter(down.detach().clone())
+        # copy False: adopt the factors (fresh tensors nobody else holds, e.g. about to be loaded into).
+        self.up = nn.Parameter(up.detach().clone() if copy else up.detach())
+        self.down = nn.Parameter(down.detach().clone() if copy else down.detach())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
     @property
@@ -81,6 +84,8 @@ class SplitAttention(nn.Module):
         super().__init__()
         width = mha.embed_dim
         self.embed_dim, self.num_heads, self.batch_first = width, mha.num_heads, mha.batch_first
+        # Fixed here: removing heads (rcc.compression.surgery) lowers num_heads, never the head size.
+        self.head_dim = width // mha.num_heads
         self.dropout = mha.dropout
         self.in_proj = nn.ModuleDict()
         for part, name in enumerate("qkv"):
@@ -100,7 +105,7 @@ class SplitAttention(nn.Module):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         batch, length, _ = query.shape
-        heads, head_dim = self.num_heads, self.embed_dim // self.num_heads
+        heads, head_dim = self.num_heads, self.head_dim
 
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -113,7 +118,7 @@ class SplitAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal and mask is None,
         )
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
@@ -150,6 +155,38 @@ class SplitQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+class QKVSelfAttention(nn.Module):
+    """BLIP's vision self-attention (fused ``qkv``, then ``projection``) with its head size fixed.
+
+    ``BlipAttention`` derives the head size from its input width (``embed_dim // num_heads``),
+    which is wrong once heads are removed; this module computes the same thing from its own
+    ``head_dim`` and keeps the child names (``qkv``, ``projection``), so inventory names and
+    state-dict keys do not change. ``qkv`` may be the fused Linear or a ``SplitQKV``.
+    """
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.num_heads = attention.num_heads
+        self.head_dim = attention.head_dim
+        self.scale = attention.scale
+        self.dropout = attention.dropout
+        self.qkv = attention.qkv
+        self.projection = attention.projection
+        self.train(attention.training)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs):
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        if isinstance(self.qkv, SplitQKV):  # three products, no concatenation to undo
+            q, k, v = (part(hidden_states).view(shape).transpose(1, 2) for part in (self.qkv.q, self.qkv.k, self.qkv.v))
+        else:
+            mixed = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
+            q, k, v = mixed.permute(2, 0, 3, 1, 4)
+        probs = self.dropout(torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1))
+        context = (probs @ v).permute(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.projection(context), probs
 
 
 def _linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -241,6 +278,13 @@ def _mask_name(layer: LayerInfo) -> str:
     return MASK if not layer.transposed else f"{layer.param.rpartition('.')[2]}_mask"
 
 
+def masked_name(mask: str) -> str:
+    """The state-dict key a mask's key masks: ``a.b.weight_mask`` → ``a.b.weight``; ``proj_mask`` → ``proj``."""
+    holder, _, buffer = mask.rpartition(".")
+    leaf = "weight" if buffer == MASK else buffer[: -len("_mask")]
+    return f"{holder}.{leaf}" if holder else leaf
+
+
 def masked_parameter(holder: nn.Module, buffer: str) -> str | None:
     """The parameter of ``holder`` that its buffer ``buffer`` masks, if it is a compression mask.
 
@@ -324,11 +368,6 @@ def set_mask(module: nn.Module, layer: LayerInfo, keep: torch.Tensor) -> None:
     read_matrix(module, layer).mul_(keep.to(read_matrix(module, layer).dtype))
 
 
-def clear_mask(module: nn.Module, layer: LayerInfo) -> None:
-    holder = module.get_submodule(module_path(layer))
-    holder._buffers.pop(_mask_name(layer), None)
-
-
 @torch.no_grad()
 def factorise(module: nn.Module, layer: LayerInfo, up: torch.Tensor, down: torch.Tensor) -> LowRankLinear:
     """Replace the layer's Linear by ``LowRankLinear(up, down)`` (the bias carries over)."""
@@ -338,8 +377,19 @@ def factorise(module: nn.Module, layer: LayerInfo, up: torch.Tensor, down: torch
                         f"(a bare parameter, a fused slice before unfuse()) or it holds int8 values")
     dtype = child.up.dtype if isinstance(child, LowRankLinear) else child.weight.dtype
     low_rank = LowRankLinear(up.to(dtype), down.to(dtype), child.bias)
+    carry_dense_shape(child, low_rank)
     module.set_submodule(module_path(layer), low_rank)
     return low_rank
+
+
+DENSE_SHAPE = "dense_shape"  # attribute of a structurally narrowed Linear-like (rcc.models.inventory reads it)
+
+
+def carry_dense_shape(old: nn.Module, new: nn.Module) -> None:
+    """Give a replacement module (factorised, unfactorised) the narrowed module's record of its dense shape."""
+    shape = getattr(old, DENSE_SHAPE, None)
+    if shape is not None:
+        setattr(new, DENSE_SHAPE, tuple(shape))
 
 
 @torch.no_grad()
@@ -380,6 +430,29 @@ def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
     return int(mask.sum()) if mask is not None else layer.params
 
 
+def stored_bytes(module: nn.Module, layer: LayerInfo) -> int:
+    """Bytes the compressed export writes for the layer's weights: kept values plus masks packed 8 per byte.
+
+    Int8 layers: one byte per kept value plus the float32 scales (``QuantizedLinear.stored_bytes``).
+    ``rcc.compression.stored_size.size_metrics`` counts the whole model the same way (``size/bytes``).
+    """
+    child = layer_module(module, layer)
+    if is_quantized(child):
+        return child.stored_bytes()
+    if isinstance(child, LowRankLinear):
+        total = 0
+        for factor in ("up", "down"):
+            weight, mask = getattr(child, factor), getattr(child, f"{factor}_mask", None)
+            kept = weight.numel() if mask is None else int(mask.sum())
+            total += kept * weight.element_size() + (0 if mask is None else (mask.numel() + 7) // 8)
+        return total
+    from rcc.models.inventory import read_matrix
+
+    mask = get_mask(module, layer)
+    size = read_matrix(module, layer).element_size()
+    return stored_parameters(module, layer) * size + (0 if mask is None else (mask.numel() + 7) // 8)
+
+
 def masks_by_parameter(module: nn.Module) -> dict[int, torch.Tensor]:
     """id(parameter) → its keep-mask, for every compression mask in ``module``."""
     masks = {}
@@ -391,16 +464,6 @@ def masks_by_parameter(module: nn.Module) -> dict[int, torch.Tensor]:
     return masks
 
 
-def stored_tensors(module: nn.Module) -> Iterable[torch.Tensor]:
-    """Every tensor an export stores as weights: the parameters, and the int8 values and scales of int8 layers."""
-    yield from module.parameters()
-    for child in module.modules():
-        if is_quantized(child):
-            for name, buffer in child.named_buffers(recurse=False):
-                if masked_parameter(child, name) is None:  # masks are not weights
-                    yield buffer
-
-
 def kept_parameters(module: nn.Module) -> int:
     """Numbers the module stores: every weight entry (int8 values and scales too) except those masks prune."""
     masks = masks_by_parameter(module)
@@ -408,6 +471,12 @@ def kept_parameters(module: nn.Module) -> int:
 
 
 # -- snapshots (for backing off a stage) ---------------------------------------------------
+
+def _copy_keeping_configs(child: nn.Module) -> nn.Module:
+    """A deep copy sharing the model's config objects (Hugging Face modules hold the model-wide config)."""
+    memo = {id(sub.config): sub.config for sub in child.modules() if getattr(sub, "config", None) is not None}
+    return copy.deepcopy(child, memo)
+
 
 class LayerSnapshot:
     """Copies of the modules (or bare parameters) holding some layers, to put back later.
@@ -426,17 +495,19 @@ class LayerSnapshot:
                 mask = dict(holder.named_buffers(recurse=False)).get(_mask_name(layer))
                 self.params[layer.param] = (module.get_parameter(layer.param).detach().clone(),
                                             None if mask is None else mask.clone())
-            else:  # the Linear, or the whole fused attention module it belongs to
-                paths.add(fused_parent(module, layer) or module_path(layer))
+            else:  # the Linear, or the whole (fused) attention module it belongs to
+                holder = attention_path(module, module_path(layer)) if layer.kind.startswith("attn_") else None
+                # The attention module too: removing heads changes its head count (or replaces it).
+                paths.add(holder or fused_parent(module, layer) or module_path(layer))
         for path in sorted(paths):
             if not any(path.startswith(other + ".") for other in paths):
-                self.modules[path] = copy.deepcopy(module.get_submodule(path))
+                self.modules[path] = _copy_keeping_configs(module.get_submodule(path))
 
     @torch.no_grad()
     def restore(self, module: nn.Module) -> None:
         """Put the saved state back; the snapshot stays valid for another restore."""
         for path, saved in self.modules.items():
-            module.set_submodule(path, copy.deepcopy(saved))
+            module.set_submodule(path, _copy_keeping_configs(saved))
         for name, (value, mask) in self.params.items():
             holder_path, _, leaf = name.rpartition(".")
             holder = module.get_submodule(holder_path)

@@ -17,8 +17,7 @@ import torch
 
 from rcc.compression import dare, nullu
 from rcc.compression.layers import dense_weight, factorise, layer_form, layer_module, layer_sparsity, set_factor_masks
-from rcc.compression.prune_stage import LayerChange
-from rcc.compression.stage_context import StageContext
+from rcc.compression.stage_context import LayerChange, StageContext
 
 STAGE = "nullu"
 
@@ -41,8 +40,8 @@ def run_lowrank_stage(ctx: StageContext, fraction: float) -> list[LayerChange]:
     return changes
 
 
-def _gram(ctx: StageContext, name: str) -> torch.Tensor | None:
-    stats = ctx.stats.get(name)
+def _gram(ctx: StageContext, layer) -> torch.Tensor | None:
+    stats = ctx.input_stats(layer)
     return stats.gram if (ctx.options.whiten and stats is not None) else None
 
 
@@ -56,7 +55,7 @@ def _chosen_ranks(ctx: StageContext, layers, fraction: float) -> dict[str, int]:
             ranks[layer.name] = max(1, round(full - fraction * (full - spec.value)))
         elif spec.mode == "energy":
             weight = dense_weight(ctx.model.module, layer).detach()
-            values = nullu.spectrum(weight, _gram(ctx, layer.name), ctx.options.whitening_eps)
+            values = nullu.spectrum(weight, _gram(ctx, layer), ctx.options.whitening_eps)
             ranks[layer.name] = nullu.rank_for_energy(values, 1 - fraction * (1 - spec.value))
         else:
             auto.append(layer)
@@ -65,7 +64,7 @@ def _chosen_ranks(ctx: StageContext, layers, fraction: float) -> dict[str, int]:
         candidates = []
         for layer in auto:
             weight = dense_weight(ctx.model.module, layer).detach()
-            values = nullu.spectrum(weight, _gram(ctx, layer.name), ctx.options.whitening_eps)
+            values = nullu.spectrum(weight, _gram(ctx, layer), ctx.options.whitening_eps)
             candidates.append(nullu.RankCandidate(layer.name, layer.shape[0], layer.shape[1], values))
         total = sum(layer.params for layer in auto)
         ranks.update(nullu.allocate_ranks(candidates, math.floor(budget * total)).ranks)
@@ -77,7 +76,7 @@ def _factorise(ctx: StageContext, layer, rank: int) -> LayerChange:
     module = ctx.model.module
     weight = dense_weight(module, layer).detach()
     sparsity = layer_sparsity(module, layer)
-    gram = _gram(ctx, layer.name)
+    gram = _gram(ctx, layer)
     seed = ctx.seed
     if gram is not None:
         up, down = nullu.whitened_svd_factors(weight, gram.to(weight.device), rank, ctx.options.whitening_eps,

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from rcc.compression.plan_rules import (
-    SETTING_FIELDS, LayerPlan, PlanError, RankSpec, Rule, apply_settings, check_layer,
+    LEADER_KIND, SETTING_FIELDS, LayerPlan, PlanError, RankSpec, Rule, apply_settings, check_layer,
     context, describe_rule, normalize_settings, parse_nm, parse_rank, rule_matches, settings_to_json,
 )
-from rcc.models.inventory import LayerInfo
+from rcc.compression.groups import check_structured, is_structured, planned_shapes
+from rcc.schema.layers import LayerInfo
 
 __all__ = [
     "CompressionPlan", "LayerCount", "LayerPlan", "PlanError", "PlanSummary", "RankSpec", "Rule",
@@ -109,6 +110,7 @@ def resolve_plan(plan: CompressionPlan, layers: Sequence[LayerInfo]) -> dict[str
                                        f"override for layer {name!r}", "its override", may_unlock=True)
     for layer in layers:
         check_layer(layer, current[layer.name], origins[layer.name], plan.budget)
+    check_structured(layers, current, origins)
     return current
 
 
@@ -188,26 +190,44 @@ def uniform_plan(sparsity: float = 0.0, rank: RankSpec | str | int | None = None
 
     With ``layers`` and a rank or bits, transposed matrices (which can be neither factorised
     nor quantised) get an override ``{"rank": null, "bits": null}`` so the plan resolves on
-    OpenCLIP models as written.
+    OpenCLIP models as written. A structured pattern (``channel``, ``head``) without ``kinds``
+    applies to its groups' leaders (mlp_in, attn_q).
     """
     settings = normalize_settings({"sparsity": sparsity, "method": method, "pattern": pattern,
                                    "rank": rank, "correction": correction, **({"bits": bits} if bits else {})})
     if settings["rank"] is not None and settings["rank"].mode == "auto" and budget is None:
         raise PlanError("rank 'auto' needs a budget; allowed: 0 < budget < 1 (fraction of parameters kept)")
+    rules, overrides = filtered_rules(settings, towers, kinds, layers)
+    return CompressionPlan(rules=rules, overrides=overrides, budget=budget)
+
+
+def filtered_rules(settings: dict[str, Any], towers: Iterable[str] | str | None = None,
+                   kinds: Iterable[str] | str | None = None, layers: Sequence[LayerInfo] | None = None,
+                   ) -> tuple[tuple[Rule, ...], dict[str, dict[str, Any]]]:
+    """(rules, overrides) giving ``settings`` to every layer of the towers × kinds given (None: any).
+
+    With ``layers`` and a rank or bits in ``settings``, transposed matrices (which can be neither
+    factorised nor quantised) get an override ``{"rank": null, "bits": null}`` (those of the two
+    given), so the rules resolve on OpenCLIP models as written. A
+    structured pattern (``channel``, ``head``) without ``kinds`` goes to its groups' leaders
+    (mlp_in, attn_q), the only layers that take it.
+    """
+    if kinds is None and is_structured(settings.get("pattern") or ""):
+        kinds = [LEADER_KIND[settings["pattern"]]]
     tower_list = [towers] if isinstance(towers, str) else list(towers or [None])
     kind_list = [kinds] if isinstance(kinds, str) else list(kinds or [None])
     rules = tuple(Rule(tower=t, kind=k, settings=settings) for t, k in product(tower_list, kind_list))
-    overrides = {}
+    overrides: dict[str, dict[str, Any]] = {}
     unfit = {key: None for key in ("rank", "bits") if settings.get(key) is not None}
     if layers is not None and unfit:
         overrides = {layer.name: dict(unfit) for layer in layers
                      if layer.transposed and any(rule_matches(rule, layer) for rule in rules)}
-    return CompressionPlan(rules=rules, overrides=overrides, budget=budget)
+    return rules, overrides
 
 
 def _dense_kept(out_f: int, in_f: int, setting: LayerPlan) -> int:
     s, nm = setting.sparsity, parse_nm(setting.pattern)
-    if s == 0:
+    if s == 0 or is_structured(setting.pattern):  # structured: the shape itself shrank (planned_shapes)
         return out_f * in_f
     if nm is not None:
         return out_f * in_f * nm[0] // nm[1]  # exact: check_layer made M divide in_features
@@ -218,7 +238,7 @@ def _dense_kept(out_f: int, in_f: int, setting: LayerPlan) -> int:
 
 def _factor_kept(out_f: int, in_f: int, rank: int, setting: LayerPlan) -> int:
     s, pool = setting.sparsity, rank * (out_f + in_f)
-    if s == 0:
+    if s == 0 or is_structured(setting.pattern):
         return pool
     if setting.pattern == "row":  # B (out×r) and A (r×in), each pruned row by row
         return out_f * (rank - round(s * rank)) + rank * (in_f - round(s * in_f))
@@ -227,19 +247,21 @@ def _factor_kept(out_f: int, in_f: int, rank: int, setting: LayerPlan) -> int:
     return pool - round(s * pool)
 
 
-def layer_params_after(layer: LayerInfo, setting: LayerPlan, rank: int | None = None) -> int | None:
+def layer_params_after(layer: LayerInfo, setting: LayerPlan, rank: int | None = None,
+                       shape: tuple[int, int] | None = None) -> int | None:
     """Parameters stored after compression; None when the rank is unknown (energy/auto, no ``rank``).
 
     Factorised (rank r < mn/(m+n)): r(m+n), then pruned at s; otherwise the dense m·n, pruned at s.
-    ``rank`` is the layer's actual rank where known; it replaces the spec's value.
+    ``rank`` is the layer's actual rank where known; it replaces the spec's value. ``shape`` is the
+    (m, n) the layer has once structured removals are done (``planned_shapes``; default: its shape now).
     """
-    out_f, in_f = layer.shape
+    out_f, in_f = shape or layer.shape
     if not setting.selected:
         return out_f * in_f
     if setting.rank is not None:
         if rank is None and setting.rank.mode != "fixed":
             return None
-        r = setting.rank.value if rank is None else rank
+        r = min(setting.rank.value if rank is None else rank, out_f, in_f)
         if r * (out_f + in_f) < out_f * in_f:
             return _factor_kept(out_f, in_f, r, setting)
     return _dense_kept(out_f, in_f, setting)
@@ -254,6 +276,7 @@ class LayerCount:
     after: int | None  # None: rank chosen by energy, unknown before the SVD
     selected: bool
     estimated: bool = False  # auto rank: the budget's share, not an allocated rank
+    shape: tuple[int, int] | None = None  # the planned (out, in) when structured removals change it
 
 
 @dataclass(frozen=True)
@@ -280,14 +303,18 @@ def summarize_plan(plan: CompressionPlan, layers: Sequence[LayerInfo],
                    ranks: Mapping[str, int] | None = None) -> PlanSummary:
     """Resolve the plan and count parameters; ``ranks`` gives actual ranks where known."""
     resolved = resolve_plan(plan, layers)
+    shapes = planned_shapes(layers, resolved)
     ranks = ranks or {}
     counts = []
     for layer in layers:
-        setting, rank = resolved[layer.name], ranks.get(layer.name)
+        setting, rank, shape = resolved[layer.name], ranks.get(layer.name), shapes[layer.name]
+        narrowed = shape != layer.shape
         auto = setting.selected and setting.rank is not None and setting.rank.mode == "auto" and rank is None
-        after = (_auto_estimate(layer.params, setting, plan.budget) if auto  # type: ignore[arg-type]
-                 else layer_params_after(layer, setting, rank))
-        counts.append(LayerCount(layer.name, layer.params, after, setting.selected, auto))
+        after = (_auto_estimate(shape[0] * shape[1], setting, plan.budget) if auto  # type: ignore[arg-type]
+                 else layer_params_after(layer, setting, rank, shape))
+        # A partner that only narrows (mlp_out of a channel group) changes too: it counts as selected.
+        counts.append(LayerCount(layer.name, layer.params, after, setting.selected or narrowed, auto,
+                                 shape if narrowed else None))
     chosen = [c for c in counts if c.selected]
     unknown = tuple(c.name for c in counts if c.after is None)
     total_after = None if unknown else sum(c.after for c in counts)  # type: ignore[misc]

@@ -16,12 +16,16 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from rcc.errors import RccError
-from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.names import PRUNE_METHODS, STRUCTURED_METHODS
+from rcc.schema.layers import LAYER_KINDS, TOWERS, LayerInfo
 
 RankMode = Literal["fixed", "energy", "auto"]
 RANK_MODES: tuple[RankMode, ...] = ("fixed", "energy", "auto")
-METHODS: tuple[str, ...] = ("dare", "magnitude", "wanda")
-PATTERNS_ALLOWED = "'unstructured', 'row' or 'N:M' with 0 < N < M (e.g. '2:4')"
+PATTERNS_ALLOWED = ("'unstructured', 'row', 'N:M' with 0 < N < M (e.g. '2:4'), 'channel' (MLP hidden units, "
+                    "on mlp_in) or 'head' (attention heads, on attn_q)")
+# Structured patterns remove whole units (rcc.compression.groups); the amount sits on the leader.
+STRUCTURED_PATTERNS: tuple[str, ...] = ("channel", "head")
+LEADER_KIND: dict[str, str] = {"channel": "mlp_in", "head": "attn_q"}
 RANK_ALLOWED = "an integer ≥ 1, 'energy:F' with 0 < F ≤ 1, or 'auto'"
 SPARSITY_ALLOWED = "0 ≤ sparsity < 1"
 BITS: tuple[int, ...] = (8,)  # weight bits of the quant stage; None keeps the float weights
@@ -113,7 +117,7 @@ def check_pattern(pattern: Any) -> str:
     """The pattern itself when it is one rcc knows, else PlanError."""
     if not isinstance(pattern, str):
         raise PlanError(f"pattern {pattern!r} is not a string; allowed: {PATTERNS_ALLOWED}")
-    if pattern in ("unstructured", "row"):
+    if pattern in ("unstructured", "row", *STRUCTURED_PATTERNS):
         return pattern
     nm = parse_nm(pattern)
     if nm is None or not 0 < nm[0] < nm[1]:
@@ -128,7 +132,9 @@ def _check_flag(name: str, value: Any) -> bool:
 
 
 def _check_sparsity(value: Any) -> float:
-    if not _is_number(value) or not 0 <= value < 1:  # NaN fails both comparisons: refused
+    if not _is_number(value):
+        raise PlanError(f"sparsity {value!r} is not a number; allowed: {SPARSITY_ALLOWED}")
+    if not 0 <= value < 1:  # NaN fails both comparisons: refused
         raise PlanError(f"sparsity {value!r} is out of range; allowed: {SPARSITY_ALLOWED}")
     return float(value)
 
@@ -145,8 +151,8 @@ def check_bits(value: Any) -> int | None:
 
 
 def _check_method(value: Any) -> str:
-    if value not in METHODS:
-        raise PlanError(f"method {value!r} is unknown; allowed: {', '.join(METHODS)}")
+    if value not in PRUNE_METHODS:
+        raise PlanError(f"method {value!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
     return value
 
 
@@ -306,6 +312,16 @@ def check_layer(layer: LayerInfo, plan: LayerPlan, origins: Mapping[str, str], b
     out_f, in_f = layer.shape
     nm = parse_nm(plan.pattern)
     where = f"layer {layer.name!r}"
+    if plan.pattern in STRUCTURED_PATTERNS and plan.sparsity > 0:
+        leader = LEADER_KIND[plan.pattern]
+        if layer.kind != leader:
+            raise PlanError(f"{where}: pattern {plan.pattern} is set on its group's {leader} layer, not on a "
+                            f"{layer.kind} (set by {origins['pattern']}); allowed: 'unstructured', 'row' or N:M on "
+                            f"this layer (the {leader} of its block takes '{plan.pattern}')")
+        if plan.method not in STRUCTURED_METHODS:
+            raise PlanError(f"{where}: method {plan.method} has no structured form for pattern {plan.pattern} "
+                            f"(set by {origins['method']}); allowed: {', '.join(STRUCTURED_METHODS)} "
+                            f"(group magnitude, or activation-aware scores)")
     if plan.sparsity > 0 and nm is not None:
         n, m = nm
         if in_f % m:

@@ -6,11 +6,12 @@ zeros lowest; DARE drops p = (f·s − s₀)/(1 − s₀) of what is left and re
 so the expected value of every weight is kept across steps). N:M patterns cannot be
 softened: they apply at full strength or not at all (f < 1 leaves them for later).
 A factorised layer has its two factors pruned instead.
+Structured patterns (``channel``, ``head``) go first, in ``structured_stage``: whole units are
+removed and the layers become narrower; the other patterns then prune what is left.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
@@ -18,21 +19,20 @@ from rcc.compression import dare
 from rcc.compression.layers import (
     dense_weight, get_mask, layer_form, layer_module, mask_sparsity, set_dense_weight, set_factor_masks, set_mask,
 )
-from rcc.compression.stage_context import StageContext
+from rcc.compression.groups import is_structured
+from rcc.compression.stage_context import LayerChange, StageContext
 
 STAGE = "dare"
 
 
-@dataclass(frozen=True)
-class LayerChange:
-    name: str
-    what: str
-
 
 def run_prune_stage(ctx: StageContext, fraction: float) -> list[LayerChange]:
     """Prune every planned layer with sparsity > 0 to ``fraction`` of its target."""
-    todo = [layer for layer in ctx.float_layers() if ctx.plans[layer.name].sparsity > 0]
-    changes = []
+    from rcc.compression.structured_stage import run_structured
+
+    changes = run_structured(ctx, fraction)
+    todo = [layer for layer in ctx.float_layers() if ctx.plans[layer.name].sparsity > 0
+            and not is_structured(ctx.plans[layer.name].pattern)]
     for i, layer in enumerate(todo):
         ctx.tick(STAGE, i, len(todo), layer.name)
         plan = ctx.plans[layer.name]
@@ -58,7 +58,7 @@ def _prune_dense(ctx, layer, plan, target: float, generator) -> LayerChange | No
     current = mask_sparsity(old)
     if target <= current + 1e-9:
         return None
-    stats = ctx.stats.get(layer.name)
+    stats = ctx.input_stats(layer)
     base = None if ctx.base is None or plan.method != "dare" else ctx.base.get(layer.name)
     if base is not None:
         # DARE on the delta: the weights stay dense (dropped entries fall back to the base), so

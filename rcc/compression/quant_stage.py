@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from rcc.compression import int8
-from rcc.compression.layers import LowRankLinear, dense_weight, get_mask, is_quantized_layer, layer_module, module_path
-from rcc.compression.prune_stage import LayerChange
+from rcc.compression.layers import (
+    LowRankLinear, carry_dense_shape, dense_weight, get_mask, is_quantized_layer, layer_module, module_path,
+)
 from rcc.compression.quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedLowRankLinear
-from rcc.compression.stage_context import StageContext
+from rcc.compression.stage_context import LayerChange, StageContext
 
 STAGE = "quant"
-QUANT_METHODS = ("rtn", "gptq")
 
 
 def run_quant_stage(ctx: StageContext, fraction: float = 1.0) -> list[LayerChange]:
@@ -81,15 +81,15 @@ def quantize_embedding(module: nn.Module, path: str) -> LayerChange:
     return LayerChange(path, "embedding table int8 (rtn, per row)")
 
 
-def _gram(ctx: StageContext, name: str) -> torch.Tensor | None:
-    stats = ctx.stats.get(name)
+def _gram(ctx: StageContext, layer) -> torch.Tensor | None:
+    stats = ctx.input_stats(layer)  # None where structured removal narrowed the layer since calibration
     return None if stats is None else stats.gram
 
 
 def _rounding_error(ctx: StageContext, layer) -> float:
     weight = dense_weight(ctx.model.module, layer).detach()
     quantised = int8.quantize_rtn(weight).dequantize(weight.dtype)
-    return int8.output_error(weight, quantised, _gram(ctx, layer.name))
+    return int8.output_error(weight, quantised, _gram(ctx, layer))
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def quantize_layer(ctx: StageContext, layer) -> LayerChange:
     if child is None:
         raise TypeError(f"layer {layer.name!r} cannot be quantised: it is not a Linear "
                         f"(a bare parameter, or a fused slice before unfuse())")
-    stats = ctx.stats.get(layer.name)
+    stats = ctx.input_stats(layer)
     gram = None if stats is None else stats.gram
     method = ctx.options.quant_method if gram is not None else "rtn"
     first = child.down if isinstance(child, LowRankLinear) else child.weight
@@ -139,6 +139,7 @@ def quantize_layer(ctx: StageContext, layer) -> LayerChange:
         if keep is not None:
             new.register_buffer("weight_mask", keep.clone())
     new.train(child.training)
+    carry_dense_shape(child, new)  # a layer narrowed by structured pruning stays known as narrowed
     module.set_submodule(module_path(layer), new)
     what = f"int8 ({method}{f', smoothed α={ctx.options.smooth_alpha:g}' if sigma is not None else ''})"
     return LayerChange(layer.name, what)

@@ -58,6 +58,23 @@ class _Int8Module(nn.Module):
         """Name → int8 values and scales of every quantised matrix in this layer."""
         return {"weight": Int8Weight(self.weight, self.weight_scale)}
 
+    def stored_buffers(self) -> list[torch.Tensor]:
+        """The buffers that are weights (int8 values, scales, input scale), not masks: ``rcc.models.stored_weights``."""
+        return [buffer for name, buffer in self._buffers.items() if buffer is not None and not name.endswith("_mask")]
+
+    def stored_bytes(self) -> int:
+        """Bytes the compressed export writes for this layer's weights: one per kept int8 value, the
+        float32 scales (and SmoothQuant's input scale), masks packed 8 per byte; the bias is not counted,
+        as for float layers (``rcc.compression.layers.stored_bytes``)."""
+        total = 0
+        for name, weight in self.int8_weights().items():
+            mask = self._buffers.get(f"{name}_mask")
+            kept = weight.values.numel() if mask is None else int(mask.sum())
+            total += kept * weight.values.element_size() + weight.scale.numel() * weight.scale.element_size()
+            total += 0 if mask is None else (mask.numel() + 7) // 8
+        input_scale = self._buffers.get("input_scale")
+        return total + (0 if input_scale is None else input_scale.numel() * input_scale.element_size())
+
     @property
     def int8_original_dtype(self) -> torch.dtype:
         """The float dtype around this layer (OpenCLIP reads it to choose its cast dtype, as for bitsandbytes)."""

@@ -21,11 +21,15 @@ SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
 _SAFETY = 0.5
 
 
+MAX_STEPS = 100  # each step runs every stage once (and evaluates): more is never a useful schedule
+MAX_ATTEMPTS = 20
+
+
 def check_schedule(kind: str, steps: int) -> None:
     if kind not in SCHEDULES:
         raise RccError(f"schedule {kind!r} is unknown; allowed: {', '.join(SCHEDULES)}")
-    if steps < 1:
-        raise RccError(f"schedule steps {steps} is invalid; allowed: an integer ≥ 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise RccError(f"schedule steps {steps!r} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_STEPS}")
 
 
 def fixed_fraction(kind: str, step: int, steps: int) -> float:

@@ -1,4 +1,9 @@
-"""Image-caption pairs from a CSV (Conceptual-Captions style): columns `image` and `caption`."""
+"""Image-caption pairs from a CSV (Conceptual-Captions style): columns `image` and `caption`.
+
+One file is one collection, cut once by image into train / val / test (``?split=TRAIN,VAL,TEST``
+fractions, default 0.7,0.1,0.2; ``?seed=``, default 0), so calibration, eval and test never
+share an image; ``all`` is every image, for reports on a file that is a test set in itself.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import csv
 import os
 from pathlib import Path
 
+from rcc.data.holdout import DEFAULT_FRACTIONS, DEFAULT_SEED, three_way
 from rcc.data.images import FileImages
 from rcc.data.types import CaptionDataset
 from rcc.errors import DataError
 
-CAPTIONS_CSV_SPLITS = ("test",)
+CAPTIONS_CSV_SPLITS = ("train", "val", "test", "all")
 REQUIRED_COLUMNS = ("image", "caption")
 
 
@@ -57,16 +63,16 @@ def load_captions_csv(
     split: str = "test",
     image_root: str | os.PathLike[str] | None = None,
     spec: str | None = None,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = DEFAULT_SEED,
 ) -> CaptionDataset:
-    """One image per distinct path (first-seen order), with all of its captions in file order.
+    """One image per distinct path (first-seen order), with all of its captions in file order,
+    of one split (see the module docstring).
 
     Relative image paths resolve against ``image_root``, else the CSV file's folder.
     """
     if split not in CAPTIONS_CSV_SPLITS:
-        raise DataError(
-            f"unknown split '{split}' for captions-csv (one file is one split); "
-            f"allowed: {', '.join(CAPTIONS_CSV_SPLITS)}"
-        )
+        raise DataError(f"unknown split '{split}' for captions-csv; allowed: {', '.join(CAPTIONS_CSV_SPLITS)}")
     path = Path(csv_path).expanduser()
     root = Path(image_root).expanduser() if image_root is not None else path.parent
     grouped: dict[str, list[str]] = {}
@@ -74,9 +80,13 @@ def load_captions_csv(
         grouped.setdefault(image, []).append(caption)
     # Path / absolute keeps absolute paths as they are.
     paths = [root / Path(image).expanduser() for image in grouped]
+    captions = [tuple(texts) for texts in grouped.values()]
+    if split != "all":
+        chosen = three_way([0] * len(paths), fractions, seed, f"captions file '{path}'")[split]
+        paths, captions = [paths[i] for i in chosen], [captions[i] for i in chosen]
     return CaptionDataset(
         spec=spec or f"captions-csv:{path}",
         split=split,
         images=FileImages(paths),
-        captions=tuple(tuple(captions) for captions in grouped.values()),
+        captions=tuple(captions),
     )

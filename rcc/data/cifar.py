@@ -1,4 +1,11 @@
-"""CIFAR-10 / CIFAR-100 from the official binary releases (no pickle is ever loaded)."""
+"""CIFAR-10 / CIFAR-100 from the official binary releases (no pickle is ever loaded).
+
+The official test batch is the test split. The eval split ``val`` is a class-balanced slice
+held out of the train batches (``?val=`` a fraction or a count, ``?seed=``; default 10 %,
+seed 0: 5,000 of the 50,000), and ``train`` is the rest, so calibration, eval and test are
+disjoint. Class names come from the release's own meta file (``batches.meta.txt``,
+``fine_label_names.txt``), which spells them as CLIP_benchmark does once ``_`` is a space.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rcc.data.holdout import DEFAULT_SEED, DEFAULT_VAL_FRACTION, held_out
 from rcc.data.images import ArrayImages
-from rcc.data.types import ClassificationDataset
+from rcc.data.types import ClassificationDataset, indices_subset
 from rcc.errors import DataError
 
-CIFAR_SPLITS = ("train", "test")
+CIFAR_SPLITS = ("train", "val", "test")
 _PIXELS = 3 * 32 * 32
 
 
@@ -111,9 +119,14 @@ def read_cifar_classnames(path: Path, layout: CifarLayout) -> tuple[str, ...]:
 
 
 def load_cifar(
-    kind: str, root: str | os.PathLike[str], split: str = "test", spec: str | None = None
+    kind: str, root: str | os.PathLike[str], split: str = "test", spec: str | None = None,
+    val: float | int = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SEED,
 ) -> ClassificationDataset:
-    """The train (50,000) or test (10,000) images of CIFAR-10 ("cifar10") or CIFAR-100 ("cifar100")."""
+    """One split of CIFAR-10 ("cifar10") or CIFAR-100 ("cifar100"): the test batch (10,000 images),
+    ``val`` (held out of the train batches, see the module docstring) or the train batches less val.
+
+    Train and val images are views of all train images (``indices_subset``), so a read names its source.
+    """
     if kind not in CIFAR_LAYOUTS:
         raise DataError(f"unknown CIFAR variant '{kind}'; allowed: {', '.join(CIFAR_LAYOUTS)}")
     layout = CIFAR_LAYOUTS[kind]
@@ -121,14 +134,17 @@ def load_cifar(
         raise DataError(f"unknown split '{split}' for {kind}; allowed: {', '.join(CIFAR_SPLITS)}")
     folder = find_cifar_folder(Path(root).expanduser(), layout)
     names = read_cifar_classnames(folder / layout.names_file, layout)
-    files = layout.train_files if split == "train" else layout.test_files
+    files = layout.test_files if split == "test" else layout.train_files
     parts = [read_records(folder / name, layout) for name in files]
     labels = np.concatenate([labels for labels, _ in parts])
-    pixels = np.concatenate([pixels for _, pixels in parts])
+    images = ArrayImages(np.concatenate([pixels for _, pixels in parts]))
+    if split != "test":
+        chosen = held_out(labels.tolist(), val, seed, f"{kind} '{root}'")[split]
+        images, labels = indices_subset(images, chosen), labels[list(chosen)]
     return ClassificationDataset(
         spec=spec or f"{kind}:{root}",
         split=split,
-        images=ArrayImages(pixels),
+        images=images,
         labels=tuple(int(v) for v in labels),
         classnames=names,
     )

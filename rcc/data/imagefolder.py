@@ -1,18 +1,28 @@
-"""ImageNet-val style folders: DIR/<class>/<image>, label ids from the sorted class folder names."""
+"""ImageNet-val style folders: DIR/<class>/<image>, label ids from the sorted class folder names.
+
+One folder is one collection, cut once into train / val / test (``?split=TRAIN,VAL,TEST``
+fractions, default 0.7,0.1,0.2; ``?seed=``, default 0; val and test stratified by class, see
+``rcc.data.holdout``), so calibration, eval and test never share an image. ``all`` is the whole
+folder, for reports on a folder that is a test set in itself (``rcc-tui eval --split all``).
+
+Class names: ``?classnames=FILE``, else DIR/classnames.txt, else ImageNet's names when the
+folders are WordNet IDs (``rcc.data.imagenet_classes``), else the folder names.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from rcc.data.holdout import DEFAULT_FRACTIONS, DEFAULT_SEED, three_way
+from rcc.data.imagenet_classes import imagenet_folder_names
 from rcc.data.images import FileImages
 from rcc.data.types import ClassificationDataset
 from rcc.errors import DataError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 CLASSNAMES_FILE = "classnames.txt"
-# One folder is one split: the folder the user pointed at is what gets evaluated.
-IMAGEFOLDER_SPLITS = ("test",)
+IMAGEFOLDER_SPLITS = ("train", "val", "test", "all")
 
 
 def _is_hidden(path: Path) -> bool:
@@ -49,13 +59,12 @@ def load_imagefolder(
     classnames_file: str | os.PathLike[str] | None = None,
     split: str = "test",
     spec: str | None = None,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = DEFAULT_SEED,
 ) -> ClassificationDataset:
-    """Every image under DIR/<class>/, labelled by the class folder's rank in sorted order."""
+    """The images of one split under DIR/<class>/, labelled by the class folder's rank in sorted order."""
     if split not in IMAGEFOLDER_SPLITS:
-        raise DataError(
-            f"unknown split '{split}' for imagefolder (one folder is one split); "
-            f"allowed: {', '.join(IMAGEFOLDER_SPLITS)}"
-        )
+        raise DataError(f"unknown split '{split}' for imagefolder; allowed: {', '.join(IMAGEFOLDER_SPLITS)}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"imagefolder directory '{root}' does not exist")
@@ -79,8 +88,12 @@ def load_imagefolder(
     elif (root / CLASSNAMES_FILE).is_file():
         names = read_classnames(root / CLASSNAMES_FILE, len(class_dirs), root)
     else:
-        names = tuple(p.name.replace("_", " ") for p in class_dirs)
+        folders = [p.name for p in class_dirs]
+        names = imagenet_folder_names(folders, root) or tuple(name.replace("_", " ") for name in folders)
 
+    if split != "all":
+        chosen = three_way(labels, fractions, seed, f"imagefolder '{root}'")[split]
+        paths, labels = [paths[i] for i in chosen], [labels[i] for i in chosen]
     return ClassificationDataset(
         spec=spec or f"imagefolder:{root}",
         split=split,

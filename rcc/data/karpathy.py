@@ -12,6 +12,7 @@ from rcc.data.types import CaptionDataset
 from rcc.errors import DataError
 
 KARPATHY_SPLITS = ("train", "val", "test")
+KARPATHY_LAYOUT = "Karpathy's train (with restval) / val / test images"
 KARPATHY_KINDS = ("coco", "flickr30k")
 # Karpathy's "restval" images are the COCO val2014 images not kept for val/test; the usual
 # practice (and the one of the paper) is to train on them, so "train" includes them.

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rcc.data.captions_csv import CAPTIONS_CSV_SPLITS, load_captions_csv
 from rcc.data.cifar import CIFAR_SPLITS, load_cifar
-from rcc.data.digits import DIGITS_SPLITS, load_digits_split
+from rcc.data.digits import DIGITS_LAYOUT, DIGITS_SPLIT_ALIASES, DIGITS_SPLITS, load_digits_split
+from rcc.data.holdout import (
+    DEFAULT_FRACTIONS, DEFAULT_SEED, DEFAULT_VAL_FRACTION, parse_fractions, parse_seed, parse_val_size,
+)
 from rcc.data.imagefolder import IMAGEFOLDER_SPLITS, load_imagefolder
-from rcc.data.karpathy import KARPATHY_SPLITS, load_karpathy
+from rcc.data.karpathy import KARPATHY_LAYOUT, KARPATHY_SPLITS, load_karpathy
 from rcc.data.types import Dataset
 from rcc.errors import DataError
 
@@ -35,7 +38,7 @@ Loader = Callable[[DatasetSpec, str, str | None], Dataset]
 
 @dataclass(frozen=True)
 class DatasetKind:
-    """What one kind of dataset accepts: path or not, which options, which splits."""
+    """What one kind of dataset accepts: path or not, which options, which splits, how they are made."""
 
     name: str
     form: str
@@ -44,6 +47,11 @@ class DatasetKind:
     splits: tuple[str, ...]
     takes_root: bool  # whether root_override (the image root of caption datasets) applies
     load: Loader
+    # How the splits are made, in words, with every size and seed (shown with a session's data).
+    layout: Callable[[DatasetSpec], str]
+    # Options that decide the splits, with their defaults (written out by ``canonical_spec``).
+    split_defaults: tuple[tuple[str, str], ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()  # old split name -> split name
 
 
 def _path(spec: DatasetSpec) -> Path:
@@ -55,21 +63,61 @@ def _root(spec: DatasetSpec, root_override: str | None) -> str | None:
     return root_override if root_override is not None else spec.option("root")
 
 
+def _seed(spec: DatasetSpec) -> int:
+    return parse_seed(spec.option("seed") or str(DEFAULT_SEED), spec.text)
+
+
+def _fractions(spec: DatasetSpec) -> tuple[float, float, float]:
+    text = spec.option("split")
+    return DEFAULT_FRACTIONS if text is None else parse_fractions(text, spec.text)
+
+
+def _val(spec: DatasetSpec) -> float | int:
+    text = spec.option("val")
+    return DEFAULT_VAL_FRACTION if text is None else parse_val_size(text, spec.text)
+
+
+def _cut_layout(what: str, how: str):
+    def layout(spec: DatasetSpec) -> str:
+        train, val, test = (f"{f * 100:g} %" for f in _fractions(spec))
+        return f"train {train} / val {val} / test {test} of {what} ({how}seed {_seed(spec)})"
+    return layout
+
+
+def _cifar_layout(spec: DatasetSpec) -> str:
+    size = _val(spec)
+    held = f"{size * 100:g} %" if isinstance(size, float) else f"{size:,} images"
+    return f"val: {held} of the train batches held out (class-balanced, seed {_seed(spec)}); train: the rest; " \
+           f"test: the test batch"
+
+
+_CUT_DEFAULTS = (("split", ",".join(f"{f:g}" for f in DEFAULT_FRACTIONS)), ("seed", str(DEFAULT_SEED)))
 _KINDS = (
     DatasetKind("digits", "digits", False, (), DIGITS_SPLITS, False,
-                lambda s, split, _: load_digits_split(split, spec=s.text)),
-    DatasetKind("imagefolder", "imagefolder:DIR[?classnames=FILE]", True, ("classnames",), IMAGEFOLDER_SPLITS, False,
-                lambda s, split, _: load_imagefolder(_path(s), s.option("classnames"), split, spec=s.text)),
-    DatasetKind("cifar10", "cifar10:DIR", True, (), CIFAR_SPLITS, False,
-                lambda s, split, _: load_cifar("cifar10", _path(s), split, spec=s.text)),
-    DatasetKind("cifar100", "cifar100:DIR", True, (), CIFAR_SPLITS, False,
-                lambda s, split, _: load_cifar("cifar100", _path(s), split, spec=s.text)),
+                lambda s, split, _: load_digits_split(split, spec=s.text), lambda s: DIGITS_LAYOUT,
+                aliases=tuple(DIGITS_SPLIT_ALIASES.items())),
+    DatasetKind("imagefolder", "imagefolder:DIR[?classnames=FILE&split=0.7,0.1,0.2&seed=0]", True,
+                ("classnames", "split", "seed"), IMAGEFOLDER_SPLITS, False,
+                lambda s, split, _: load_imagefolder(_path(s), s.option("classnames"), split, spec=s.text,
+                                                     fractions=_fractions(s), seed=_seed(s)),
+                _cut_layout("the folder", "stratified, "), _CUT_DEFAULTS),
+    DatasetKind("cifar10", "cifar10:DIR[?val=0.1&seed=0]", True, ("val", "seed"), CIFAR_SPLITS, False,
+                lambda s, split, _: load_cifar("cifar10", _path(s), split, spec=s.text, val=_val(s), seed=_seed(s)),
+                _cifar_layout, (("val", f"{DEFAULT_VAL_FRACTION:g}"), ("seed", str(DEFAULT_SEED)))),
+    DatasetKind("cifar100", "cifar100:DIR[?val=0.1&seed=0]", True, ("val", "seed"), CIFAR_SPLITS, False,
+                lambda s, split, _: load_cifar("cifar100", _path(s), split, spec=s.text, val=_val(s), seed=_seed(s)),
+                _cifar_layout, (("val", f"{DEFAULT_VAL_FRACTION:g}"), ("seed", str(DEFAULT_SEED)))),
     DatasetKind("coco-karpathy", "coco-karpathy:JSON[?root=DIR]", True, ("root",), KARPATHY_SPLITS, True,
-                lambda s, split, root: load_karpathy("coco", _path(s), split, _root(s, root), spec=s.text)),
+                lambda s, split, root: load_karpathy("coco", _path(s), split, _root(s, root), spec=s.text),
+                lambda s: KARPATHY_LAYOUT),
     DatasetKind("flickr30k-karpathy", "flickr30k-karpathy:JSON[?root=DIR]", True, ("root",), KARPATHY_SPLITS, True,
-                lambda s, split, root: load_karpathy("flickr30k", _path(s), split, _root(s, root), spec=s.text)),
-    DatasetKind("captions-csv", "captions-csv:FILE[?root=DIR]", True, ("root",), CAPTIONS_CSV_SPLITS, True,
-                lambda s, split, root: load_captions_csv(_path(s), split, _root(s, root), spec=s.text)),
+                lambda s, split, root: load_karpathy("flickr30k", _path(s), split, _root(s, root), spec=s.text),
+                lambda s: KARPATHY_LAYOUT),
+    DatasetKind("captions-csv", "captions-csv:FILE[?root=DIR&split=0.7,0.1,0.2&seed=0]", True,
+                ("root", "split", "seed"), CAPTIONS_CSV_SPLITS, True,
+                lambda s, split, root: load_captions_csv(_path(s), split, _root(s, root), spec=s.text,
+                                                         fractions=_fractions(s), seed=_seed(s)),
+                _cut_layout("the file's images", ""), _CUT_DEFAULTS),
 )
 DATASET_KINDS = {kind.name: kind for kind in _KINDS}
 # The accepted spec forms, in the order the CLI help and error messages list them.
@@ -118,6 +166,36 @@ def dataset_splits(spec: str) -> tuple[str, ...]:
     return DATASET_KINDS[parse_dataset_spec(spec).kind].splits
 
 
+def canonical_split(spec: str, split: str) -> str:
+    """``split`` by its current name (digits' old ``calib`` is ``val``); an unknown split is refused."""
+    kind = DATASET_KINDS[parse_dataset_spec(spec).kind]
+    split = dict(kind.aliases).get(split, split)
+    if split not in kind.splits:
+        raise DataError(f"unknown split '{split}' for dataset '{spec}'; allowed: {', '.join(kind.splits)}")
+    return split
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with every option that decides its splits written out (defaults included), checked.
+
+    What a session records, so that its splits never depend on a default that may change.
+    """
+    parsed = parse_dataset_spec(spec)
+    kind = DATASET_KINDS[parsed.kind]
+    if not kind.split_defaults:
+        return parsed.text
+    options = dict(kind.split_defaults) | dict(parsed.options)
+    kind.layout(replace(parsed, options=tuple(options.items())))  # parses (and so checks) every value
+    query = "&".join(f"{key}={options[key]}" for key in kind.options if key in options)
+    return f"{parsed.kind}:{parsed.path}?{query}"
+
+
+def split_layout(spec: str) -> str:
+    """How the dataset's train / val / test splits are made, with their sizes and seed, in words."""
+    parsed = parse_dataset_spec(spec)
+    return DATASET_KINDS[parsed.kind].layout(parsed)
+
+
 def load_dataset(
     spec: str, split: str = "test", root_override: str | os.PathLike[str] | None = None
 ) -> Dataset:
@@ -128,8 +206,7 @@ def load_dataset(
     """
     parsed = parse_dataset_spec(spec)
     kind = DATASET_KINDS[parsed.kind]
-    if split not in kind.splits:
-        raise DataError(f"unknown split '{split}' for dataset '{spec}'; allowed: {', '.join(kind.splits)}")
+    split = canonical_split(spec, split)
     if root_override is not None and not kind.takes_root:
         allowed = ", ".join(k.name for k in _KINDS if k.takes_root)
         raise DataError(f"an image root override does not apply to dataset '{spec}'; it applies to: {allowed}")

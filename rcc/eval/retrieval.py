@@ -1,15 +1,22 @@
-"""Image–text retrieval recall@k, with LAION CLIP_benchmark's hit@k definitions."""
+"""Image–text retrieval recall@k, with LAION CLIP_benchmark's hit@k definitions.
+
+The ITC figures (``text_to_image_recall@k`` …) are CLIP_benchmark's, from the embeddings alone.
+Models with an image–text matching head (BLIP) also report ``itm_…`` figures: the same recall
+definitions on BLIP's re-ranked scores, where each query's top ``itm_k`` ITC candidates are
+re-scored by the ITM head (``rcc.eval.itm_rerank``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from rcc.data.types import CaptionDataset
 from rcc.errors import EvalError
 from rcc.eval.encode import CancelCheck, Progress, encode_images, encode_texts
+from rcc.eval.itm_rerank import RerankedScores, check_itm_k, itm_rerank
 from rcc.models.adapter import VLModel
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
@@ -24,6 +31,9 @@ class RetrievalResult:
     image_to_text: tuple[float, ...]
     n_images: int
     n_texts: int
+    itm: RetrievalResult | None = None  # the same recalls after ITM re-ranking, if run
+    itm_k: int = 0
+    itm_pairs: int = 0
 
     def recall(self, direction: str, k: int) -> float:
         """One recall value; ``direction`` is ``"text_to_image"`` or ``"image_to_text"``."""
@@ -39,6 +49,10 @@ class RetrievalResult:
             out[f"text_to_image_recall@{k}"] = value
         for k, value in zip(self.ks, self.image_to_text):
             out[f"image_to_text_recall@{k}"] = value
+        if self.itm is not None:
+            out["itm_k"] = self.itm_k
+            out["itm_pairs"] = self.itm_pairs
+            out.update({f"itm_{name}": value for name, value in self.itm.as_dict().items() if "@" in name})
         return out
 
 
@@ -95,11 +109,15 @@ def evaluate_retrieval(
     cancel: CancelCheck | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     precision: str = "fp32",
+    itm_k: int = 0,
 ) -> RetrievalResult:
     """Encode every image and caption, score ``normalise(image) @ normalise(text)ᵀ``, take recall@k.
 
+    ``itm_k`` > 0 (models with an ITM head): also re-rank each query's top ``itm_k`` candidates
+    with it, as BLIP does, and report those recalls too (``result.itm``).
     ``progress`` is called per batch, first with ``(done, n_images, "images")``, then
-    ``(done, n_texts, "texts")``; ``cancel`` is polled before each batch (raises ``Cancelled``).
+    ``(done, n_texts, "texts")`` (then ``(done, pairs, "ITM pairs")``); ``cancel`` is polled
+    before each batch (raises ``Cancelled``).
     """
     if "retrieval" not in model.tasks:
         raise EvalError(f"model {model.spec!r} cannot do retrieval; allowed tasks: {sorted(model.tasks)}")
@@ -112,9 +130,24 @@ def evaluate_retrieval(
     if n_images == 0 or not texts:
         raise EvalError(f"dataset {dataset.spec!r} has no images or no captions to retrieve")
 
+    check_itm_k(itm_k, model)
+
     image_emb = encode_images(model, dataset.images, batch_size, precision, progress, cancel)
     text_emb = encode_texts(model, texts, batch_size, precision, progress, cancel)
-    return retrieval_recall(image_emb @ text_emb.t(), owner, ks)
+    itc = image_emb @ text_emb.t()
+    result = retrieval_recall(itc, owner, ks)
+    if not itm_k:
+        return result
+    reranked = itm_rerank(model, dataset.images, texts, itc, itm_k, batch_size, precision, progress, cancel)
+    return replace(result, itm=reranked_recall(reranked, owner, ks), itm_k=itm_k, itm_pairs=reranked.pairs)
+
+
+def reranked_recall(scores: RerankedScores, text_to_image: Sequence[int], ks: Sequence[int] = DEFAULT_KS
+                    ) -> RetrievalResult:
+    """Recall@k of re-ranked scores: text→image from the matrix ranking images, image→text from the other."""
+    t2i = retrieval_recall(scores.text_to_image, text_to_image, ks)
+    i2t = retrieval_recall(scores.image_to_text, text_to_image, ks)
+    return replace(t2i, image_to_text=i2t.image_to_text)
 
 
 def flatten_captions(dataset: CaptionDataset) -> tuple[list[str], list[int]]:

@@ -48,7 +48,12 @@ def load_templates(name_or_file: str) -> tuple[str, ...]:
     path = Path(name_or_file)
     if not path.is_file():
         raise EvalError(f"unknown templates {name_or_file!r}; allowed: {', '.join(TEMPLATE_SETS)} or a file path")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"templates file {name_or_file!r} cannot be read as text ({exc.__class__.__name__}); "
+                        f"allowed: a UTF-8 text file, one template with {{c}} per line") from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     bad = [line for line in lines if "{c}" not in line]
     if not lines or bad:
         raise EvalError(

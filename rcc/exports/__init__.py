@@ -1,4 +1,5 @@
-"""Exports out of rcc: compressed and dense (``rcc.session.export``), ONNX and compressed-tensors.
+"""Exports out of rcc: compressed and dense (``checkpoints``), ONNX (``onnx_export``) and compressed-tensors
+(``hf_compressed``).
 
 ``export_model(model, format, out)`` is the one entry point the session op, the CLI and the app use.
 Plural on purpose: ``rcc.export`` is the Python API's function (``rcc/api``), which a subpackage of

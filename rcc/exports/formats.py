@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rcc.errors import RccError
 from rcc.models.adapter import VLModel
-from rcc.session.export import (
+from rcc.exports.checkpoints import (
     ExportReport, dense_bytes, export_compressed, export_dense, export_report, fresh_directory,
 )
 
@@ -30,6 +30,7 @@ def export_model(model: VLModel, format: str, out_dir: str | Path, extra: dict |
         return export_compressed(model, out_dir, extra=extra)
     if format == "dense":
         return export_dense(model, out_dir)
+    existed = Path(out_dir).exists()
     out = fresh_directory(out_dir)
     try:
         if format == "onnx":
@@ -43,5 +44,7 @@ def export_model(model: VLModel, format: str, out_dir: str | Path, extra: dict |
     except BaseException:
         for path in out.iterdir():  # it was new or empty: put it back that way
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not existed:
+            out.rmdir()
         raise
     return export_report(format, out, dense_bytes(model.module), details)

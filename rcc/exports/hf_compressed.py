@@ -101,9 +101,14 @@ def export_hf_compressed(model: VLModel, out: Path) -> dict:
     except ImportError:
         raise RccError("format 'hf-compressed' needs the compressed-tensors library; "
                        "allowed: pip install compressed-tensors") from None
+    from rcc.exports.dense_widths import hf_tower_config, narrowed_mlp_widths
+
+    widths = narrowed_mlp_widths(model)  # structured pruning: refuses what config.json cannot hold, before any write
     scales, notes = int8_scales(model.module)
     notes = _sparsity_notes(model.module) + notes
     module = densify(copy.deepcopy(model.module)).to("cpu")
+    for tower, width in widths.items():  # the narrowed MLP widths, as the dense export writes them
+        hf_tower_config(module.config, model.family, tower).intermediate_size = width
     if scales:
         weights = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
         activations = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)

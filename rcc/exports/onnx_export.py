@@ -199,7 +199,7 @@ def _write_preprocess(model: VLModel, out: Path) -> None:
 
 def _notes(module: nn.Module) -> list[str]:
     """What the ONNX files cannot keep small, one line each."""
-    from rcc.session.state import masked_name
+    from rcc.compression.layers import masked_name
 
     masked = sorted(masked_name(name).removesuffix(".weight") for name in structure_of(module)["masks"])
     notes = []

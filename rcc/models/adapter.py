@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from rcc.errors import EvalError
-from rcc.models.inventory import LayerInfo, Tower
+from rcc.schema.layers import LayerInfo, Tower
 
 TextBatch = dict[str, torch.Tensor]
 
@@ -78,8 +78,57 @@ class VLModel(ABC):
         exporter traces with a dynamic length); the default is ``encode_text`` itself."""
         return self.encode_text(tokens)
 
-    def generate_captions(self, pixels: torch.Tensor, max_new_tokens: int = 30) -> list[str]:
+    def generate_captions(self, pixels: torch.Tensor, max_new_tokens: int = 30, num_beams: int = 1) -> list[str]:
         raise EvalError(f"model {self.spec!r} cannot caption; allowed tasks: {sorted(self.tasks)}")
+
+    # -- image-grounded text (BLIP's fusion encoder and caption decoder) ------------------
+    # A model whose text path attends to the image (cross-attention) says so with
+    # ``grounds_text``; calibration, ITM re-ranking, caption probes and recovery training then
+    # run image–text pairs through it: ``image_states`` once per image, ``grounded_tokens`` for
+    # the texts, ``ground_text`` for the pairs.
+
+    @property
+    def embeds_text(self) -> bool:
+        """Whether ``encode_text`` works: a text embedding to match images with (zero-shot, retrieval)."""
+        return bool({"zeroshot", "retrieval"} & set(self.tasks))
+
+    @property
+    def grounds_text(self) -> bool:
+        """Whether a text path of this model reads the image (cross-attention)."""
+        return False
+
+    @property
+    def can_match(self) -> bool:
+        """Whether the model has an image–text matching (ITM) head over grounded text."""
+        return False
+
+    @property
+    def can_caption(self) -> bool:
+        return "caption" in self.tasks
+
+    def image_states(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image's token states (B, N, D) that grounded text attends to."""
+        raise EvalError(f"model {self.spec!r} has no image-grounded text path")
+
+    def image_embedding(self, states: torch.Tensor) -> torch.Tensor:
+        """``encode_image`` from ``image_states``: encode_image(p) = image_embedding(image_states(p))."""
+        raise EvalError(f"model {self.spec!r} has no image-grounded text path")
+
+    def grounded_tokens(self, texts: Sequence[str]) -> TextBatch:
+        """Token batch of texts for ``ground_text`` (a decoder's starts with its bos token)."""
+        raise EvalError(f"model {self.spec!r} has no image-grounded text path")
+
+    def ground_text(self, states: torch.Tensor, tokens: TextBatch) -> torch.Tensor:
+        """Run row i of ``tokens`` attending to image states ``states[i]``: fused states or caption logits."""
+        raise EvalError(f"model {self.spec!r} has no image-grounded text path")
+
+    def match_logits(self, states: torch.Tensor, tokens: TextBatch) -> torch.Tensor:
+        """ITM logits (B, 2) = (no match, match) of row i of ``tokens`` against image states ``states[i]``."""
+        raise EvalError(f"model {self.spec!r} has no image-text matching head; allowed: a BLIP retrieval model")
+
+    def reads_image_states(self, layer: LayerInfo) -> bool:
+        """Whether a layer's input rows are image tokens (vision tower, cross-attention keys and values)."""
+        return layer.tower == "vision"
 
     # -- structure -----------------------------------------------------------------------
     @abstractmethod
@@ -130,6 +179,6 @@ class VLModel(ABC):
 
     def num_parameters(self) -> int:
         """Every weight entry, int8 values and their scales included (they are parameters stored as buffers)."""
-        from rcc.compression.layers import stored_tensors
+        from rcc.models.stored_weights import stored_tensors
 
         return sum(p.numel() for p in stored_tensors(self.module))

@@ -7,7 +7,18 @@ image-text contrastive (ITC) similarity uses::
     text  = text_proj(text_encoder(ids, mask).last_hidden_state[:, 0])   # unimodal: no image,
                                                                          # so no cross-attention
 
-``BlipForConditionalGeneration`` gives captioning (greedy decoding).
+``BlipForConditionalGeneration`` gives captioning (greedy or beam search).
+
+Both classes ground text in the image through cross-attention, as transformers runs them:
+
+    states = vision_model(pixels).last_hidden_state                     # (B, N, D), every token
+    ITM    = itm_head(text_encoder(ids, mask, encoder_hidden_states=states)[:, 0])   # (no, yes)
+    logits = text_decoder(ids', mask, encoder_hidden_states=states)     # ids' = ids with [0] = bos
+
+the retrieval model's ITM exactly as ``BlipForImageTextRetrieval(use_itm_head=True)`` (first
+token as the tokenizer gives it: [CLS]; the original BLIP code swaps in an [ENC] token that
+transformers' forward does not), the captioner's teacher forcing as ``generate`` starts a prompt
+(its first token replaced by bos, [DEC]). Every image token is attended (an all-ones image mask).
 
 BLIP's vision attention stores q, k and v in one fused ``qkv`` Linear (rows stacked q, k, v);
 the inventory exposes it as three row slices ``...self_attn.qkv.q`` / ``.k`` / ``.v``, like
@@ -33,7 +44,8 @@ from rcc.models.hf_clip import (
     spec_error,
     text_max_length,
 )
-from rcc.models.inventory import LayerInfo, LayerKind, Tower, block_index, linear_layers
+from rcc.models.inventory import block_index, linear_layers
+from rcc.schema.layers import LayerInfo, LayerKind, Tower
 
 RETRIEVAL = "BlipForImageTextRetrieval"
 CAPTION = "BlipForConditionalGeneration"
@@ -64,6 +76,8 @@ _TEXT_KINDS: dict[str, LayerKind] = {
 _CROSS_KINDS: dict[str, LayerKind] = {
     f"cross{rest}": kind for rest, kind in _TEXT_KINDS.items() if rest.startswith("attention.")
 }
+# Cross-attention keys and values read the image's token states, not text tokens.
+_CROSS_INPUTS = (".crossattention.self.key", ".crossattention.self.value")
 
 
 def classify_blip_linear(name: str) -> tuple[Tower, int | None, LayerKind] | None:
@@ -154,13 +168,50 @@ class HFBlipModel(HFPreprocessing, VLModel):
     def can_caption(self) -> bool:
         return self.architecture == CAPTION
 
+    @property
+    def grounds_text(self) -> bool:
+        return True
+
+    @property
+    def can_match(self) -> bool:
+        return self.architecture == RETRIEVAL
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Retrieval: vision_proj(CLS state), as ITC uses it. Captioning: the pooled vision output."""
+        return self.image_embedding(self.image_states(pixels))
+
+    def image_states(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(device=self.device, dtype=self.dtype)
-        vision = self.module.vision_model(pixel_values=pixels)
+        return self.module.vision_model(pixel_values=pixels).last_hidden_state
+
+    def image_embedding(self, states: torch.Tensor) -> torch.Tensor:
         if self.can_caption:
-            return vision.pooler_output
-        return self.module.vision_proj(vision.last_hidden_state[:, 0, :])
+            # BlipVisionModel's pooler_output: the CLS state through post_layernorm once more.
+            return self.module.vision_model.post_layernorm(states[:, 0, :])
+        return self.module.vision_proj(states[:, 0, :])
+
+    def grounded_tokens(self, texts: Sequence[str]) -> TextBatch:
+        tokens = self.tokenize(texts)
+        if self.can_caption:
+            tokens["input_ids"][:, 0] = self.module.config.text_config.bos_token_id
+        return tokens
+
+    def ground_text(self, states: torch.Tensor, tokens: TextBatch) -> torch.Tensor:
+        """Retrieval: the text encoder's states with cross-attention. Captioning: the decoder's logits."""
+        tokens = self.tokens_to_device(tokens)
+        image_mask = torch.ones(states.shape[:-1], dtype=torch.long, device=states.device)
+        tower = self.module.text_decoder if self.can_caption else self.module.text_encoder
+        out = tower(input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask"),
+                    encoder_hidden_states=states, encoder_attention_mask=image_mask)
+        return out.logits if self.can_caption else out.last_hidden_state
+
+    def match_logits(self, states: torch.Tensor, tokens: TextBatch) -> torch.Tensor:
+        if not self.can_match:
+            return super().match_logits(states, tokens)
+        return self.module.itm_head(self.ground_text(states, tokens)[:, 0, :])
+
+    def reads_image_states(self, layer: LayerInfo) -> bool:
+        return layer.tower == "vision" or layer.name.endswith(_CROSS_INPUTS)
 
     def encode_text(self, tokens: TextBatch) -> torch.Tensor:
         """text_proj(CLS state) of the text encoder run without an image (unimodal, as ITC)."""
@@ -174,13 +225,13 @@ class HFBlipModel(HFPreprocessing, VLModel):
         return self.module.text_proj(text.last_hidden_state[:, 0, :])
 
     @torch.no_grad()
-    def generate_captions(self, pixels: torch.Tensor, max_new_tokens: int = 30) -> list[str]:
-        """Greedy captions (one per image), special tokens removed."""
+    def generate_captions(self, pixels: torch.Tensor, max_new_tokens: int = 30, num_beams: int = 1) -> list[str]:
+        """Greedy (``num_beams`` 1) or beam-search captions, one per image, special tokens removed."""
         if not self.can_caption:
-            return super().generate_captions(pixels, max_new_tokens)
+            return super().generate_captions(pixels, max_new_tokens, num_beams)
         pixels = pixels.to(device=self.device, dtype=self.dtype)
         ids = self.module.generate(
-            pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
         )
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 

@@ -17,13 +17,12 @@ from torch import nn
 
 from rcc.errors import ModelSpecError
 from rcc.models.adapter import TextBatch, VLModel, cut_to_longest
-from rcc.models.inventory import LayerInfo, LayerKind, Tower, block_index, linear_layers
+from rcc.models.inventory import block_index, linear_layers
+from rcc.schema.layers import LayerInfo, LayerKind, Tower
+from rcc.models.load_errors import LOAD_ERRORS, load_reason
 
 ACCEPTED_FORMS = "hf:ID_OR_LOCAL_DIR, hf-blip:ID_OR_LOCAL_DIR"
 
-# Errors ``from_pretrained`` raises for a bad source (missing dir, unknown or unreachable hub id,
-# malformed config, weights that do not fit the config). Anything else is a bug worth a traceback.
-_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 T = TypeVar("T")
 
@@ -51,8 +50,7 @@ def load_failure_reason(source: str, exc: BaseException) -> str:
     elif "couldn't connect" in str(exc) or "offline" in str(exc).lower():
         return ("not a local directory and not in the Hugging Face cache, "
                 "and the hub is unreachable (offline)")
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return first_line if len(first_line) <= 200 else first_line[:197] + "..."
+    return load_reason(exc)
 
 
 def spec_error(spec: str, reason: str) -> ModelSpecError:
@@ -64,7 +62,7 @@ def load_or_spec_error(spec: str, source: str, load: Callable[[], T]) -> T:
     """Run ``load()``; a source-related failure becomes a ``ModelSpecError`` naming ``spec``."""
     try:
         return load()
-    except _LOAD_ERRORS as exc:
+    except LOAD_ERRORS as exc:
         raise spec_error(spec, load_failure_reason(source, exc)) from exc
 
 

@@ -9,48 +9,20 @@ Conventions every stage relies on:
   Linears) and lets a user treat q, k and v differently.
 - OpenCLIP's ``visual.proj`` and ``text_projection`` are stored ``(in, out)`` and used as
   ``x @ W``; they are marked ``transposed`` and read back in the ``(out, in)`` convention.
+- Structured pruning (``rcc.compression.structured``) makes layers physically narrower: ``shape``
+  is what the layer holds now, ``dense_shape`` what it held before (None: unchanged). The module
+  says so itself through its ``dense_shape`` attribute, so any inventory of a pruned model knows.
+- Attention layers carry ``heads``, the head count of the attention module they belong to (the
+  nearest enclosing module with ``num_heads`` / ``num_attention_heads``), so head groups can be
+  formed from the inventory alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-Tower = Literal["vision", "text", "fusion", "decoder"]
-LayerKind = Literal["attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "projection"]
-
-TOWERS: tuple[Tower, ...] = ("vision", "text", "fusion", "decoder")
-LAYER_KINDS: tuple[LayerKind, ...] = (
-    "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "projection",
-)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One compressible weight matrix."""
-
-    name: str
-    tower: Tower
-    block: int | None
-    kind: LayerKind
-    shape: tuple[int, int]
-    param: str
-    rows: tuple[int, int] | None = None
-    transposed: bool = False
-
-    @property
-    def params(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name, "tower": self.tower, "block": self.block, "kind": self.kind,
-            "shape": list(self.shape), "params": self.params, "param": self.param,
-        }
-
+from rcc.schema.layers import LayerInfo
 
 def read_matrix(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
     """The layer's weight as an ``(out, in)`` view of the live parameter (no copy).
@@ -74,6 +46,40 @@ def write_matrix(module: nn.Module, layer: LayerInfo, value: torch.Tensor) -> No
     read_matrix(module, layer).copy_(value)
 
 
+HEAD_COUNT_ATTRIBUTES = ("num_heads", "num_attention_heads")  # nn.MultiheadAttention, HF attention modules
+
+
+def head_count(attention: nn.Module) -> int | None:
+    """The number of heads an attention module runs now, or None for any other module."""
+    for attribute in HEAD_COUNT_ATTRIBUTES:
+        value = getattr(attention, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def attention_path(module: nn.Module, path: str) -> str | None:
+    """The nearest module enclosing ``path`` (itself included) that counts heads, or None."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        try:
+            child = module.get_submodule(candidate)
+        except AttributeError:
+            continue
+        if head_count(child) is not None:
+            return candidate
+    return None
+
+
+def dense_shape_of(child: nn.Module) -> tuple[int, int] | None:
+    """The (out, in) shape a structurally pruned Linear-like had before, None if it was never narrowed."""
+    shape = getattr(child, "dense_shape", None)
+    if shape is None or tuple(shape) == (int(child.out_features), int(child.in_features)):
+        return None
+    return (int(shape[0]), int(shape[1]))
+
+
 def linear_layers(module: nn.Module, classify) -> list[LayerInfo]:
     """Inventory of every ``nn.Linear`` whose name ``classify`` maps to (tower, block, kind).
 
@@ -90,9 +96,14 @@ def linear_layers(module: nn.Module, classify) -> list[LayerInfo]:
             continue
         tower, block, kind = where
         out_f, in_f = child.out_features, child.in_features
+        heads = None
+        if kind.startswith("attn_"):
+            holder = attention_path(module, name)
+            heads = None if holder is None else head_count(module.get_submodule(holder))
         found.append(LayerInfo(
             name=name, tower=tower, block=block, kind=kind,
-            shape=(int(out_f), int(in_f)), param=f"{name}.weight",
+            shape=(int(out_f), int(in_f)), param=f"{name}.weight", heads=heads,
+            dense_shape=dense_shape_of(child),
         ))
     return found
 

@@ -13,7 +13,9 @@ from torch import nn
 
 from rcc.errors import ModelSpecError
 from rcc.models.adapter import TextBatch, VLModel, cut_to_longest
-from rcc.models.inventory import LAYER_KINDS, LayerInfo, LayerKind, Tower, block_index, linear_layers
+from rcc.models.inventory import block_index, linear_layers
+from rcc.schema.layers import LAYER_KINDS, LayerInfo, LayerKind, Tower
+from rcc.models.load_errors import LOAD_ERRORS, load_reason
 
 # Last dotted component (or a distinctive suffix) of a Linear's name → its kind. Covers
 # OpenCLIP's own blocks (c_fc / c_proj / out_proj) and HF text towers inside OpenCLIP (BERT).
@@ -74,7 +76,7 @@ def open_clip_layers(module: nn.Module) -> list[LayerInfo]:
                 found.append(LayerInfo(
                     name=f"{name}.in_proj.{kind[-1]}", tower=_tower_of(name), block=_block_of(name),
                     kind=kind, shape=(width, width), param=f"{name}.in_proj_weight",
-                    rows=(part * width, (part + 1) * width),
+                    rows=(part * width, (part + 1) * width), heads=child.num_heads,
                 ))
     for param_name in ("visual.proj", "text_projection"):
         param = dict(module.named_parameters()).get(param_name)
@@ -206,8 +208,8 @@ def _from_registry(spec: str, name: str, pretrained: str | None) -> OpenCLIPMode
         module, _, transform = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, weights_only=True, load_weights=pretrained is not None,
         )
-    except Exception as exc:  # hub unreachable offline, bad tag, unreadable file
-        raise ModelSpecError(f"cannot load {spec!r}: {_short(exc)}; accepted forms: {FORMS}") from exc
+    except Exception as exc:  # hub unreachable offline, bad tag, unreadable or garbage file
+        raise ModelSpecError(f"cannot load {spec!r}: {load_reason(exc)}; accepted forms: {FORMS}") from exc
     config = {**open_clip.get_model_config(name),
               "preprocess_cfg": dict(open_clip.get_model_preprocess_cfg(module))}
     return OpenCLIPModel(spec, module, open_clip.get_tokenizer(name), transform, config)
@@ -217,9 +219,12 @@ def _from_config_file(spec: str, path: Path, weights: str | None) -> OpenCLIPMod
     if not path.is_file():
         raise ModelSpecError(f"model config {str(path)!r} not found (spec {spec!r}); accepted forms: {FORMS}")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"model config {str(path)!r} is not valid JSON: {exc}") from exc
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelSpecError(f"model config {str(path)!r} is not valid JSON: {load_reason(exc)}") from exc
+    if not isinstance(config, dict):
+        raise ModelSpecError(f"model config {str(path)!r} holds a JSON {type(config).__name__}; allowed: an "
+                             f"open_clip model config object (embed_dim, vision_cfg, text_cfg)")
     module, tokenizer, transform = build_from_config(config, base_dir=path.parent, spec=spec)
     if weights:
         load_weights_file(module, Path(weights), spec)
@@ -234,6 +239,9 @@ def build_from_config(config: dict, base_dir: Path | None = None, spec: str = ""
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
     if missing:
         raise ModelSpecError(f"model config for {spec!r} lacks {missing}; it needs embed_dim, vision_cfg, text_cfg")
+    odd = next((key for key in ("vision_cfg", "text_cfg") if not isinstance(config[key], dict)), None)
+    if odd:
+        raise ModelSpecError(f"model config for {spec!r}: {odd} is a {type(config[odd]).__name__}; allowed: an object")
     config = dict(config)
     text_cfg = dict(config["text_cfg"])
     for key in ("hf_model_name", "hf_tokenizer_name"):
@@ -246,8 +254,8 @@ def build_from_config(config: dict, base_dir: Path | None = None, spec: str = ""
     try:
         cls = CustomTextCLIP if custom_text else CLIP
         module = cls(**kwargs, text_cfg=text_cfg)
-    except (TypeError, ValueError, OSError) as exc:
-        raise ModelSpecError(f"cannot build open_clip model from config {spec!r}: {_short(exc)}") from exc
+    except (TypeError, ValueError, OSError, KeyError, AttributeError, RuntimeError) as exc:
+        raise ModelSpecError(f"cannot build open_clip model from config {spec!r}: {load_reason(exc)}") from exc
 
     context_length = text_cfg.get("context_length", 77)
     if text_cfg.get("hf_tokenizer_name"):
@@ -267,22 +275,26 @@ def load_weights_file(module: nn.Module, path: Path, spec: str) -> None:
     """Load a full state dict from safetensors (or a weights-only torch checkpoint)."""
     if not path.is_file():
         raise ModelSpecError(f"weights file {str(path)!r} not found (spec {spec!r})")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    result = module.load_state_dict(state, strict=False)
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except LOAD_ERRORS as exc:
+        raise ModelSpecError(f"weights file {str(path)!r} cannot be read (spec {spec!r}): {load_reason(exc)}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelSpecError(f"weights file {str(path)!r} holds no state dict (spec {spec!r}); "
+                             f"allowed: a safetensors file or a torch checkpoint of name → tensor")
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise ModelSpecError(f"weights {str(path)!r} do not match the model of {spec!r}: {load_reason(exc)}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise ModelSpecError(
             f"weights {str(path)!r} do not match the model of {spec!r}: "
             f"{len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected keys "
             f"(first: {(result.missing_keys or result.unexpected_keys)[0]!r})"
         )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from rcc.errors import ModelSpecError
+from rcc.models.load_errors import LOAD_ERRORS, load_reason
 from rcc.models.open_clip_adapter import OpenCLIPModel, build_from_config
 
 SPEC = "rcc-mini"
@@ -63,7 +64,11 @@ def load_shipped_weights(module, path: Path | None = None) -> None:
     path = path or weights_path()
     if not path.is_file():
         raise ModelSpecError(f"rcc-mini weights {str(path)!r} are missing; run `rcc-tui train-demo` to make them")
-    result = module.load_state_dict(load_file(str(path)), strict=False)
+    try:
+        result = module.load_state_dict(load_file(str(path)), strict=False)
+    except LOAD_ERRORS as exc:
+        raise ModelSpecError(f"rcc-mini weights {str(path)!r} cannot be read: {load_reason(exc)}; "
+                             f"run `rcc-tui train-demo` to make them again") from exc
     missing = [k for k in result.missing_keys if not k.startswith(TEXT_TRANSFORMER_PREFIX)]
     if missing or result.unexpected_keys:
         raise ModelSpecError(

@@ -19,6 +19,8 @@ def load_model(spec: str | None = None, device: str | None = None) -> VLModel:
     """Load the model named by ``spec`` (default: the built-in rcc-mini) onto ``device``."""
     from rcc.models.quiet import quiet_libraries
 
+    if spec is not None and (not isinstance(spec, str) or not spec.strip()):
+        raise ModelSpecError(f"model spec {spec!r} is empty; accepted forms: {', '.join(MODEL_FORMS)}")
     spec = (spec or DEFAULT_MODEL).strip()
     quiet_libraries()
     scheme, sep, target = spec.partition(":")

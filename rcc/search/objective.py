@@ -12,7 +12,7 @@ session measures nodes. Accuracy is the evaluation suite's primary metric (zero-
 on digits) on the session's eval split; "dense" is the model the search starts from.
 
 Each trial deep-copies the base model (the session's model is never touched), compresses
-the copy (rcc.search.record.compress) and measures it in rungs (rcc.search.pruning).
+the copy (rcc.session.trial_compress.compress) and measures it in rungs (rcc.search.pruning).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from rcc.compression.cascade import STAGES
 from rcc.search.pruning import (
     MemoryFeatureCache, PruningConfig, RungLog, bounded_metric, dominated_reason, nested_subsets, wilson_upper,
 )
-from rcc.search.record import compress, make_record
+from rcc.session.trial_compress import compress
+from rcc.compression.trial_record import make_record
 from rcc.search.space import SearchError, SearchSpace, plan_from_params, suggest
 
 MODES = ("pareto", "min-size")
@@ -102,7 +103,7 @@ class SearchContext:
 
 def size_of(model) -> dict[str, float]:
     """``size/params``, ``size/bytes``, ``size/total`` as the session measures nodes."""
-    from rcc.session.handlers import size_metrics
+    from rcc.compression.stored_size import size_metrics
 
     return {key: float(value) for key, value in size_metrics(model).items()}
 

@@ -17,7 +17,9 @@ Bits (``bits=True``) are a choice per layer (level ``layer``) or per group (``gr
 b = 1 giving the layer ``bits: 8`` (the quant stage makes it int8), b = 0 float weights.
 
 Locked layers are never part of a space, and transposed matrices (bare ``x @ W`` parameters)
-get no rank. A trial's parameters become the base plan plus one override per searched layer,
+get no rank. With ``pattern`` ``channel`` or ``head`` the space searches how many MLP hidden
+units or attention heads each group loses: its sparsity dimensions cover only the groups'
+leaders (mlp_in, attn_q), which take the pattern in every trial's plan. A trial's parameters become the base plan plus one override per searched layer,
 so everything else the user set (methods, patterns, corrections, other layers) is kept.
 """
 
@@ -28,10 +30,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from rcc.compression.groups import is_structured, structured_groups
 from rcc.compression.plan import CompressionPlan, resolve_plan
-from rcc.compression.plan_rules import METHODS, parse_nm
+from rcc.compression.plan_rules import PlanError, check_pattern, parse_nm
 from rcc.errors import RccError
-from rcc.models.inventory import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.layers import LAYER_KINDS, TOWERS, LayerInfo
+from rcc.schema.names import PRUNE_METHODS
 
 LEVELS = ("global", "group", "layer")
 GROUP_KEYS = ("tower", "block", "kind")
@@ -88,6 +92,7 @@ class SpaceConfig:
     multiplier: Bounds | None = field(default_factory=lambda: Bounds(0.5, 1.5, 0.1))  # "global" only
     method: str | None = None  # pruning method of the searched layers; None: as the base plan says
     bits: bool = False  # also choose int8 (bits 8) or float weights per layer or group
+    pattern: str | None = None  # pattern of the searched layers (channel / head: their groups' leaders)
 
     @property
     def bits_choice(self) -> Bounds | None:
@@ -126,8 +131,17 @@ class SpaceConfig:
                 raise SearchError(f"rank fraction low {self.rank.low!r} is out of range; allowed: 0 < low ≤ 1")
         if self.multiplier is not None:
             self.multiplier.check("multiplier", 0.0, math.inf, ceiling_open=True)
-        if self.method is not None and self.method not in METHODS:
-            raise SearchError(f"method {self.method!r} is unknown; allowed: {', '.join(METHODS)}")
+        if self.method is not None and self.method not in PRUNE_METHODS:
+            raise SearchError(f"method {self.method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
+        if self.pattern is not None:
+            try:
+                check_pattern(self.pattern)
+            except PlanError as error:
+                raise SearchError(str(error)) from None
+            if parse_nm(self.pattern) is not None:
+                raise SearchError(f"pattern {self.pattern} fixes the sparsity; allowed: unstructured, row, channel, head")
+            if is_structured(self.pattern) and self.sparsity is None:
+                raise SearchError(f"pattern {self.pattern} searches how many units go; allowed: sparsity bounds with it")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -200,15 +214,26 @@ def rank_for(layer: LayerInfo, fraction: float) -> int | None:
 def build_space(config: SpaceConfig, inventory: Sequence[LayerInfo], base: CompressionPlan) -> SearchSpace:
     """The dimensions of ``config`` over the model's layers, starting from plan ``base``."""
     resolved = resolve_plan(base, inventory)
+    leaders = None
+    if config.pattern is not None and is_structured(config.pattern):
+        leaders = {g.leader: g for g in structured_groups(inventory) if g.kind == config.pattern}
     layers = tuple(layer for layer in inventory
                    if (not config.towers or layer.tower in config.towers)
                    and (not config.kinds or layer.kind in config.kinds)
+                   and (leaders is None or layer.name in leaders)
                    and not resolved[layer.name].locked)
     if not layers:
         raise SearchError(f"the search space holds no layer (towers {list(config.towers) or 'all'}, kinds "
                           f"{list(config.kinds) or 'all'}, locked layers left out); allowed: a tower or kind "
                           f"the model has, with some layer unlocked")
-    if config.sparsity is not None:
+    if config.sparsity is not None and leaders is not None:
+        for layer in layers:
+            if leaders[layer.name].kept_units(config.sparsity.high) < 1:
+                group = leaders[layer.name]
+                raise SearchError(f"layer {layer.name!r}: sparsity up to {config.sparsity.high!r} would remove all "
+                                  f"{group.dense_units} {group.unit_name}; allowed: a high bound below "
+                                  f"{(group.dense_units - 0.5) / group.dense_units:.4g}")
+    if config.sparsity is not None and config.pattern is None:
         for layer in layers:
             if parse_nm(resolved[layer.name].pattern) is not None:
                 raise SearchError(f"layer {layer.name!r} has pattern {resolved[layer.name].pattern}, whose sparsity "
@@ -287,6 +312,8 @@ def plan_from_params(space: SearchSpace, params: Mapping[str, float]) -> Compres
             settings["bits"] = 8 if fields["bits"] >= 0.5 else None
         if space.config.method is not None:
             settings["method"] = space.config.method
+        if space.config.pattern is not None and "sparsity" in fields:
+            settings["pattern"] = space.config.pattern
         overrides[name] = {**overrides.get(name, {}), **settings}
     plan = replace(space.base, overrides=overrides)
     resolve_plan(plan, space.inventory)

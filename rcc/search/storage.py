@@ -56,15 +56,6 @@ def check_url(url: str) -> None:
         raise StorageError(f"storage {url!r} names no database; allowed: {URL_FORMS}")
 
 
-def has_password(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).password is not None
-    except Exception:
-        return False
-
-
 def display_url(url: str) -> str:
     """The URL with any password masked (for messages and tables)."""
     from sqlalchemy.engine import make_url
@@ -152,6 +143,7 @@ def open_storage(url: str, create: bool = True, heartbeat: bool = False):
         need = DRIVERS.get(backend, "its SQLAlchemy driver")
         raise StorageError(f"storage {display_url(url)!r} needs a database driver that is not installed; "
                            f"allowed: install {need}") from exc
-    except (SQLAlchemyError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (SQLAlchemyError, OSError, optuna.exceptions.StorageInternalError) as exc:
+        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise StorageError(f"storage {display_url(url)!r} cannot be opened: {first}") from exc

@@ -4,7 +4,7 @@ A study searches one session node. Its settings (space, objective, pruning, samp
 starting point (model, data, eval split, node, dense accuracy) are stored as study user
 attributes when it is created; every worker that joins, on this machine or another, reads
 them from there and refuses to join with different ones. Every trial stores its record
-(rcc.search.record) and measurements as trial user attributes.
+(rcc.session.trial_compress) and measurements as trial user attributes.
 
 Limits: ``trials`` (what this worker runs), ``timeout`` (seconds), ``patience`` (stop once
 that many finished trials in a row, study-wide, brought nothing onto the front: for
@@ -14,7 +14,6 @@ pareto, none of them is on the current front; for min-size, none is the best fea
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import socket
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from rcc.compression.plan import CompressionPlan, plan_from_dict, plan_to_dict, resolve_plan
 from rcc.errors import RccError
+from rcc.session.metric_keys import modern_split
 from rcc.search.objective import SAMPLERS, ObjectiveConfig, SearchContext, make_objective
 from rcc.search.pruning import PruningConfig
 from rcc.search.space import (
@@ -133,7 +133,7 @@ def read_source(session_dir: str | Path) -> SearchSource:
         if session.head is None:
             raise SearchError(f"session {str(session_dir)!r} has no model yet; allowed: a session with a node")
         return SearchSource(session=str(Path(session_dir).resolve()), model=session.setting("model"),
-                            data=session.setting("data"), eval_split=session.setting("eval_split"),
+                            data=session.setting("data"), eval_split=session.eval_split,
                             node=session.head, plan=session.plan)
 
 
@@ -189,6 +189,8 @@ def open_study(storage, name: str, settings: StudySettings, source: SearchSource
     _check_same(name, stored, settings.as_dict(), "setting")
     mine = {k: v for k, v in source.as_dict().items() if k not in ("session", "node", "plan")}
     theirs = {k: v for k, v in study.user_attrs.get(SOURCE_ATTR, {}).items() if k not in ("node", "plan")}
+    if "eval_split" in theirs:  # a study made before the data roles names digits' val "calib"
+        theirs["eval_split"] = modern_split(theirs.get("data"), theirs["eval_split"])
     _check_same(name, theirs, mine, "source")
     return study, created
 
@@ -200,7 +202,8 @@ def study_source(study, session_dir: str | Path) -> SearchSource:
         raise SearchError(f"study {study.study_name!r} has no recorded source; allowed: studies made by "
                           f"`rcc-tui search`")
     return SearchSource(session=str(Path(session_dir).resolve()), model=data["model"], data=data["data"],
-                        eval_split=data["eval_split"], node=int(data["node"]), plan=plan_from_dict(data["plan"]))
+                        eval_split=modern_split(data["data"], data["eval_split"]), node=int(data["node"]),
+                        plan=plan_from_dict(data["plan"]))
 
 
 def sampler_seed(seed: int, worker: int, first: bool) -> int:
@@ -247,17 +250,20 @@ def load_context(source: SearchSource, settings: StudySettings, device: str = "a
                  cancel: Callable[[], bool] | None = None) -> SearchContext:
     """Load the model at the source node (an independent copy), the eval split and calibration data.
 
-    ``cancel`` is checked between the dense evaluation's batches, the longest wait before a first trial.
+    Trials are measured on the eval split (``val``) and calibrated on train; a source naming any
+    other eval split (a session made before the data roles) is refused. ``cancel`` is checked
+    between the dense evaluation's batches, the longest wait before a first trial.
     """
     from rcc.compression.calibration_sets import calibration_sets
     from rcc.data.registry import load_dataset
+    from rcc.data.roles import eval_split_of
     from rcc.eval.suite import default_task, primary_metric, run_eval
     from rcc.session.session import Session
 
     with Session.open(source.session, read_only=True, device=device) as session:
         model = session.model_at(source.node)
     space = build_space(settings.space, model.layers(), source.plan)
-    eval_data = load_dataset(source.data, source.eval_split)
+    eval_data = load_dataset(source.data, eval_split_of(source.data, source.eval_split))
     calibration, preserved = calibration_sets(source.data, per_class=settings.objective.calib_per_class,
                                               seed=source.plan.seed)
     task = default_task(model, eval_data)
@@ -370,51 +376,3 @@ class SearchReport:
                 "dense_accuracy": self.dense_accuracy, "dense_size": self.dense_size, "ran": self.ran,
                 "seconds": self.seconds, "trials": [asdict(r) for r in self.rows],
                 "front": [r.number for r in self.front]}
-
-
-def run_search(session_dir: str | Path, study_name: str, settings: StudySettings, limits: Limits,
-               storage: str | None = None, workers: int = 1, sensitivity: Mapping[str, float] | None = None,
-               device: str = "auto", progress: ProgressFn | None = None,
-               cancel: Callable[[], bool] | None = None) -> SearchReport:
-    """Create or join ``study_name`` and run ``limits.trials`` trials in ``workers`` processes on this machine.
-
-    The session is only read (never its write lock); workers beyond the first are separate
-    processes (rcc.search.worker), each with its own copy of the model. ``progress`` hears of
-    every finished trial; ``cancel()`` true stops the search (see ``run_worker``; worker
-    processes are ended, their running trials recorded FAIL).
-    """
-    from rcc.search.storage import display_url, open_storage, resolve_url
-
-    began = time.perf_counter()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SearchError(f"workers {workers!r} is invalid; allowed: an integer ≥ 1")
-    url = resolve_url(storage, session_dir)
-    opened = open_storage(url, heartbeat=True)
-    source = read_source(session_dir)
-    study, created = open_study(opened, study_name, settings, source, pruner=make_pruner(settings))
-    seed = sampler_seed(settings.seed, 0, first=created)
-    study.sampler = make_sampler(settings, seed)
-    source = study_source(study, session_dir)  # a joined study keeps its own node and base plan
-    ctx = load_context(source, settings, device=device, worker=0, seed=seed,
-                       dense_accuracy=study.user_attrs.get(DENSE_ATTR), cancel=cancel)
-    if DENSE_ATTR not in study.user_attrs:
-        from rcc.search.objective import size_of
-
-        study.set_user_attr(DENSE_ATTR, ctx.dense_accuracy)
-        study.set_user_attr(DENSE_SIZE_ATTR, size_of(ctx.model))
-    if created or not study.get_trials(deepcopy=False):
-        seed_study(study, ctx.space, source.plan, sensitivity)
-    if workers == 1:
-        ran = run_worker(study, ctx, settings, limits, limits.trials, progress, cancel)
-    else:
-        from rcc.search.worker import run_parallel
-
-        ran = run_parallel(url, study, ctx, settings, limits, workers, session_dir, device, progress, cancel)
-    final = load_study(opened, study_name)
-    rows = rows_of(final.get_trials(deepcopy=False), settings.objective.mode, settings.objective.size)
-    attrs = final.user_attrs
-    return SearchReport(study=study_name, storage=display_url(url), settings=settings,
-                        dense_accuracy=float(attrs.get(DENSE_ATTR, math.nan)),
-                        dense_size=dict(attrs.get(DENSE_SIZE_ATTR, {})), rows=tuple(rows),
-                        front=tuple(front_rows(rows, settings.objective.mode)), ran=ran,
-                        seconds=time.perf_counter() - began)

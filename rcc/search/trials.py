@@ -18,7 +18,7 @@ from rcc.errors import RccError
 from rcc.search.storage import display_url, open_storage
 
 if TYPE_CHECKING:  # the record module imports torch; listings must stay light
-    from rcc.search.record import TrialRecord
+    from rcc.compression.trial_record import TrialRecord
 
 
 class StudyNotFound(RccError):
@@ -119,6 +119,13 @@ class StudyInfo:
     dense_accuracy: float | None
     dense_size: dict
 
+    @property
+    def eval_split(self) -> str:
+        """The split the study's accuracies are measured on, by its current name (``val``)."""
+        from rcc.session.metric_keys import modern_split
+
+        return modern_split(self.source.get("data"), self.source.get("eval_split")) or "eval"
+
 
 def study_info(storage, study: str) -> StudyInfo:
     """The settings and reference (dense) measurements ``rcc-tui search`` stored with a study."""
@@ -160,6 +167,6 @@ def load_trial(storage, study: str, number: int):
 
 def load_record(storage, study: str, number: int) -> TrialRecord:
     """The stored record of trial ``number`` of ``study`` (see ``load_trial`` for what is refused)."""
-    from rcc.search.record import record_from_dict
+    from rcc.compression.trial_record import record_from_dict
 
     return record_from_dict(load_trial(storage, study, number).user_attrs["record"])

@@ -10,6 +10,11 @@ the session read-only (never its write lock), loads its own copy of the model at
 node, reads the study's settings from the storage and runs its share of the trials; Optuna's
 storage hands out trial numbers, so workers never share or lose one. SIGTERM ends a worker
 like Ctrl-C: Optuna marks the running trial FAIL and nothing else is touched.
+
+A worker never outlives the command that started it: on Linux the kernel sends it SIGTERM
+when its parent dies (``PR_SET_PDEATHSIG``, set first thing), and everywhere it checks its
+parent between trials and between the batches of a trial; either way its running trial is
+recorded FAIL and it exits.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rcc.errors import Cancelled, RccError
@@ -87,7 +93,7 @@ def run_parallel(url: str, study, ctx, settings, limits, workers: int, session_d
         for index, quota in enumerate(plan[1:], start=1):
             log = tempfile.TemporaryFile(mode="w+b")
             job = {"session": str(Path(session_dir).resolve()), "storage": url, "study": study.study_name,
-                   "worker": index, "trials": quota, "timeout": limits.timeout, "patience": limits.patience,
+                   "worker": index, "parent": os.getpid(), "trials": quota, "timeout": limits.timeout, "patience": limits.patience,
                    "device": device, "threads": threads}
             process = subprocess.Popen([sys.executable, "-m", "rcc.search.worker"], stdin=subprocess.PIPE,
                                        stdout=subprocess.DEVNULL, stderr=log)
@@ -141,8 +147,36 @@ def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
-def work(job: dict) -> int:
-    """Run one worker's share of a study (see the module docstring); returns the trials it finished."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> Callable[[], bool]:
+    """Ask the kernel for SIGTERM when ``parent`` dies (Linux); returns the check that it has died.
+
+    The signal goes out when the parent *thread* that started this process ends: ``run_parallel``
+    waits for its workers on the thread that started them. A parent that died before the
+    ``prctl`` call is caught by the check right after it.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    orphaned = orphan_check(parent)
+    if orphaned():
+        raise KeyboardInterrupt
+    return orphaned
+
+
+def orphan_check(parent: int) -> Callable[[], bool]:
+    """A check, cheap enough for every batch, that ``parent`` is no longer this process's parent."""
+    return lambda: os.getppid() != parent
+
+
+def work(job: dict, orphaned: Callable[[], bool] | None = None) -> int:
+    """Run one worker's share of a study (see the module docstring); returns the trials it finished.
+
+    ``orphaned()`` true (the parent died) stops it: between trials, or inside one (recorded FAIL).
+    """
     import torch
 
     from rcc.search.storage import open_storage
@@ -164,7 +198,7 @@ def work(job: dict) -> int:
     ctx = load_context(source, settings, device=job.get("device", "auto"), worker=int(job["worker"]), seed=seed,
                        dense_accuracy=study.user_attrs.get(DENSE_ATTR))
     limits = Limits(trials=job.get("trials"), timeout=job.get("timeout"), patience=job.get("patience"))
-    return run_worker(study, ctx, settings, limits, job.get("trials"))
+    return run_worker(study, ctx, settings, limits, job.get("trials"), cancel=orphaned)
 
 
 def main() -> int:
@@ -172,7 +206,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         job = json.loads(sys.stdin.read())
-        work(job)
+        orphaned = die_with_parent(int(job["parent"])) if job.get("parent") else None
+        work(job, orphaned)
+    except Cancelled:  # its parent died during a trial (recorded FAIL)
+        print("rcc-tui search worker: its parent died; stopped", file=sys.stderr)
+        return 130
     except RccError as exc:
         print(f"rcc-tui search worker: error: {exc}", file=sys.stderr)
         return 2

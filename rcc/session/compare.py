@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rcc.data.roles import EVAL_SPLIT, TEST_SPLIT
 from rcc.session.graph import HistoryGraph, NodeRecord
+from rcc.session.metric_keys import metric_key
 
 # Leaves that belong to the module holding them; any other leaf names a layer of its own.
 MODULE_LEAVES = frozenset({"weight", "bias", "up", "down", "in_proj_weight", "in_proj_bias",
                            "weight_mask", "up_mask", "down_mask",
                            "weight_scale", "up_scale", "down_scale", "input_scale"})  # int8 layers' scales
 FACTOR_MASKS = ("up_mask", "down_mask")
-# Metrics shown first, in this order; the rest follow alphabetically.
-METRIC_ORDER = ("eval/primary", "test/primary", "size/params", "size/total", "size/bytes")
+# Metrics shown first, in this order (the eval split's, then test's); the rest follow alphabetically.
+METRIC_ORDER = (metric_key(EVAL_SPLIT), metric_key(TEST_SPLIT), "size/params", "size/total", "size/bytes")
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,14 @@ class LayerForm:
     mask_shape: tuple[int, ...] | None = None
     masked_factors: bool = False
     bits: int | None = None
+    shape: tuple[int, int] | None = None  # narrowed by structured pruning: (out, in) now …
+    dense_shape: tuple[int, int] | None = None  # … and before
 
     def describe(self) -> str:
+        return self._form() + (f", {_shape_text(self.shape)} of {_shape_text(self.dense_shape)}"
+                               if self.shape is not None and self.dense_shape is not None else "")
+
+    def _form(self) -> str:
         int8 = f" int{self.bits}" if self.bits else ""
         if self.kind == "masked" and self.mask_shape:
             return f"masked {'×'.join(map(str, self.mask_shape))}{int8}"
@@ -63,10 +71,16 @@ class LayerForm:
         return self.kind
 
 
+def _shape_text(shape: tuple[int, int]) -> str:
+    return "×".join(map(str, shape))
+
+
 @dataclass(frozen=True)
 class LayerDiff:
     """A layer whose tensors differ between the nodes; ``changed`` lists the differing leaves
-    (hash differs, or present in one node only); ``bytes_a`` / ``bytes_b`` are their sizes."""
+    (hash differs, or present in one node only); ``bytes_a`` / ``bytes_b`` are their sizes in
+    the store (what a checkout reads); ``stored_a`` / ``stored_b`` what the compressed export
+    writes for the whole layer (kept values, masks packed 8 per byte), None without a store."""
 
     path: str
     a: LayerForm
@@ -74,6 +88,8 @@ class LayerDiff:
     changed: tuple[str, ...]
     bytes_a: int
     bytes_b: int
+    stored_a: int | None = None
+    stored_b: int | None = None
 
     @property
     def form_changed(self) -> bool:
@@ -118,13 +134,15 @@ def layer_form(path: str, structure: dict, names: set[str]) -> LayerForm:
     factorised = structure.get("factorised", {})
     masks = structure.get("masks", {})
     bits = structure.get("quantized", {}).get(path, {}).get("bits")
+    resized = structure.get("resized", {}).get(path)
+    shapes = {} if resized is None else {"shape": tuple(resized["shape"]), "dense_shape": tuple(resized["dense"])}
     if path in factorised:
         return LayerForm("factorised", rank=int(factorised[path]),
-                         masked_factors=any(f"{path}.{m}" in masks for m in FACTOR_MASKS), bits=bits)
+                         masked_factors=any(f"{path}.{m}" in masks for m in FACTOR_MASKS), bits=bits, **shapes)
     for mask in (f"{path}.weight_mask", f"{path}_mask"):
         if mask in masks:
-            return LayerForm("masked", mask_shape=tuple(int(s) for s in masks[mask]), bits=bits)
-    return LayerForm("dense" if names else "absent", bits=bits)
+            return LayerForm("masked", mask_shape=tuple(int(s) for s in masks[mask]), bits=bits, **shapes)
+    return LayerForm("dense" if names else "absent", bits=bits, **shapes)
 
 
 def _metric_sort_key(key: str) -> tuple[int, str]:
@@ -145,8 +163,32 @@ def _common_ancestor(records: dict[int, NodeRecord], a: int, b: int) -> int | No
     return None
 
 
-def compare_nodes(graph: HistoryGraph, a: int, b: int) -> NodeComparison:
-    """Metrics (every key of either node, b − a) and the layers whose tensors differ."""
+def export_bytes(names: set[str], tensors: dict[str, tuple[str, int]], store) -> int:
+    """Bytes the compressed export writes for these state-dict entries of one layer.
+
+    A tensor ``X`` with a keep-mask ``X_mask`` stores its kept entries and the mask packed 8 per
+    byte (its mask blob is read to count them); the mask buffer itself is not stored apart.
+    """
+    total = 0
+    for name in names:
+        if name.endswith("_mask") and name[: -len("_mask")] in names:
+            continue
+        digest, size = tensors[name]
+        mask = f"{name}_mask"
+        if mask not in names:
+            total += size
+            continue
+        keep = store.get(tensors[mask][0])
+        numel = max(keep.numel(), 1)
+        total += size * int(keep.sum()) // numel + (keep.numel() + 7) // 8
+    return total
+
+
+def compare_nodes(graph: HistoryGraph, a: int, b: int, store=None) -> NodeComparison:
+    """Metrics (every key of either node, b − a) and the layers whose tensors differ.
+
+    With the session's ``store`` the layers' export sizes are counted too (reading their masks).
+    """
     node_a, node_b = graph.node(a), graph.node(b)  # raise RccError for an unknown node
     records = {record.id: record for record in graph.nodes()}
     metrics = tuple(MetricDiff(key, node_a.metrics.get(key), node_b.metrics.get(key))
@@ -177,6 +219,8 @@ def compare_nodes(graph: HistoryGraph, a: int, b: int) -> NodeComparison:
             changed=changed,
             bytes_a=sum(tensors_a[name][1] for name in names if name in tensors_a),
             bytes_b=sum(tensors_b[name][1] for name in names if name in tensors_b),
+            stored_a=None if store is None else export_bytes(names_a.get(path, set()), tensors_a, store),
+            stored_b=None if store is None else export_bytes(names_b.get(path, set()), tensors_b, store),
         ))
     return NodeComparison(
         a=a, b=b, node_a=node_a, node_b=node_b, common_ancestor=_common_ancestor(records, a, b),

@@ -13,10 +13,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcc.errors import RccError
+from rcc.session.metric_keys import metric_key, modern_metrics, modern_split
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -50,7 +52,13 @@ class NodeRecord:
     summary: str = ""
     label: str = ""
     note: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # "<split>/<metric>" and "size/…" (metric_keys)
+    eval_split: str = ""  # the session's eval split: ``eval_metric`` is its primary metric
+
+    @property
+    def eval_metric(self) -> float | None:
+        """The node's primary metric on the eval split (what the cascade and search compare), if measured."""
+        return self.metrics.get(metric_key(self.eval_split)) if self.eval_split else None
 
 
 @dataclass(frozen=True)
@@ -87,24 +95,40 @@ class NodeState:
     tensors: dict[str, str]
 
 
+class DatabaseDamaged(RccError):
+    """A session database SQLite cannot read (truncated, overwritten): ``rcc-tui session repair`` rebuilds it."""
+
+
+@contextmanager
+def _damage_is_a_user_error(path: Path):
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:  # locked, read-only, constraint: not damage
+            raise
+        raise DatabaseDamaged(f"session database {str(path)!r} is damaged ({exc}); rebuild it from the journal "
+                              f"and the store with `rcc-tui session repair {path.parent}`") from exc
+
+
 class _LockedConnection:
     """A sqlite3 connection whose calls are serialised: the app reads the graph on its main
     thread while a worker thread commits ops."""
 
-    def __init__(self, connection: sqlite3.Connection):
+    def __init__(self, connection: sqlite3.Connection, path: Path):
         self._connection = connection
+        self.path = path
         self.lock = threading.RLock()
 
     def execute(self, *args):
-        with self.lock:
+        with self.lock, _damage_is_a_user_error(self.path):
             return _Rows(self._connection.execute(*args).fetchall(), self._connection)
 
     def executemany(self, *args):
-        with self.lock:
+        with self.lock, _damage_is_a_user_error(self.path):
             self._connection.executemany(*args)
 
     def executescript(self, script: str):
-        with self.lock:
+        with self.lock, _damage_is_a_user_error(self.path):
             self._connection.executescript(script)
 
     def close(self) -> None:
@@ -124,12 +148,13 @@ class _Rows(list):
 
 
 class HistoryGraph:
-    def __init__(self, path: str | Path, read_only: bool = False):
+    def __init__(self, path: str | Path, read_only: bool = False, journal=None):
         self.path = Path(path)
+        self.journal = journal  # rcc.session.journal.Journal: each commit's record, before COMMIT
         uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
         try:
             self.db = _LockedConnection(sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None,
-                                                        check_same_thread=False))
+                                                        check_same_thread=False), self.path)
             if not read_only:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
@@ -138,7 +163,8 @@ class HistoryGraph:
                     self.set_meta({"schema": str(SCHEMA_VERSION)})
             version = self.meta("schema")
         except sqlite3.DatabaseError as exc:
-            raise RccError(f"session database {str(self.path)!r} cannot be opened: {exc}") from exc
+            raise DatabaseDamaged(f"session database {str(self.path)!r} cannot be opened ({exc}); rebuild it from "
+                                  f"the journal and the store with `rcc-tui session repair {self.path.parent}`") from exc
         if version != str(SCHEMA_VERSION):
             raise RccError(f"session database {str(self.path)!r} has schema {version!r}; "
                            f"allowed: {SCHEMA_VERSION} (written by this rcc-tui)")
@@ -186,51 +212,110 @@ class HistoryGraph:
                metrics: Mapping[str, float] | None = None, metrics_node: int | None = None,
                label: tuple[int, str, str] | None = None, result: dict | None = None,
                meta: Mapping[str, str] | None = None) -> tuple[int, int | None]:
-        """Commit an op and everything it made in one transaction; returns (op seq, new node id)."""
-        now = time.time()
+        """Commit an op and everything it made in one transaction; returns (op seq, new node id).
+
+        The commit's record goes to the journal (if any) inside the transaction, before COMMIT.
+        """
         with self._transaction():
-            seq = self.db.execute(
-                "INSERT INTO ops (kind, body, node_before, node_after, created, seconds, result) "
-                "VALUES (?, ?, ?, NULL, ?, ?, ?)",
-                (kind, json.dumps(body, sort_keys=True), node_before, now, seconds, json.dumps(result or {})),
-            ).lastrowid
+            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops").fetchone()[0]
             node_id = None
+            node = None
             if new_node is not None:
-                node_id = self.db.execute(
-                    "INSERT INTO nodes (op_seq, created, structure, plan, summary, params) VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, now, json.dumps(new_node.structure, sort_keys=True), json.dumps(new_node.plan, sort_keys=True),
-                     new_node.summary, new_node.params),
-                ).lastrowid
-                if new_node.parent is not None:
-                    self.db.execute("INSERT INTO edges (parent, child) VALUES (?, ?)", (new_node.parent, node_id))
-                self.db.executemany("INSERT INTO tensors (node, name, hash, nbytes) VALUES (?, ?, ?, ?)",
-                                    [(node_id, name, digest, size) for name, (digest, size) in new_node.tensors.items()])
+                node_id = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM nodes").fetchone()[0]
+                node = {"id": node_id, "parent": new_node.parent, "structure": new_node.structure,
+                        "plan": new_node.plan, "summary": new_node.summary, "params": new_node.params,
+                        "tensors": {name: [digest, size] for name, (digest, size) in new_node.tensors.items()}}
             after = node_id if node_id is not None else (head if head is not None else node_before)
-            self.db.execute("UPDATE ops SET node_after = ? WHERE seq = ?", (after, seq))
             target = node_id if metrics_node is None else metrics_node
-            if metrics and target is not None:
-                self.db.executemany("INSERT OR REPLACE INTO metrics (node, key, value, op_seq) VALUES (?, ?, ?, ?)",
-                                    [(target, k, float(v), seq) for k, v in metrics.items()])
-            if label is not None:
-                self.db.execute("UPDATE nodes SET label = ?, note = ? WHERE id = ?", (label[1], label[2], label[0]))
-            self._set_meta({**(meta or {}), **({"head": str(after)} if after is not None else {})})
+            record = {"seq": seq, "kind": kind, "body": body, "node_before": node_before, "node_after": after,
+                      "created": time.time(), "seconds": seconds, "result": result or {}, "node": node,
+                      "metrics": [[target, k, float(v)] for k, v in (metrics or {}).items()] if target else [],
+                      "label": list(label) if label is not None else None,
+                      "meta": {**(meta or {}), **({"head": str(after)} if after is not None else {})}}
+            self.apply_record(record)
+            if self.journal is not None:
+                self.journal.append(record)
         return seq, node_id
 
+    def apply_record(self, record: Mapping) -> None:
+        """Write one commit record (as ``record`` makes it, or as read back from the journal)."""
+        seq = record["seq"]
+        self.db.execute(
+            "INSERT INTO ops (seq, kind, body, node_before, node_after, created, seconds, result) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, record["kind"], json.dumps(record["body"], sort_keys=True), record["node_before"],
+             record["node_after"], record["created"], record["seconds"], json.dumps(record.get("result") or {})))
+        node = record.get("node")
+        if node is not None:
+            self.db.execute(
+                "INSERT INTO nodes (id, op_seq, created, structure, plan, summary, params) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (node["id"], seq, record["created"], json.dumps(node["structure"], sort_keys=True),
+                 json.dumps(node["plan"], sort_keys=True), node.get("summary", ""), node["params"]))
+            if node.get("parent") is not None:
+                self.db.execute("INSERT INTO edges (parent, child) VALUES (?, ?)", (node["parent"], node["id"]))
+            self.db.executemany("INSERT INTO tensors (node, name, hash, nbytes) VALUES (?, ?, ?, ?)",
+                                [(node["id"], name, digest, size) for name, (digest, size) in node["tensors"].items()])
+        if record.get("metrics"):
+            self.db.executemany("INSERT OR REPLACE INTO metrics (node, key, value, op_seq) VALUES (?, ?, ?, ?)",
+                                [(target, key, float(value), seq) for target, key, value in record["metrics"]])
+        label = record.get("label")
+        if label is not None:
+            self.db.execute("UPDATE nodes SET label = ?, note = ? WHERE id = ?", (label[1], label[2], label[0]))
+        if record.get("meta"):
+            self._set_meta(record["meta"])
+
+    def history(self) -> list[dict]:
+        """The whole graph as commit records, in op order (what a journal holds; for sessions made before it)."""
+        nodes = {row[1]: row for row in self.db.execute(
+            "SELECT id, op_seq, structure, plan, summary, params FROM nodes")}
+        parents = dict(self.db.execute("SELECT child, parent FROM edges"))
+        metrics: dict[int, list] = {}
+        for node, key, value, seq in self.db.execute("SELECT node, key, value, op_seq FROM metrics"):
+            metrics.setdefault(seq, []).append([node, key, value])
+        records = []
+        for op in self.ops():
+            row = nodes.get(op.seq)
+            node = None
+            if row is not None:
+                node_id = row[0]
+                node = {"id": node_id, "parent": parents.get(node_id), "structure": json.loads(row[2]),
+                        "plan": json.loads(row[3]), "summary": row[4], "params": row[5],
+                        "tensors": {name: [digest, size] for name, digest, size in self.db.execute(
+                            "SELECT name, hash, nbytes FROM tensors WHERE node = ?", (node_id,))}}
+            label = None
+            if op.kind == "label" and isinstance(op.body.get("node"), int):
+                label = [op.body["node"], op.body.get("label", ""), op.body.get("note", "")]
+            records.append({"seq": op.seq, "kind": op.kind, "body": op.body, "node_before": op.node_before,
+                            "node_after": op.node_after, "created": op.created, "seconds": op.seconds,
+                            "result": op.result, "node": node, "metrics": metrics.get(op.seq, []), "label": label,
+                            "meta": {"head": str(op.node_after)} if op.node_after is not None else {}})
+        if records:  # the settings (model, data, splits, plan) as they are now, with the last commit
+            settings = dict(self.db.execute("SELECT key, value FROM meta WHERE key != 'schema'"))
+            records[-1]["meta"] = {**settings, **records[-1]["meta"]}
+        return records
+
+    def op_seqs(self) -> list[int]:
+        return [row[0] for row in self.db.execute("SELECT seq FROM ops ORDER BY seq")]
+
     # -- reading -------------------------------------------------------------------------
-    def has_node(self, node: int) -> bool:
-        return self.db.execute("SELECT 1 FROM nodes WHERE id = ?", (node,)).fetchone() is not None
+    def eval_split(self) -> str:
+        """The session's eval split by its current name ('' before the first op)."""
+        return modern_split(self.meta("data"), self.meta("eval_split")) or ""
 
     def nodes(self) -> list[NodeRecord]:
-        """Every node, oldest first, with its parent, op, label and metrics."""
+        """Every node, oldest first, with its parent, op, label and metrics (legacy keys renamed)."""
+        data, eval_split = self.meta("data"), self.eval_split()
         metrics: dict[int, dict[str, float]] = {}
         for node, key, value in self.db.execute("SELECT node, key, value FROM metrics"):
             metrics.setdefault(node, {})[key] = value
+        metrics = {node: modern_metrics(values, data, eval_split) for node, values in metrics.items()}
         parents = dict(self.db.execute("SELECT child, parent FROM edges"))
         rows = self.db.execute(
             "SELECT n.id, n.op_seq, o.kind, n.created, n.params, n.summary, n.label, n.note "
             "FROM nodes n JOIN ops o ON o.seq = n.op_seq ORDER BY n.id")
         return [NodeRecord(id=i, parent=parents.get(i), op_seq=seq, op_kind=kind, created=created, params=params,
-                           summary=summary, label=label, note=note, metrics=metrics.get(i, {}))
+                           summary=summary, label=label, note=note, metrics=metrics.get(i, {}),
+                           eval_split=eval_split)
                 for i, seq, kind, created, params, summary, label, note in rows]
 
     def node(self, node: int) -> NodeRecord:
@@ -255,6 +340,10 @@ class HistoryGraph:
                                "FROM ops ORDER BY seq")
         return [OpRecord(seq, kind, json.loads(body), before, after, created, seconds, json.loads(result))
                 for seq, kind, body, before, after, created, seconds, result in rows]
+
+    def nodes_using(self, digest: str) -> list[int]:
+        return [row[0] for row in self.db.execute("SELECT DISTINCT node FROM tensors WHERE hash = ? ORDER BY node",
+                                                  (digest,))]
 
     def reachable_hashes(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM tensors")}

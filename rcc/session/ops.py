@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
+from rcc.compression.schedule import MAX_ATTEMPTS, MAX_STEPS
 from rcc.errors import RccError
+from rcc.schema.names import QUANT_METHODS, STAGE_NAMES
 
-STAGE_NAMES = ("dare", "nullu", "alphaedit", "quant")  # rcc.compression.cascade.STAGES, in order
+ALLOCATIONS = ("uniform", "global")  # rcc.compression.unit_allocation (this module imports no torch)
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
 EXPORT_FORMATS = ("compressed", "dense", "onnx", "hf-compressed")
-QUANT_METHODS = ("rtn", "gptq")  # rcc.compression.quant_stage.QUANT_METHODS
 TRAIN_SCHEDULES = ("cosine", "linear", "constant")
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
@@ -31,10 +32,16 @@ def _fail(op: str, name: str, value: Any, allowed: str) -> OpError:
     return OpError(f"op {op!r}: {name} {value!r} is invalid; allowed: {allowed}")
 
 
-def _int(op: str, name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+# SQLite stores integers in 64 bits: larger node ids would overflow before they could be refused.
+MAX_INT = 2**63 - 1
+
+
+def _int(op: str, name: str, value: Any, low: int | None = None, high: int | None = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
             or (high is not None and value > high):
-        bounds = f"an integer{f' ≥ {low}' if low is not None else ''}{f' ≤ {high}' if high is not None else ''}"
+        bounds = " and".join(part for part in (f" ≥ {low}" if low is not None else "",
+                                                f" ≤ {high}" if high is not None else "") if part)
+        bounds = f"an integer{bounds}"
         raise _fail(op, name, value, bounds)
     return value
 
@@ -74,12 +81,29 @@ def _choice(op: str, name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+OP_TYPES: dict[str, type[Op]] = {}  # op kind → its class, in the order they are defined
+
+
+def op_type(cls: type[Op]) -> type[Op]:
+    """Register an op class under its ``kind`` (what ``op_from_dict`` reads); its handler registers
+    itself with ``rcc.session.handlers.handles``."""
+    if cls.kind in OP_TYPES:
+        raise ValueError(f"op kind {cls.kind!r} is taken by {OP_TYPES[cls.kind].__name__}")
+    OP_TYPES[cls.kind] = cls
+    return cls
+
+
 @dataclass(frozen=True)
 class Op:
     """Base of every operation; ``kind`` is its name in the op log."""
 
     kind: ClassVar[str] = ""
     changes_model: ClassVar[bool] = False  # whether applying it may change weights (and makes a node)
+    # What the session must know before and after running it (rcc.session.session.Session.apply):
+    starts_session: ClassVar[bool] = False  # it may be (and only it may be) the first op: it loads the model
+    needs_model: ClassVar[bool] = True  # it reads the live model (a session opened without it loads it first)
+    moves_head: ClassVar[bool] = False  # it brings the model to a node itself (so only the base is loaded for it)
+    visits_nodes: ClassVar[bool] = False  # it may leave the live model at another node midway (put back on failure)
 
     def validate(self) -> None:  # overridden; called by __post_init__
         pass
@@ -88,15 +112,19 @@ class Op:
         self.validate()
 
 
+@op_type
 @dataclass(frozen=True)
 class LoadModel(Op):
     """Load the base model and the dataset; the first op of every session (makes the root node)."""
 
     kind: ClassVar[str] = "load_model"
     changes_model: ClassVar[bool] = True
+    starts_session: ClassVar[bool] = True
     model: str = "rcc-mini"
     data: str = "digits"
-    eval_split: str | None = None  # checked after each stage; default: calib if the dataset has one
+    # The data roles (rcc.data.roles): eval reads val, test reads test; both fields may only name
+    # those (digits' old name calib is val) and stay for recipes that wrote them out.
+    eval_split: str | None = None
     test_split: str = "test"
 
     def validate(self) -> None:
@@ -107,6 +135,7 @@ class LoadModel(Op):
         _text(self.kind, "test_split", self.test_split)
 
 
+@op_type
 @dataclass(frozen=True)
 class SetPlan(Op):
     """Replace the whole compression plan (its JSON form, as ``plan_to_dict`` writes it)."""
@@ -125,6 +154,7 @@ class SetPlan(Op):
             raise OpError(f"op {self.kind!r}: {exc}") from exc
 
 
+@op_type
 @dataclass(frozen=True)
 class EditLayers(Op):
     """Set (or with ``reset`` remove) per-layer overrides of the plan for some layers.
@@ -168,6 +198,7 @@ class _Compress(Op):
     calib_per_class: int = 16
     whiten: bool = True
     preserve: bool = False
+    allocation: str = "uniform"  # structured patterns: planned share per group, or "global" per tower
     quant_method: str = "gptq"  # the quant stage's rounding (absent in old recipes: they quantise nothing)
     smooth_alpha: float = 0.0  # the quant stage's SmoothQuant strength (0: off)
     quant_embeddings: bool = True  # the quant stage also stores the embedding tables of its towers in int8
@@ -177,12 +208,14 @@ class _Compress(Op):
         _int(self.kind, "calib_per_class", self.calib_per_class, 1, 10_000)
         _flag(self.kind, "whiten", self.whiten)
         _flag(self.kind, "preserve", self.preserve)
+        _choice(self.kind, "allocation", self.allocation, ALLOCATIONS)
         _choice(self.kind, "quant_method", self.quant_method, QUANT_METHODS)
         _flag(self.kind, "quant_embeddings", self.quant_embeddings)
         object.__setattr__(self, "smooth_alpha", _float(self.kind, "smooth_alpha", self.smooth_alpha, 0.0, 1.0,
                                                         high_open=True))
 
 
+@op_type
 @dataclass(frozen=True)
 class RunStage(_Compress):
     """Run one stage at a strength (a fraction of the plan's target), without back-off."""
@@ -201,6 +234,7 @@ class RunStage(_Compress):
         object.__setattr__(self, "fraction", float(self.fraction))
 
 
+@op_type
 @dataclass(frozen=True)
 class RunCascade(_Compress):
     """The RCC cascade: stages in order, each evaluated and backed off below the threshold."""
@@ -220,11 +254,12 @@ class RunCascade(_Compress):
             raise _fail(self.kind, "stages", stages, f"a non-empty list of {', '.join(STAGE_NAMES)}")
         object.__setattr__(self, "stages", tuple(stages))
         object.__setattr__(self, "threshold", _float(self.kind, "threshold", self.threshold, 0.0, 1.0))
-        _int(self.kind, "max_attempts", self.max_attempts, 1, 20)
+        _int(self.kind, "max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
         _choice(self.kind, "schedule", self.schedule, SCHEDULES)
-        _int(self.kind, "steps", self.steps, 1, 100)
+        _int(self.kind, "steps", self.steps, 1, MAX_STEPS)
 
 
+@op_type
 @dataclass(frozen=True)
 class Evaluate(Op):
     """Evaluate the current node on a split; the metrics are added to that node."""
@@ -236,22 +271,27 @@ class Evaluate(Op):
         _text(self.kind, "split", self.split)
 
 
+@op_type
 @dataclass(frozen=True)
 class Checkout(Op):
     """Make an earlier node current (rollback); the next model-changing op branches from it."""
 
     kind: ClassVar[str] = "checkout"
+    moves_head: ClassVar[bool] = True
+    visits_nodes: ClassVar[bool] = True
     node: int
 
     def validate(self) -> None:
         _int(self.kind, "node", self.node, 1)
 
 
+@op_type
 @dataclass(frozen=True)
 class Label(Op):
     """Name a node and attach a note (an empty label removes it)."""
 
     kind: ClassVar[str] = "label"
+    needs_model: ClassVar[bool] = False
     node: int
     label: str = ""
     note: str = ""
@@ -262,12 +302,14 @@ class Label(Op):
         _text(self.kind, "note", self.note, empty=True)
 
 
+@op_type
 @dataclass(frozen=True)
 class Export(Op):
     """Write a node as a compressed (factors, packed masks, int8), dense (original architecture), onnx
     (image and text encoders for onnxruntime) or hf-compressed (compressed-tensors for transformers) model."""
 
     kind: ClassVar[str] = "export"
+    visits_nodes: ClassVar[bool] = True
     format: str = "compressed"
     out: str = "export"
     node: int | None = None  # default: the current node
@@ -279,6 +321,7 @@ class Export(Op):
             _int(self.kind, "node", self.node, 1)
 
 
+@op_type
 @dataclass(frozen=True)
 class Train(Op):
     """Recovery training: distil the teacher node into the current node, keeping its structure."""
@@ -323,10 +366,6 @@ class Train(Op):
         _int(self.kind, "seed", self.seed)
 
 
-OP_TYPES: dict[str, type[Op]] = {cls.kind: cls for cls in (
-    LoadModel, SetPlan, EditLayers, RunStage, RunCascade, Evaluate, Checkout, Label, Export, Train)}
-
-
 def op_to_dict(op: Op) -> dict[str, Any]:
     """``{"op": kind, field: value, ...}`` with tuples as lists: ready for ``json.dumps``."""
     out: dict[str, Any] = {"op": op.kind}
@@ -359,15 +398,26 @@ def op_from_dict(data: Any) -> Op:
         raise OpError(f"op {kind!r}: {exc}") from exc
 
 
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:
+        return False
+
+
+@op_type
 @dataclass(frozen=True)
 class ApplyTrial(Op):
     """Apply a search trial: set its stored plan as the plan and run the compression it ran (a node).
 
-    ``record`` is the trial's stored record (rcc.search.record: plan, stages, calibration,
-    node searched from). An op that arrives without it gets it filled from the study's
-    storage (``storage`` None: the session's own search.db) before it is logged, so the op
-    log always holds the trial itself: replay re-runs the record and never opens a storage,
-    and ``study``, ``trial`` and ``storage`` stay in the recipe as provenance only. A storage
+    ``record`` is the trial's stored record (rcc.session.trial_compress: plan, stages, calibration,
+    node searched from); the session refuses the op without it. The front ends fill it from the
+    study's storage (``storage`` None: the session's own search.db) before applying the op
+    (rcc.services.search.with_trial_record), so the op log always holds the trial itself:
+    replay re-runs the record and never opens a storage, and ``study``, ``trial`` and
+    ``storage`` stay in the recipe as provenance only. A storage
     URL with a password is refused (recipes are shared): use PGPASSWORD or ~/.pgpass.
     """
 
@@ -382,21 +432,16 @@ class ApplyTrial(Op):
         _text(self.kind, "study", self.study, limit=512)
         _int(self.kind, "trial", self.trial, 0)
         if self.storage is not None:
-            from rcc.search.storage import has_password
-
             _text(self.kind, "storage", self.storage)
-            if has_password(self.storage):
+            if _has_password(self.storage):
                 raise _fail(self.kind, "storage", "(a URL with a password)",
                             "a URL without one (the op log is shared); give the password via PGPASSWORD or ~/.pgpass")
         if not isinstance(self.record, Mapping):
             raise _fail(self.kind, "record", self.record, "a trial record object, or none to read it from storage")
         if self.record:
-            from rcc.search.record import record_from_dict
+            from rcc.compression.trial_record import record_from_dict
 
             try:
                 record_from_dict(dict(self.record))
             except RccError as exc:
                 raise OpError(f"op {self.kind!r}: {exc}") from exc
-
-
-OP_TYPES[ApplyTrial.kind] = ApplyTrial

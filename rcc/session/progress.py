@@ -1,4 +1,9 @@
-"""Progress of a long session op, as one small event type both front ends understand."""
+"""Progress of a long session op, as one small event type both front ends understand.
+
+Every phase of an op (loading, calibration, a stage's layers, evaluation, saving, checkout,
+training steps) reports ``done`` of ``total`` as soon as it starts (``done=0``) and after each
+unit, so a front end can show the phase and a percentage from the op's first second.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,29 @@ class OpProgress:
     params: int | None = None  # numbers stored by the selected layers after that attempt
     accepted: bool | None = None
     loss: float | None = None  # the training loss of the step that just finished
+    stored_bytes: int | None = None  # bytes the whole model stores (as the compressed export) after that attempt
+
+    @property
+    def is_point(self) -> bool:
+        """A chart point (an evaluated attempt or step, a training loss): never to be dropped."""
+        return self.metric is not None or self.loss is not None
+
+    @property
+    def fraction(self) -> float | None:
+        """How far the phase is, 0…1 (None when it is not counted)."""
+        return None if not self.total else min(max(self.done / self.total, 0.0), 1.0)
 
 
 ProgressFn = Callable[[OpProgress], None]
+BatchProgress = Callable[[int, int, str], None]  # (done, total, what): the eval and calibration loops' callback
+
+
+def phase_progress(op: str, phase: str, progress: ProgressFn | None) -> BatchProgress | None:
+    """A ``(done, total, what)`` callback reporting as OpProgress events of ``phase`` (None without ``progress``)."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int, what: str) -> None:
+        progress(OpProgress(op=op, phase=phase, done=done, total=total, detail=what))
+
+    return report

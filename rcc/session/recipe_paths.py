@@ -16,18 +16,34 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 
 
 def _inside(path: str, roots: list[Path], what: str) -> str:
-    """``path`` resolved (relative: against the first root) and checked to lie under some root."""
+    """``path`` resolved (relative: against the first root), checked to lie under some root and to exist.
+
+    Existence is checked here, before the replay's first op runs, so a recipe that names a
+    file the roots lack stops with one line instead of failing after work began.
+    """
     candidate = Path(path).expanduser()
     resolved = (candidate if candidate.is_absolute() else roots[0] / candidate).resolve()
-    if any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        return str(resolved)
     allowed = ", ".join(repr(str(r)) for r in roots)
-    raise OpError(f"{what} path {path!r} escapes the data roots; allowed: a path under {allowed} "
-                  f"(relative paths are relative to the first; give more with --data-root)")
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise OpError(f"{what} path {path!r} escapes the data roots; allowed: a path under {allowed} "
+                      f"(relative paths are relative to the first; give more with --data-root)")
+    if not resolved.exists():
+        raise OpError(f"{what} path {path!r} (resolved to {str(resolved)!r}) does not exist; allowed: a file or "
+                      f"folder under {allowed}")
+    return str(resolved)
 
 
 def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.endswith(_WEIGHT_SUFFIXES) or ".." in Path(text).parts
+
+
+def _known_pretrained_tag(name: str, tag: str) -> bool:
+    """Whether open_clip knows ``tag`` as a pretrained tag of model ``name`` (then it downloads, never reads a file)."""
+    if not tag or name.endswith(".json"):
+        return False
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(name, tag))
 
 
 def confine_model_spec(spec: str, roots: list[Path]) -> str:
@@ -39,7 +55,9 @@ def confine_model_spec(spec: str, roots: list[Path]) -> str:
         name, at, weights = target.partition("@")
         if _looks_like_path(name):
             name = _inside(name, roots, "model config")
-        if at and (_looks_like_path(weights) or "/" in weights):
+        if at and not _known_pretrained_tag(name, weights):
+            # open_clip reads anything that is not one of the model's tags as a file, bare names
+            # (no slash, no suffix) included: relative to the working directory, not the roots.
             weights = _inside(weights, roots, "model weights")
         return f"{scheme}:{name}{at}{weights}"
     if _looks_like_path(target) or (roots[0] / target).exists():

@@ -4,7 +4,10 @@ Recipe JSON::
 
     {"format": "rcc-recipe", "version": 1,
      "ops": [{"op": "load_model", ...}, ...],
-     "nodes": {"1": {"eval/primary": 0.97, ...}, ...}}   # recorded metrics, to compare against
+     "nodes": {"1": {"val/primary": 0.97, ...}, ...}}   # recorded metrics, to compare against
+
+Metric keys name their split (``rcc.session.metric_keys``); a recipe written before the data
+roles (``eval/primary``, digits' ``calib``) has its keys renamed to the split they measured.
 
 Replay validates every op before running any, confines the recipe's paths to the data
 roots, applies the ops in order into a fresh session (node ids come out the same, since
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from rcc.errors import RccError
 from rcc.session import ops as O
+from rcc.session.metric_keys import legacy_eval_split, modern_metrics
 from rcc.session.progress import ProgressFn
 from rcc.session.recipe_paths import confine_data_spec, confine_model_spec, export_name
 
@@ -95,14 +99,16 @@ def parse_recipe(data: object, source: str = "recipe") -> Recipe:
             ops.append(O.op_from_dict(raw))
         except RccError as exc:
             raise RccError(f"{source}: ops[{i}]: {exc}") from exc
-    if not isinstance(ops[0], O.LoadModel) or any(isinstance(op, O.LoadModel) for op in ops[1:]):
+    if not ops[0].starts_session or any(op.starts_session for op in ops[1:]):
         raise RccError(f"{source}: the first op, and only the first, must be load_model")
     recorded: dict[int, dict[str, float]] = {}
+    first = ops[0]
+    measured = legacy_eval_split(first.data, first.eval_split)
     for key, metrics in (data.get("nodes") or {}).items():
         if not str(key).isdigit() or not isinstance(metrics, dict) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
             raise RccError(f"{source}: nodes[{key!r}] must map a node id to {{metric: number}}")
-        recorded[int(key)] = {k: float(v) for k, v in metrics.items()}
+        recorded[int(key)] = modern_metrics({k: float(v) for k, v in metrics.items()}, first.data, measured)
     return Recipe(tuple(ops), recorded)
 
 
@@ -117,8 +123,8 @@ def load_recipe(source: str | Path) -> Recipe:
     if not source.is_file():
         raise RccError(f"{str(source)!r} is neither a session directory nor a recipe file")
     try:
-        data = json.loads(source.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError (a binary file)
         raise RccError(f"recipe {str(source)!r} cannot be read as JSON: {exc}") from exc
     return parse_recipe(data, f"recipe {str(source)!r}")
 

@@ -3,7 +3,9 @@
 A session is a directory::
 
     session.db     the history graph: nodes, edges, op log, metrics, labels (SQLite, WAL)
-    store/         content-addressed tensor blobs (rcc.session.store)
+    session.journal  every commit as a JSON line (rcc.session.journal): rebuilds a lost database
+    store/         content-addressed tensor blobs (rcc.session.store), hard-linked with the
+                   data home's shared store where possible (rcc.session.home)
     session.lock   held (flock) by the one process that has the session open for writing
     exports/       default home of exports
 
@@ -44,13 +46,26 @@ class OpOutcome:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
+    unchanged: bool = False  # the op could have made a node but changed no tensor: none was recorded
 
 
 @dataclass(frozen=True)
 class GcReport:
     removed: int
-    freed_bytes: int
+    freed_bytes: int  # bytes that left the disk, shared store included (a blob another session links stays)
     kept: int
+    shared_removed: int = 0  # blobs of the shared store that no session links any more
+    shared_freed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    total: int  # every file of the session directory
+    shared: int  # of which blob bytes also linked elsewhere (the shared store, other sessions)
+
+    @property
+    def own(self) -> int:
+        return self.total - self.shared
 
 
 def is_session(directory: str | Path) -> bool:
@@ -78,10 +93,13 @@ class Session:
                progress: ProgressFn | None = None,
                cancel: CancelCheck | None = None) -> Session:
         """A new session in ``directory`` (new or empty), with its model loaded as the root node."""
+        from rcc.output_paths import check_output_dir
+
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise RccError(f"session directory {str(directory)!r} exists and is not empty; "
                            f"allowed: a new or empty directory (or `rcc-tui open` it if it is a session)")
+        check_output_dir(directory, "session directory")  # not under a file, writable
         directory.mkdir(parents=True, exist_ok=True)
         session = cls._open(directory, device, read_only=False)
         try:
@@ -126,9 +144,17 @@ class Session:
             if lock:
                 lock.release()
             raise
-        store = TensorStore(directory / STORE, read_only=read_only)
+        from rcc.session.home import shared_store_root
+
+        store = TensorStore(directory / STORE, read_only=read_only, shared=None if read_only else shared_store_root())
         if not read_only:
             store.clean_temporary()
+            try:
+                _start_journal(graph, directory)
+            except BaseException:
+                graph.close()
+                lock.release()
+                raise
         session = cls(directory, graph, store, lock, resolve_device(device))
         plan = graph.meta("plan")
         if plan:
@@ -136,6 +162,7 @@ class Session:
         return session
 
     def close(self) -> None:
+        self.store.save_verified()
         self.graph.close()
         if self._lock:
             self._lock.release()
@@ -171,6 +198,34 @@ class Session:
     def setting(self, key: str) -> str | None:
         return self.graph.meta(key)
 
+    @property
+    def eval_split(self) -> str:
+        """The split the cascade, backoff, search, sensitivity and training's model selection read."""
+        return self.graph.eval_split()
+
+    @property
+    def test_split(self) -> str:
+        """The split reports read (the ``evaluate`` op's default)."""
+        return self.graph.meta("test_split") or "test"
+
+    @property
+    def eval_key(self) -> str:
+        """The metric key of a node's eval metric: ``<eval split>/primary``."""
+        from rcc.session.metric_keys import metric_key
+
+        return metric_key(self.eval_split)
+
+    def splits(self) -> dict:
+        """How the data was split: {"layout": words with sizes and seed, "items": split → count} (items:
+        as measured when the session was made; absent for sessions older than the data roles)."""
+        stored = self.graph.meta("splits")
+        if stored:
+            return json.loads(stored)
+        from rcc.data.registry import split_layout
+
+        data = self.graph.meta("data")
+        return {"layout": split_layout(data)} if data else {}
+
     # -- changing ------------------------------------------------------------------------
     def apply(self, op: O.Op, progress: ProgressFn | None = None, cancel: CancelCheck | None = None) -> OpOutcome:
         """Run ``op`` and record it; on any error the session stays exactly as before."""
@@ -180,12 +235,13 @@ class Session:
             raise RccError(f"session {str(self.directory)!r} is open read-only; it cannot apply {op.kind!r}")
         if not isinstance(op, O.Op):
             raise O.OpError(f"{op!r} is not a session operation; allowed: {', '.join(O.OP_TYPES)}")
-        if self.head is None and not isinstance(op, O.LoadModel):
-            raise O.OpError(f"op {op.kind!r} needs a model; allowed first op: load_model")
-        if self.workspace is None and self.head is not None and not isinstance(op, O.Label):
+        if self.head is None and not op.starts_session:
+            first = ", ".join(kind for kind, cls in O.OP_TYPES.items() if cls.starts_session)
+            raise O.OpError(f"op {op.kind!r} needs a model; allowed first op: {first}")
+        if self.workspace is None and self.head is not None and op.needs_model:
             # Opened without its model (load=False): bring it in now. A checkout goes straight to
             # its target, so a node with a corrupt blob at the head cannot lock the others away.
-            if isinstance(op, O.Checkout):
+            if op.moves_head:
                 self._load_base()
             else:
                 self._reload()
@@ -193,29 +249,37 @@ class Session:
         start = time.perf_counter()
         try:
             effect = HANDLERS[op.kind](self, op, progress, cancel)
+            logged = effect.op or op  # with the fields its handler filled in
             plan = effect.plan or self.plan
-            new_node, captured = None, None
+            new_node, captured, unchanged = None, None, False
+            metrics, metrics_node = effect.metrics, effect.metrics_node
             if effect.new_node:
-                if progress:
-                    progress(OpProgress(op=op.kind, phase="saving"))
-                from rcc.session.state import capture
+                from rcc.session.progress import phase_progress
+                from rcc.session.state import capture, same_state
 
-                captured = capture(self.model.module, self.store)
-                new_node = NewNode(parent=before, structure=captured.structure, plan=plan_to_dict(plan),
-                                   tensors=captured.tensors, params=int(effect.metrics.get("size/params", 0)),
-                                   summary=effect.summary)
-            meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True)}
-            if isinstance(op, O.LoadModel):
-                meta.update(model=op.model, data=op.data, eval_split=effect.result["eval_split"],
-                            test_split=op.test_split)
+                saving = phase_progress(op.kind, "saving", progress)
+                captured = capture(self.model.module, self.store,
+                                   None if saving is None else lambda done, total: saving(done, total, "tensors"))
+                parent = self.graph.state(before) if before is not None else None
+                if parent is not None and same_state(captured, parent.structure, parent.tensors):
+                    # A node equal to its parent would only clutter the history: the op is
+                    # recorded (replay re-runs it), its node and that node's metrics are not.
+                    unchanged, metrics, metrics_node = True, {}, None
+                else:
+                    new_node = NewNode(parent=before, structure=captured.structure, plan=plan_to_dict(plan),
+                                       tensors=captured.tensors, params=int(effect.metrics.get("size/params", 0)),
+                                       summary=effect.summary)
+            meta = {"plan": json.dumps(plan_to_dict(plan), sort_keys=True), **effect.settings}
             seconds = time.perf_counter() - start
+            result = _jsonable({**effect.result, **({"unchanged": True} if unchanged else {})})
+            if captured is not None and captured.healed:
+                result["healed_blobs"] = self._healed_report(captured)
             seq, node_id = self.graph.record(
-                op.kind, O.op_to_dict(op), before, seconds, new_node=new_node, head=effect.head,
-                metrics=effect.metrics, metrics_node=effect.metrics_node, label=effect.label,
-                result=_jsonable(effect.result), meta=meta)
+                logged.kind, O.op_to_dict(logged), before, seconds, new_node=new_node, head=effect.head,
+                metrics=metrics, metrics_node=metrics_node, label=effect.label, result=result, meta=meta)
         except BaseException:
             self.plan = plan_before
-            if op.changes_model or isinstance(op, (O.Checkout, O.Export)):
+            if op.changes_model or op.visits_nodes:
                 self._resync()
             raise
         self.plan = plan
@@ -223,11 +287,20 @@ class Session:
             self._current = (captured.structure, {k: v[0] for k, v in captured.tensors.items()})
         elif effect.state is not None:
             self._current = effect.state
-        return OpOutcome(seq=seq, op=op, node_before=before, node_after=self.head, new_node=node_id,
-                         seconds=seconds, metrics=effect.metrics, result=effect.result)
+        self.store.save_verified()
+        return OpOutcome(seq=seq, op=logged, node_before=before, node_after=self.head, new_node=node_id,
+                         seconds=seconds, metrics=effect.metrics, result=result, unchanged=unchanged)
+
+    def _healed_report(self, captured) -> list[dict]:
+        """Corrupt blobs the new node needed, rewritten from the live model, with the earlier nodes using them."""
+        report = []
+        for name in captured.healed:
+            digest = captured.tensors[name][0]
+            report.append({"tensor": name, "blob": digest, "nodes": self.graph.nodes_using(digest)})
+        return report
 
     # -- model state ---------------------------------------------------------------------
-    def _load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
+    def load_workspace(self, model: str, data: str, eval_split: str, test_split: str,
                         progress: ProgressFn | None = None) -> None:
         from rcc.models.registry import load_model
         from rcc.session.state import manifest_of
@@ -240,19 +313,32 @@ class Session:
         self._current = manifest_of(loaded.module)
 
     def _load_base(self, progress: ProgressFn | None = None) -> None:
-        """Load the base model from its spec (the state of the root node's spec, not of any node)."""
-        self._load_workspace(self.graph.meta("model"), self.graph.meta("data"), self.graph.meta("eval_split"),
-                             self.graph.meta("test_split"), progress)
+        """Load the base model from its spec (the state of the root node's spec, not of any node).
+
+        A session made before the data roles whose eval split was its test split is refused:
+        continuing it would keep optimising on the split it reports.
+        """
+        from rcc.data.roles import data_roles
+        from rcc.errors import DataError
+
+        data = self.graph.meta("data")
+        try:
+            roles = data_roles(data, self.eval_split, self.test_split)
+        except DataError:
+            raise RccError(f"session {str(self.directory)!r} cannot continue: its eval split {self.eval_split!r} is "
+                           f"not val (it was made before rcc kept calibration, eval and test apart, and optimised on "
+                           f"the split it reports); allowed: read it (session show/log/graph), or replay its recipe "
+                           f"into a new session, which evaluates on val (`rcc-tui replay {self.directory} --out NEW`)"
+                           ) from None
+        self.load_workspace(self.graph.meta("model"), data, roles.eval, roles.test, progress)
 
     def _reload(self, progress: ProgressFn | None = None) -> None:
         """Load the base model from its spec and bring it to the head node (opening a session)."""
         from rcc.session.state import RestoreError
 
         self._load_base(progress)
-        if progress:
-            progress(OpProgress(op="open", phase="checkout", detail=f"node {self.head}"))
         try:
-            self._restore_to(self.graph.state(self.head))
+            self.restore_to(self.graph.state(self.head), progress, op="open")
         except RestoreError as exc:
             self.workspace, self._current = None, None
             raise RestoreError(f"{exc}; the other nodes are intact: check one out with `rcc-tui session apply "
@@ -261,21 +347,39 @@ class Session:
     def model_at(self, node: int):
         """A second, independent copy of the model at ``node`` (e.g. a teacher for training)."""
         from rcc.models.registry import load_model
-        from rcc.session.state import manifest_of, restore
+        from rcc.session.state import RestoreError, manifest_of, restore
 
         target = self.graph.state(node)
         model = load_model(self.graph.meta("model"), device=self.device)
         structure, tensors = manifest_of(model.module)
-        restore(model.module, tensors, structure, target.tensors, target.structure, self.store, node)
+        try:
+            restore(model.module, tensors, structure, target.tensors, target.structure, self.store, node)
+        except RestoreError as exc:
+            raise self._with_users(exc) from exc
         return model
 
-    def _restore_to(self, target: NodeState) -> int:
+    def _with_users(self, exc):
+        """A restore error that also names every node using the bad blob (a blob is shared by content)."""
+        from rcc.session.state import RestoreError
+
+        users = self.graph.nodes_using(exc.digest) if getattr(exc, "digest", None) else []
+        if len(users) <= 1:
+            return exc
+        return RestoreError(f"{exc}; nodes using this blob: {', '.join(map(str, users))}", exc.digest)
+
+    def restore_to(self, target: NodeState, progress: ProgressFn | None = None, op: str = "checkout") -> int:
         """Make the live model equal ``target``; returns the bytes loaded from the store."""
-        from rcc.session.state import restore
+        from rcc.session.progress import phase_progress
+        from rcc.session.state import RestoreError, restore
 
         structure, tensors = self._current
-        loaded = restore(self.model.module, tensors, structure, target.tensors, target.structure,
-                         self.store, target.id)
+        reading = phase_progress(op, "checkout", progress)
+        counted = None if reading is None else (lambda done, total: reading(done, total, f"blobs of node {target.id}"))
+        try:
+            loaded = restore(self.model.module, tensors, structure, target.tensors, target.structure,
+                             self.store, target.id, counted)
+        except RestoreError as exc:
+            raise self._with_users(exc) from exc
         self._current = (target.structure, dict(target.tensors))
         return loaded
 
@@ -287,7 +391,7 @@ class Session:
 
         try:
             self._current = manifest_of(self.model.module)
-            self._restore_to(self.graph.state(self.head))
+            self.restore_to(self.graph.state(self.head))
         except Exception:  # the module is in a shape restore cannot follow: start from the base model
             try:
                 self._reload()
@@ -309,10 +413,36 @@ class Session:
         garbage = stored - reachable
         freed = self.store.remove(garbage)
         self.store.clean_temporary()
-        return GcReport(removed=len(garbage), freed_bytes=freed, kept=len(stored & reachable))
+        self.store.save_verified()
+        shared_removed = shared_freed = 0
+        if self.store.shared is not None:
+            # Blobs no session links any more (link count 1: the shared store's own), this one's included.
+            shared_removed, shared_freed = self.store.shared.collect_shared()
+            self.store.shared.clean_temporary()  # links a crash left half made (another writer's fail harmlessly)
+        return GcReport(removed=len(garbage), freed_bytes=freed + shared_freed, kept=len(stored & reachable),
+                        shared_removed=shared_removed, shared_freed_bytes=shared_freed)
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+        return self.disk_usage().total
+
+    def disk_usage(self) -> DiskUsage:
+        """Bytes of the session directory, and how many of them are blobs linked elsewhere too."""
+        total = shared = 0
+        for path in self.directory.rglob("*"):
+            if path.is_file():
+                stat = path.stat()
+                total += stat.st_size
+                shared += stat.st_size if stat.st_nlink > 1 else 0
+        return DiskUsage(total, shared)
+
+
+def _start_journal(graph: HistoryGraph, directory: Path) -> None:
+    """Attach the journal to a graph opened for writing, agreeing with the database's commits."""
+    from rcc.session.journal import JOURNAL, Journal
+
+    journal = Journal(directory / JOURNAL)
+    journal.reconcile(graph.op_seqs(), graph.history)
+    graph.journal = journal
 
 
 def _jsonable(value):

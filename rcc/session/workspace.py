@@ -32,34 +32,34 @@ class Workspace:
 
         return run_eval(self.model, self.dataset(split or self.eval_split), cancel=cancel, progress=progress)
 
-    def evaluator(self, cancel=None):
-        """model → primary metric on the eval split (what the cascade checks after each stage)."""
+    def evaluator(self, cancel=None, progress=None):
+        """model → primary metric on the eval split (what the cascade, backoff and training's model
+        selection check); ``progress(done, total, what)`` hears each evaluation's batches."""
         from rcc.eval.suite import evaluator
 
-        return evaluator(self.dataset(self.eval_split), cancel=cancel)
+        return evaluator(self.dataset(self.eval_split), cancel=cancel, progress=progress)
 
     def calibration(self, per_class: int, seed: int):
+        """(X, K₀) from the train split (``rcc.compression.calibration_sets``), cached per size and seed."""
         from rcc.compression.calibration_sets import calibration_sets
+        from rcc.data.roles import CALIBRATION_SPLIT
 
         key = (per_class, seed)
         if key not in self._calibration:
-            self._calibration[key] = calibration_sets(self.data, per_class=per_class, seed=seed)
+            self._calibration[key] = calibration_sets(self.data, per_class=per_class, seed=seed,
+                                                      train=self.dataset(CALIBRATION_SPLIT))
         return self._calibration[key]
 
 
 def default_eval_split(data: str) -> str:
-    """``calib`` when the dataset has one (held out from test), else its last split."""
-    from rcc.data.registry import dataset_splits
+    """The split the cascade, backoff, search, sensitivity and training's model selection read: ``val``."""
+    from rcc.data.roles import eval_split_of
 
-    splits = dataset_splits(data)
-    return "calib" if "calib" in splits else splits[-1]
+    return eval_split_of(data)
 
 
 def check_split(data: str, split: str) -> str:
-    from rcc.data.registry import dataset_splits
-    from rcc.errors import DataError
+    """``split`` by its current name (``rcc.data.registry.canonical_split``), refused if ``data`` has no such split."""
+    from rcc.data.registry import canonical_split
 
-    splits = dataset_splits(data)
-    if split not in splits:
-        raise DataError(f"split {split!r} is not a split of {data!r}; allowed: {', '.join(splits)}")
-    return split
+    return canonical_split(data, split)

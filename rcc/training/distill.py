@@ -10,6 +10,12 @@ sentences). With teacher embeddings t (precomputed, L2-normalised) and student e
     attention           mean over the vision tower's attention blocks of the row-wise
                         KL(A_t ‖ A_s) between head-averaged attention maps (rcc.training.attention)
 
+Models with image-grounded text (BLIP) add a KL on the teacher's own predictions there, under
+the same w_kl (``rcc.training.grounded_distill``): a captioner's next-token distributions on
+teacher-forced captions, a retriever's ITM distributions on matched and mismatched pairs. A
+captioner has no text embedding: its KL is the next-token one alone, and cosine and MSE compare
+image embeddings only.
+
 loss = w_kl · KL + w_cos · cosine + w_mse · MSE + w_att · attention. The student keeps its
 compressed structure: pruning masks are re-applied after every optimiser step, low-rank layers
 train their two factors, and frozen parameters (locked layers) get no gradient, so the parameter
@@ -50,6 +56,7 @@ from rcc.training.attention import (
     capture_attention,
     require_attention_blocks,
 )
+from rcc.training.grounded_distill import grounded_kl, uses_grounded_terms
 from rcc.training.trainer import StepReport, TrainConfig, train
 
 
@@ -100,16 +107,18 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class DistillData:
-    """What the student learns from: images and texts, no labels."""
+    """What the student learns from: images and texts, no labels; ``captions[i]`` (if given) the
+    texts that go with image i (its captions or class prompts), for grounded terms."""
 
     images: Sequence  # an ImageList (PIL images)
     texts: tuple[str, ...]
+    captions: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
 class TeacherTargets:
     images: torch.Tensor  # (N, D) normalised
-    texts: torch.Tensor  # (M, D) normalised
+    texts: torch.Tensor | None  # (M, D) normalised; None for models without a text embedding (captioners)
     logit_scale: float
     # Block path → (N, tokens, tokens) head-averaged attention maps of every image, float16 on
     # the CPU; None unless asked for. float16 halves what float32 would hold (N × blocks × tokens²
@@ -131,19 +140,27 @@ class DistillResult:
 
 
 def distill_data(data_spec: str, corpus_sentences: int = 160) -> DistillData:
-    """The training split's images and its prompts (or captions), plus general sentences."""
-    from rcc.data.registry import dataset_splits, load_dataset
+    """The train split's images and its prompts (or captions), plus general sentences.
+
+    The train split only (``rcc.data.roles``): the eval split, which picks the best step, and
+    the test split stay unseen.
+    """
+    from rcc.data.registry import load_dataset
+    from rcc.data.roles import CALIBRATION_SPLIT
     from rcc.data.text_corpus import docstring_sentences
     from rcc.data.types import ClassificationDataset
     from rcc.eval.templates import default_templates, fill
 
-    splits = dataset_splits(data_spec)
-    dataset = load_dataset(data_spec, "train" if "train" in splits else splits[0])
+    dataset = load_dataset(data_spec, CALIBRATION_SPLIT)
     if isinstance(dataset, ClassificationDataset):
-        texts = tuple(fill(t, name) for name in dataset.classnames for t in default_templates(data_spec))
+        prompts = [tuple(fill(t, name) for t in default_templates(data_spec)) for name in dataset.classnames]
+        texts = tuple(prompt for per_class in prompts for prompt in per_class)
+        captions = tuple(prompts[label] for label in dataset.labels)
     else:
         texts = tuple(c for caps in dataset.captions for c in caps)
-    return DistillData(images=dataset.images, texts=texts + tuple(docstring_sentences("calib")[:corpus_sentences]))
+        captions = tuple(dataset.captions)
+    return DistillData(images=dataset.images, texts=texts + tuple(docstring_sentences("calib")[:corpus_sentences]),
+                       captions=captions)
 
 
 def logit_scale_of(model: VLModel) -> float:
@@ -155,20 +172,24 @@ def logit_scale_of(model: VLModel) -> float:
 ATTENTION_TARGETS_LIMIT = 4 << 30
 
 
-def teacher_targets(teacher: VLModel, data: DistillData, cancel=None, attention: bool = False) -> TeacherTargets:
+def teacher_targets(teacher: VLModel, data: DistillData, cancel=None, attention: bool = False,
+                    progress=None) -> TeacherTargets:
     """The teacher's normalised embeddings of every training image and text (computed once).
 
     ``attention``: also its head-averaged attention maps of every image (same forward pass).
+    ``progress(done, total, what)``: at the start and after every batch of images, then of texts.
     """
+    if progress:
+        progress(0, len(data.images), "images")
     if attention:
-        images, maps = _images_and_attention(teacher, data.images, cancel)
+        images, maps = _images_and_attention(teacher, data.images, cancel, progress=progress)
     else:
-        images, maps = encode_images(teacher, data.images, cancel=cancel), None
-    return TeacherTargets(images, encode_texts(teacher, list(data.texts), cancel=cancel), logit_scale_of(teacher),
-                          attention=maps)
+        images, maps = encode_images(teacher, data.images, cancel=cancel, progress=progress), None
+    texts = encode_texts(teacher, list(data.texts), cancel=cancel, progress=progress) if teacher.embeds_text else None
+    return TeacherTargets(images, texts, logit_scale_of(teacher), attention=maps)
 
 
-def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128):
+def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128, progress=None):
     """As ``encode_images`` (same batches and numbers), capturing every block's maps as it goes."""
     blocks = attention_blocks(model.module)
     if not blocks:
@@ -196,6 +217,8 @@ def _images_and_attention(model: VLModel, images, cancel, batch_size: int = 128)
             maps = {name: torch.empty((total, *shape), dtype=torch.float16) for name in blocks}
         for name in blocks:
             maps[name][start:stop] = captured[name].to(torch.float16).cpu()
+        if progress:
+            progress(stop, total, "images")
     return (torch.cat(chunks) if chunks else torch.empty(0, 0)), maps
 
 
@@ -219,11 +242,20 @@ def distillation_loss(img_s, txt_s, img_t, txt_t, scale: float, config: DistillC
                       attn_t: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The weighted loss of the module docstring for one batch (student embeddings unnormalised).
 
+    ``txt_s`` / ``txt_t`` None (a model without text embeddings): no similarity KL, and cosine
+    and MSE on the images alone.
     ``attn_s`` / ``attn_t``: block → (B, L, L) maps of the batch's images (``capture_attention``),
     needed when ``config.attention_weight`` > 0.
     """
-    img_s, txt_s = F.normalize(img_s.float(), dim=-1), F.normalize(txt_s.float(), dim=-1)
+    img_s = F.normalize(img_s.float(), dim=-1)
     loss = img_s.new_zeros(())
+    if txt_s is None or txt_t is None:
+        if config.cosine_weight:
+            loss = loss + config.cosine_weight * (1 - (img_s * img_t).sum(-1)).mean()
+        if config.mse_weight:
+            loss = loss + config.mse_weight * (img_s - img_t).pow(2).sum(-1).mean()
+        return loss + _attention_term(config, attn_s, attn_t)
+    txt_s = F.normalize(txt_s.float(), dim=-1)
     if config.kl_weight:
         t = config.temperature
         student, teacher = scale * img_s @ txt_s.t() / t, scale * img_t @ txt_t.t() / t
@@ -237,12 +269,16 @@ def distillation_loss(img_s, txt_s, img_t, txt_t, scale: float, config: DistillC
     if config.mse_weight:
         mse = (img_s - img_t).pow(2).sum(-1).mean() + (txt_s - txt_t).pow(2).sum(-1).mean()
         loss = loss + config.mse_weight * mse
-    if config.attention_weight:
-        if attn_s is None or attn_t is None:
-            raise RccError(f"attention_weight={config.attention_weight} needs the student's and the teacher's "
-                           f"attention maps; allowed: maps from capture_attention, or attention_weight 0")
-        loss = loss + config.attention_weight * attention_transfer_loss(attn_s, attn_t)
-    return loss
+    return loss + _attention_term(config, attn_s, attn_t)
+
+
+def _attention_term(config: DistillConfig, attn_s, attn_t) -> torch.Tensor | float:
+    if not config.attention_weight:
+        return 0.0
+    if attn_s is None or attn_t is None:
+        raise RccError(f"attention_weight={config.attention_weight} needs the student's and the teacher's "
+                       f"attention maps; allowed: maps from capture_attention, or attention_weight 0")
+    return config.attention_weight * attention_transfer_loss(attn_s, attn_t)
 
 
 def nonzero_parameters(model: VLModel) -> int:
@@ -256,15 +292,21 @@ def distill(
     student: VLModel, data: DistillData, targets: TeacherTargets, config: DistillConfig = DistillConfig(),
     frozen: set[str] = frozenset(), evaluate: Callable[[], float] | None = None,
     on_step: Callable[[StepReport], None] | None = None, cancel: Callable[[], bool] | None = None,
+    teacher: VLModel | None = None,
 ) -> DistillResult:
     """Train ``student`` towards ``targets`` in place; keeps the best evaluated state if any.
 
     ``frozen``: names (``module.named_parameters()``) that must not change (locked layers).
+    ``teacher``: the teacher model itself, run alongside for the grounded terms (models for
+    which ``uses_grounded_terms``; ``data.captions`` then gives each image its texts).
     """
     config.validate()
     module = student.module
     frozen = set(frozen) | quantized_parameter_names(module)
     blocks = attention_targets_of(student, targets, config.attention_weight)
+    grounded = bool(config.kl_weight) and uses_grounded_terms(student)
+    with_text = student.embeds_text and targets.texts is not None
+    _check_grounded_inputs(student, data, config, grounded, with_text, teacher)
     params = [p for name, p in module.named_parameters() if name not in frozen]
     if not params:
         raise RccError("nothing to train: every parameter is frozen (locked)")
@@ -279,25 +321,41 @@ def distill(
 
     image_order, text_order = cycle(len(data.images)), cycle(len(data.texts))
 
-    def batches() -> Iterator[tuple[list[int], list[int]]]:
+    def batches() -> Iterator[tuple[list[int], list[int], list[str]]]:
         while True:
-            yield ([next(image_order) for _ in range(config.batch_size)],
-                   [next(text_order) for _ in range(config.batch_size)])
+            image_ids = [next(image_order) for _ in range(config.batch_size)]
+            text_ids = [next(text_order) for _ in range(config.batch_size)] if with_text else []
+            # One of each image's texts, drawn only when used (other models' draws stay as they were).
+            captions = [data.captions[i][int(torch.randint(len(data.captions[i]), (1,), generator=generator))]
+                        for i in image_ids] if grounded else []
+            yield image_ids, text_ids, captions
+
+    def encode_batch_images(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not grounded:
+            return student.encode_image(pixels), None
+        states = student.image_states(pixels)
+        return student.image_embedding(states), states
 
     def loss_fn(batch) -> torch.Tensor:
-        image_ids, text_ids = batch
+        image_ids, text_ids, captions = batch
         pixels = student.preprocess_batch([data.images[i] for i in image_ids]).to(device=device, dtype=student.dtype)
-        tokens = student.tokens_to_device(student.tokenize([data.texts[i] for i in text_ids]))
-        img_t, txt_t = targets.images[image_ids].to(device), targets.texts[text_ids].to(device)
+        img_t = targets.images[image_ids].to(device)
         attn_s = attn_t = None
         if blocks:
             with capture_attention(module, blocks) as attn_s:
-                img_s = student.encode_image(pixels)
+                img_s, states = encode_batch_images(pixels)
             attn_t = {name: targets.attention[name][image_ids].to(device) for name in blocks}
         else:
-            img_s = student.encode_image(pixels)
-        return distillation_loss(img_s, student.encode_text(tokens), img_t, txt_t, targets.logit_scale, config,
-                                 attn_s, attn_t)
+            img_s, states = encode_batch_images(pixels)
+        txt_s = txt_t = None
+        if with_text:
+            tokens = student.tokens_to_device(student.tokenize([data.texts[i] for i in text_ids]))
+            txt_s, txt_t = student.encode_text(tokens), targets.texts[text_ids].to(device)
+        loss = distillation_loss(img_s, txt_s, img_t, txt_t, targets.logit_scale, config, attn_s, attn_t)
+        if grounded:
+            loss = loss + config.kl_weight * grounded_kl(student, teacher, states, pixels, captions,
+                                                         config.temperature)
+        return loss
 
     best: dict[str, torch.Tensor] = {}
 
@@ -325,6 +383,24 @@ def distill(
     result.best_step, result.best_metric, result.seconds = run.best_step, run.best_metric, run.seconds
     result.params_after = nonzero_parameters(student)
     return result
+
+
+def _check_grounded_inputs(student: VLModel, data: DistillData, config: DistillConfig, grounded: bool,
+                           with_text: bool, teacher: VLModel | None) -> None:
+    """Refuse, before any step, a run whose loss would be empty or whose grounded terms lack inputs."""
+    if not with_text and not grounded and not (config.cosine_weight or config.mse_weight or config.attention_weight):
+        raise RccError(f"kl_weight={config.kl_weight}, cosine_weight={config.cosine_weight}, mse_weight="
+                       f"{config.mse_weight} leave nothing to train for {student.spec!r} (no text embedding); "
+                       f"allowed: kl_weight > 0 (next-token KL of a captioner) or cosine / MSE on its images")
+    if not grounded:
+        return
+    if teacher is None:
+        raise RccError(f"kl_weight={config.kl_weight} on {student.spec!r} distils its image-grounded text, which "
+                       f"needs the teacher model itself; allowed: distill(..., teacher=model), or kl_weight 0")
+    if len(data.captions) != len(data.images) or any(not texts for texts in data.captions):
+        raise RccError(f"kl_weight={config.kl_weight} on {student.spec!r} needs at least one text per training "
+                       f"image (DistillData.captions has {len(data.captions)} for {len(data.images)} images); "
+                       f"allowed: data from distill_data, or kl_weight 0")
 
 
 def _in_eval_mode(model: VLModel, evaluate: Callable[[], float] | None) -> Callable[[], float] | None:

@@ -1,12 +1,13 @@
 """Two nodes side by side: metrics (with b − a), their statistics, and the layers whose tensors differ.
 
-The session is opened read-only in a thread worker (the app holds the write lock; a read-only
-open does not take it, and importing the engine stays off the main thread); the comparison
-itself (``rcc.session.compare.compare_nodes``) reads only the history graph. Once it shows, a
-second worker evaluates both nodes per example (``rcc.analysis.compare.compare_nodes_stats``,
-as ``rcc-tui analyze compare`` with its defaults: seconds) for each one's bootstrap interval,
-the difference B − A with its interval and the paired test's p-value. Leaving the screen
-cancels that worker between batches and drops its result.
+The session is opened read-only in a background job of the app's runner (the app holds the
+write lock; a read-only open does not take it, and importing the engine stays off the main
+thread); the comparison itself (``rcc.session.compare.compare_nodes``) reads the history graph
+and the masks of the layers that differ (to show what each layer stores in the compressed
+export). Once it shows, a second job evaluates both nodes per example
+(``rcc.analysis.compare.compare_nodes_stats``, as ``rcc-tui analyze compare`` with its defaults:
+seconds) for each one's bootstrap interval, the difference B − A with its interval and the
+paired test's p-value. Leaving the screen cancels that job between batches and drops its result.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 from rich.style import Style
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.color import Color, ColorParseError
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
-from textual.worker import get_current_worker
 
+from rcc_tui.sizes import bytes_text
+from rcc_tui.theme_colours import theme_style
 from rcc_tui.widgets.history_view import metric_text
+from rcc_tui.workers import BACKGROUND, Job, JobFailed, JobFinished, describe_error
 
 if TYPE_CHECKING:
     from rcc.analysis.compare import ModelsComparison
@@ -32,12 +33,13 @@ if TYPE_CHECKING:
     from rcc.session.compare import MetricDiff, NodeComparison
 
 
-def human_bytes(value: float) -> str:
-    """Bytes in binary units: 512 B, 64.0 KiB, 1.25 MiB."""
-    for scale, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}" if value / scale < 100 else f"{value / scale:.0f} {unit}"
-    return f"{value:.0f} B"
+HIDDEN_METRICS = ("size/total",)  # every parameter, pruned or not: not a size anything stores
+
+
+def stored_text(stored: int | None, in_store: int) -> str:
+    """What the export stores for a layer (its tensor bytes when the masks could not be read); ``—`` when absent."""
+    value = stored if stored is not None else in_store
+    return bytes_text(value) if value else "—"
 
 
 def _lower_is_better(key: str) -> bool:
@@ -47,7 +49,9 @@ def _lower_is_better(key: str) -> bool:
 def metric_cells(metric: MetricDiff) -> tuple[str, str, str]:
     """(a, b, b − a) as text: sizes as exact counts, everything else with four decimals."""
     if metric.key.startswith("size/"):
-        value = lambda v: "—" if v is None else f"{v:,.0f}"
+        def value(v: float | None) -> str:
+            return "—" if v is None else f"{v:,.0f}"
+
         diff = metric.difference
         return value(metric.a), value(metric.b), "—" if diff is None else f"{diff:+,.0f}"
     diff = metric.difference
@@ -133,6 +137,9 @@ class CompareScreen(Screen[None]):
         self.error: str | None = None
         self.statistics: ModelsComparison | None = statistics  # given: shown as is, nothing is evaluated
         self.statistics_error: str | None = None
+        self._jobs: set[Job] = set()
+        self._comparing: Job | None = None
+        self._statistics_job: Job | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-body"):
@@ -147,6 +154,9 @@ class CompareScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        jobs = getattr(self.app, "jobs", None)
+        if jobs is not None:
+            jobs.subscribe(self)
         stats = self.query("#compare-stats")
         if not stats:  # closed (escape) before its widgets were mounted: nothing to load
             return
@@ -160,49 +170,48 @@ class CompareScreen(Screen[None]):
             self.query_one("#compare-layers", DataTable).loading = True
             self._load()
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
+    def _start(self, title: str, compute) -> Job:
+        jobs = self.app.jobs  # type: ignore[attr-defined]
+        job = jobs.start(Job(title, lambda context: compute(context), lane=BACKGROUND, kind="read"))
+        self._jobs.add(job)
+        return job
+
     def _load(self) -> None:
-        def compare():
+        def compare(context):
             from rcc.session.compare import compare_nodes
             from rcc.session.session import Session
 
             with Session.open(self.session_dir, read_only=True) as session:
-                return compare_nodes(session.graph, self.a, self.b)
+                return compare_nodes(session.graph, self.a, self.b, store=session.store)
 
-        self._compute(compare, self._show, self._fail)
+        self._comparing = self._start(f"compare nodes {self.a} and {self.b}", compare)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="statistics")
     def _load_statistics(self) -> None:
         from rcc.analysis.compare import compare_nodes_stats
 
-        worker = get_current_worker()
         # The CLI's defaults (test split, 95 %, 2000 resamples, seed 0): the app shows what it prints.
-        self._compute(lambda: compare_nodes_stats(self.session_dir, self.a, self.b, device=self.device,
-                                                  cancel=lambda: worker.is_cancelled),
-                      self._show_statistics, self._statistics_failed)
+        self._statistics_job = self._start(
+            f"statistics of nodes {self.a} and {self.b}",
+            lambda context: compare_nodes_stats(self.session_dir, self.a, self.b, device=self.device,
+                                                cancel=context.cancelled))
 
-    def _compute(self, compute, show, fail) -> None:
-        """Worker thread: ``show(compute())`` on the main thread, or ``fail(one line)``; never raises."""
-        from rcc.errors import Cancelled
-        from rcc_tui.workers import describe_error
+    def on_unmount(self) -> None:
+        for job in self._jobs:  # leaving drops what is still being computed
+            self.app.jobs.cancel(job)  # type: ignore[attr-defined]
 
-        try:
-            result = compute()
-        except Cancelled:
+    def on_job_finished(self, message: JobFinished) -> None:
+        if message.job is self._comparing:
+            self._show(message.result)
+        elif message.job is self._statistics_job:
+            self._show_statistics(message.result)
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        if message.cancelled:
             return  # the screen was left
-        except Exception as exc:  # noqa: BLE001  (a bug is reported too: the app keeps running)
-            self._deliver(fail, describe_error(exc))
-            return
-        self._deliver(show, result)
-
-    def _deliver(self, callback, value) -> None:
-        """Hand a worker's result to the main thread, unless the screen was left (then it is dropped)."""
-        if get_current_worker().is_cancelled:
-            return
-        try:
-            self.app.call_from_thread(callback, value)
-        except RuntimeError:  # the app is shutting down
-            pass
+        if message.job is self._comparing:
+            self._fail(describe_error(message.error))
+        elif message.job is self._statistics_job:
+            self._statistics_failed(describe_error(message.error))
 
     def _statistics_failed(self, message: str) -> None:
         if not self.is_attached:
@@ -232,11 +241,7 @@ class CompareScreen(Screen[None]):
         self.notify(message, title="Compare", severity="error")
 
     def _style(self, variable: str) -> Style:
-        value = self.app.theme_variables.get(variable, "")
-        try:
-            return Style(color=Color.parse(value.split()[0]).rich_color)
-        except (ColorParseError, IndexError):
-            return Style()
+        return theme_style(self.app, variable)
 
     def _describe(self, node) -> str:
         label = f" “{node.label}”" if node.label else ""
@@ -255,8 +260,8 @@ class CompareScreen(Screen[None]):
                     "B is an ancestor of A" if ancestor == b.id else
                     f"branches from #{ancestor}" if ancestor is not None else "no common ancestor")
         self.query_one("#compare-summary", Static).update(
-            f"{relation}; {comparison.tensors_changed} tensors in {len(comparison.layers)} layers differ: "
-            f"{human_bytes(comparison.bytes_a)} in A, {human_bytes(comparison.bytes_b)} in B")
+            f"{relation}; {comparison.tensors_changed} tensors in {len(comparison.layers)} layers differ "
+            f"(a checkout between them reads {bytes_text(comparison.bytes_b)})")
 
         better, worse = self._style("success"), self._style("error")
         metrics = self.query_one("#compare-metrics", DataTable)
@@ -266,6 +271,8 @@ class CompareScreen(Screen[None]):
         metrics.add_column(Text(f"B #{b.id}", justify="right"), key="b")
         metrics.add_column(Text("B − A", justify="right"), key="diff")
         for metric in comparison.metrics:
+            if metric.key in HIDDEN_METRICS:
+                continue
             value_a, value_b, diff = metric_cells(metric)
             style = Style()
             if metric.difference:
@@ -280,13 +287,12 @@ class CompareScreen(Screen[None]):
         layers.add_column("layer", key="layer")
         layers.add_column(f"A #{a.id}", key="a")
         layers.add_column(f"B #{b.id}", key="b")
-        layers.add_column(Text("bytes A → B", justify="right"), key="bytes")
+        layers.add_column(Text("stored A → B", justify="right"), key="bytes")
         layers.add_column("tensors that differ", key="changed")
         strong = Style(bold=True)
         for layer in comparison.layers:
             form_style = strong if layer.form_changed else Style()
-            sizes = (f"{human_bytes(layer.bytes_a) if layer.bytes_a else '—'} → "
-                     f"{human_bytes(layer.bytes_b) if layer.bytes_b else '—'}")
+            sizes = f"{stored_text(layer.stored_a, layer.bytes_a)} → {stored_text(layer.stored_b, layer.bytes_b)}"
             layers.add_row(Text(layer.path), Text(layer.a.describe(), form_style), Text(layer.b.describe(), form_style),
                            Text(sizes, justify="right"), Text(", ".join(layer.changed)), key=layer.path)
         if not comparison.layers:

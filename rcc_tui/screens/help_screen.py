@@ -20,20 +20,22 @@ if TYPE_CHECKING:
 
 GUIDE = "\n".join((
     "[b]Workflow[/b]",
-    " 1. [b]Layer tree[/b] (left): expand towers and blocks; select layers one by one, several at once, "
-    "or by pattern. Each layer shows its shape, parameters, sparsity and rank.",
-    " 2. [b]Layer editor[/b]: set sparsity, pruning method and pattern, rank, correction and lock for the "
-    "selection; a bad value is refused inline with the allowed range.",
-    " 3. [b]Run panel[/b]: run one stage (DARE, Nullu, AlphaEdit) or the whole cascade and watch the progress "
-    "and live charts. Cancel stops between layers and leaves the session as it was before the run.",
-    " 4. [b]History[/b]: every run makes a node. Check out any node to roll back; the next run branches from "
-    "it. Label nodes; mark one with [b]m[/b], press [b]m[/b] on another to compare them.",
+    " 1. [b]Layer tree[/b] (left, [b]t[/b]): expand towers and blocks; select layers one by one ([b]space[/b]), "
+    "or by pattern ([b]/[/b]). Each layer shows its shape, what it stores, sparsity and rank. [b]enter[/b] on a "
+    "layer (or [b]e[/b] anywhere) goes to the editor.",
+    " 2. [b]Layer editor[/b] (tab [b]1[/b]): set sparsity, pruning method and pattern, rank, correction and "
+    "lock for the targets; what they would store is shown as you type; a bad value is refused inline.",
+    " 3. [b]Run panel[/b]: one stage ([b]r[/b]) or the whole cascade ([b]c[/b]); the status bar at the bottom "
+    "shows the phase, its percentage and an ETA. [b]x[/b] cancels between layers; the session stays as it was.",
+    " 4. [b]History[/b] (tab [b]2[/b]): every run makes a node (one that changed no tensor makes none). "
+    "[b]enter[/b] checks out a node (the next run branches), [b]l[/b] labels, [b]m[/b] on two nodes compares; "
+    "the line under the table has the exact figures of the node under the cursor.",
     " 5. [b]Sensitivity[/b] ([b]v[/b]): compress each target layer alone and colour the tree by how far the "
-    "predictions drift (green → red); the compare screen shows intervals and p-values.",
-    " 6. [b]Train[/b] ([b]T[/b], tab [b]5[/b]): distil the dense root into the current node, keeping its "
-    "masks and ranks; loss and accuracy go on the chart. [b]Search[/b] ([b]s[/b]): an Optuna study of "
-    "per-layer settings, trials live with the Pareto front; apply a trial as a node.",
+    "predictions drift (green → red). [b]Charts[/b] (tab [b]3[/b]): accuracy and stored bytes of the run.",
+    " 6. [b]Train[/b] ([b]T[/b], tab [b]4[/b]): distil the dense root into the current node, keeping its "
+    "masks and ranks. [b]Search[/b] ([b]s[/b]): an Optuna study of per-layer settings; apply a trial as a node.",
     "",
+    "Digits switch tabs only outside text fields. Sizes are what the compressed export stores (bytes). "
     "Everything you do is a session op: [b]rcc-tui replay SESSION[/b] redoes it headlessly. Keys can be "
     "changed in ~/.config/rcc-tui/keymap.toml, by the binding ids listed above.",
 ))
@@ -67,7 +69,7 @@ def binding_rows(app: App, screen: Screen) -> list[tuple[str, str, str, str]]:
         everything = node is app or node is screen
         grouped: dict[tuple[str, str], list[str]] = {}
         described: dict[tuple[str, str], tuple[str, str]] = {}
-        for key, key_bindings in bindings.key_to_bindings.items():
+        for key_bindings in bindings.key_to_bindings.values():
             for binding in key_bindings:
                 # Textual's widgets carry many hidden, id-less bindings (cursor keys and the
                 # like); ours all have ids. The app's and the screen's are all listed.

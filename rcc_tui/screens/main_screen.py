@@ -1,9 +1,11 @@
-"""The main screen: layer tree (left); editor, run panel, history and charts (tabs); log; status.
+"""The main screen: layer tree (left); editor, run panel, history and charts (tabs); log; status bar.
 
-The screen owns the open ``Session`` and the ``OpRunner`` that applies ops to it in a thread
-worker. Widgets only ask (messages); the screen turns each request into one Session op, and
-redraws every widget from the ``SessionView`` the worker read after the op. The session is
-never read on the main thread while an op may be running.
+The screen owns the open session. Widgets only ask (messages); the screen turns each request
+into a job for the app's runner (``app.jobs``): one op, a sequence of ops, a scan. Panels,
+the status bar and the chart follow the runner's messages themselves; the screen redraws every
+widget from the ``SessionView`` a job read after its ops, logs what each op did (in the engine's
+words, ``rcc.services.outcomes``) and keeps the keys' enabled state. The session is never read
+on the main thread while a job may be changing it.
 """
 
 from __future__ import annotations
@@ -17,71 +19,72 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, RichLog, TabbedContent, TabPane, Tree
 
-from rcc_tui.sensitivity import SensitivityScanned, TreeSensitivity
+from rcc_tui.sensitivity import SensitivityRead, TreeSensitivity
+from rcc_tui.session_jobs import OpsApplied, ScanStored, SessionOpened
+from rcc_tui.sizes import bytes_text
 from rcc_tui.widgets.charts import MetricChart, ParetoChart
 from rcc_tui.widgets.history_view import HistoryView
 from rcc_tui.widgets.layer_editor import LayerEditor
-from rcc_tui.widgets.layer_tree import LayerPanel, LayerTree, short_number
-from rcc_tui.widgets.op_feedback import describe_progress
+from rcc_tui.widgets.layer_tree import LayerPanel, LayerTree
+from rcc_tui.widgets.node_details import NodeDetails
 from rcc_tui.widgets.run_panel import RunPanel
+from rcc_tui.widgets.status_bar import StatusBar
 from rcc_tui.widgets.train_panel import TrainPanel
-from rcc_tui.workers import (
-    OpFailed,
-    OpFinished,
-    OpProgressed,
-    OpRunner,
-    OpStarted,
-    SessionOpened,
-    SessionView,
-)
+from rcc_tui.workers import SESSION, JobFailed, JobFinished, JobProgressed, JobStarted, describe_event
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
-    from rcc.session.session import Session
+    from rcc_tui.session_view import SessionView
+    from rcc_tui.workbench_session import WorkbenchSession
+    from rcc_tui.workers import Job
 
 TABS = {"compress": "tab-compress", "history": "tab-history", "charts": "tab-charts", "train": "tab-train"}
+NOTIFY_AFTER = 2.0  # seconds: an op that took longer says it is done in a notification too
 
 
 class MainScreen(Screen):
     """The workbench."""
 
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide"), (170, "-wider")]
     VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (34, "-tall")]
 
+    # One key, one meaning on this screen (tests/test_tui_keys.py checks it); listed on the help
+    # screen (?) and in the README.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "run_stage", "Stage", id="rcc.run_stage"),
         Binding("c", "run_cascade", "Cascade", id="rcc.run_cascade"),
         Binding("x", "cancel", "Cancel", id="rcc.cancel"),
         Binding("a", "apply_edit", "Apply", id="rcc.apply_edit"),
-        Binding("e", "evaluate", "Evaluate", id="rcc.evaluate", show=False),
+        Binding("e", "focus_editor", "Edit", id="rcc.focus_editor"),
+        Binding("E", "evaluate", "Evaluate (test)", id="rcc.evaluate", show=False),
         Binding("slash", "select_pattern", "Pattern", id="rcc.select_pattern"),
         Binding("t", "focus_tree", "Tree", id="rcc.focus_tree", show=False),
         Binding("escape", "focus_tree", "Tree", id="rcc.escape", show=False),
-        Binding("1", "show_tab('compress')", "Edit", id="rcc.tab_compress", show=False),
-        Binding("2", "show_tab('history')", "History", id="rcc.tab_history", show=False),
-        Binding("3", "show_tab('charts')", "Charts", id="rcc.tab_charts", show=False),
-        Binding("4", "focus_log", "Log", id="rcc.focus_log", show=False),
-        Binding("5", "show_tab('train')", "Train tab", id="rcc.tab_train", show=False),
-        Binding("T", "train", "Train", id="rcc.train"),  # shift+t: t is the tree, l labels in the history
-        # v: "view sensitivity"; s is left free (search), ctrl+s is XOFF in terminals.
+        Binding("1", "show_tab('compress')", "Compress tab", id="rcc.tab_compress", show=False),
+        Binding("2", "show_tab('history')", "History tab", id="rcc.tab_history", show=False),
+        Binding("3", "show_tab('charts')", "Charts tab", id="rcc.tab_charts", show=False),
+        Binding("4", "show_tab('train')", "Train tab", id="rcc.tab_train", show=False),
+        Binding("L", "focus_log", "Log", id="rcc.focus_log", show=False),
+        Binding("T", "train", "Train", id="rcc.train"),  # shift+t: t is the tree
+        # v: "view sensitivity"; s is the search, ctrl+s is XOFF in terminals.
         Binding("v", "scan_sensitivity", "Sensitivity", id="rcc.sensitivity", show=False),
         Binding("s", "search", "Search", id="rcc.search"),  # the Optuna search screen
     ]
 
     def __init__(self) -> None:
         super().__init__(id="main")
-        self.session: Session | None = None
+        self.session: WorkbenchSession | None = None
         self.view: SessionView | None = None
-        self.runner = OpRunner(self)
         self.targets: tuple[str, ...] = ()
         self.targets_description = "no layer"
-        self._step = 0
-        self._started = 0.0
         self._shutting_down = False
-        self._busy = False  # between OpStarted and its end, as the screen has seen it (for the footer)
         self.sensitivity: TreeSensitivity | None = None  # what the tree's colours show
+
+    @property
+    def jobs(self):
+        return self.app.jobs  # type: ignore[attr-defined]
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -94,17 +97,20 @@ class MainScreen(Screen):
                         yield LayerEditor(id="editor")
                         yield RunPanel(id="run")
                     with TabPane("History", id=TABS["history"]), Horizontal(id="history-pane"):
-                        yield HistoryView(id="history")
+                        with Vertical(id="history-column"):
+                            yield HistoryView(id="history")
+                            yield NodeDetails(id="node-details")
                         yield ParetoChart(id="pareto")
                     with TabPane("Charts", id=TABS["charts"]):
                         yield MetricChart(id="metric-chart")
                     with TabPane("Train", id=TABS["train"]), VerticalScroll(id="train-pane"):
                         yield TrainPanel(id="train-panel")
-                yield RichLog(id="log", wrap=False, markup=False, highlight=False, max_lines=2000)
-        yield Static("starting…", id="status", markup=False)
+                yield RichLog(id="log", wrap=True, markup=False, highlight=False, max_lines=2000)
+        yield StatusBar("starting…", id="status")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.jobs.subscribe(self)
         self.query_one("#layers").border_title = "layers"
         self.query_one("#log").border_title = "log"
         self.query_one("#layers").loading = True
@@ -115,49 +121,33 @@ class MainScreen(Screen):
 
     # -- opening and closing ---------------------------------------------------------------
     def open_session(self) -> None:
-        config = self.app.config  # type: ignore[attr-defined]
-        if config.session_dir is None or config.new:
-            what = f"{config.model} on {config.data}"
-            self.log_line(f"creating a session: {what}")
+        from rcc_tui.session_jobs import open_job
 
-            def make(progress, cancel):
-                from rcc.session.session import Session
-
-                directory = config.session_dir or default_session_dir()
-                return Session.create(directory, model=config.model, data=config.data, device=config.device,
-                                      progress=progress, cancel=cancel)
-
-            self.runner.open(f"loading {what}", make)
-        else:
-            self.log_line(f"opening session {self._path(config.session_dir)}")
-
-            def reopen(progress, cancel):
-                from rcc.session.session import Session
-
-                return Session.open(config.session_dir, device=config.device, progress=progress)
-
-            self.runner.open("opening the session", reopen)
+        app = self.app
+        self.log_line(app.opening_text)  # type: ignore[attr-defined]
+        self.jobs.start(open_job(app.session_factory, app.opening_title))  # type: ignore[attr-defined]
 
     def close_session(self) -> None:
-        """Close the session (releases its lock); once, and only when no op runs."""
-        if self.session is not None and not self.runner.running:
+        """Close the session (releases its lock); once, and only when no job holds it."""
+        if self.session is not None and self.jobs.session_job is None:
             self.session.close()
             self.session = None
         self._shutting_down = True
 
     async def shut_down(self) -> None:
         """Cancel whatever runs, wait for it to stop, close the session."""
-        if self.runner.cancel():
+        job = self.jobs.session_job
+        if job is not None and self.jobs.cancel(job):
             self.log_line("cancelling before quitting…")
-            self.set_status(f"quitting: cancelling {self.runner.title} (stops at the next layer or batch)…")
-        await self.runner.wait(deliver=False)
+            self.set_status(f"quitting: cancelling {job.title} (stops at the next layer or batch)…")
+        await self.jobs.wait()
         self.close_session()
 
     def on_unmount(self) -> None:
         # The app is going away without shut_down (e.g. a test ending): never leave the lock held.
         session, self.session = self.session, None
         self._shutting_down = True
-        self.runner.close_when_done(session)
+        self.jobs.close(then=session.close if session is not None else None)
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -165,39 +155,51 @@ class MainScreen(Screen):
         return bool(getattr(self.app, "deterministic", False))
 
     def _path(self, directory: str) -> str:
-        return _session_name(directory) if self._deterministic else directory
+        from pathlib import Path
+
+        return Path(directory).name if self._deterministic else directory
 
     def log_line(self, text: str) -> None:
         stamp = "--:--:--" if self._deterministic else time.strftime("%H:%M:%S")
         self.query_one("#log", RichLog).write(Text(f"{stamp} {text}"))
 
     def set_status(self, text: str | Text) -> None:
-        self.query_one("#status", Static).update(text)
+        self.query_one(StatusBar).show(text)
 
-    def idle_status(self) -> None:
+    def idle_status(self, first: str = "") -> None:
+        """The session's state on the status bar (after ``first``, e.g. how the last job ended)."""
         view = self.view
         if view is None:
             return
         node = view.head_node
-        parts = [f"{view.model} · {view.data}", f"node {view.head} of {len(view.nodes)}"]
+        parts = [first] if first else []
+        parts += [f"{view.model} · {view.data}", f"node {view.head} of {len(view.nodes)}"]
         if node is not None:
-            metric = node.metrics.get("eval/primary")
+            metric = node.eval_metric
             if metric is not None:
-                parts.append(f"eval {metric:.2%}")
-            parts.append(f"{short_number(node.metrics.get('size/params', node.params))} params")
+                parts.append(f"{node.eval_split} {metric:.2%}")
+            parts.append(f"{bytes_text(node.metrics.get('size/bytes'))} stored")
             if node.label:
-                parts.append(f"[{node.label}]")
+                parts.append(f"“{node.label}”")
         self.set_status(" · ".join(parts) + " · ready")
 
-    def start(self, op: Op, title: str | None = None) -> bool:
-        """Apply ``op`` in the worker, unless something runs already or no session is open."""
+    def start(self, op: Op, title: str | None = None, origin: object | None = None) -> bool:
+        """Apply ``op`` as a job, unless something holds the session already or none is open."""
+        from rcc_tui.session_jobs import op_job
+
+        return self.start_job(lambda session, view: op_job(session, op, title or op.kind.replace("_", " "), view,
+                                                           origin))
+
+    def start_job(self, make: Any) -> bool:
+        """Start ``make(session, view) -> Job`` on the session lane, or say why not."""
         if self.session is None or self.view is None:
             self.app.notify("the session is not open yet", severity="warning")
             return False
-        if self.runner.running:
-            self.app.notify(f"{self.runner.title} is running; wait for it, or cancel it (x)", severity="warning")
+        running = self.jobs.session_job
+        if running is not None:
+            self.app.notify(f"{running.title} is running; wait for it, or cancel it (x)", severity="warning")
             return False
-        self.runner.apply(self.session, op, title, previous=self.view)
+        self.jobs.start(make(self.session, self.view))
         return True
 
     def refresh_view(self, view: SessionView) -> None:
@@ -207,217 +209,158 @@ class MainScreen(Screen):
         tree = self.query_one(LayerTree)
         tree.show(view.layers, view.state, view.plan)
         history = self.query_one(HistoryView)
-        history.show(view.nodes, view.head)
+        history.show(view.nodes, view.head, view.test_split)
         if moved and view.head is not None:
             history.select_node(view.head)  # the cursor follows a new or checked-out node
         if moved:
-            self._load_sensitivity(view)
+            self.jobs.start(self._sensitivity_read(view))
         self.query_one(ParetoChart).show(view.nodes, view.head)
         self.query_one(TrainPanel).set_nodes(tuple(node.id for node in view.nodes), view.head)
+        self._show_details(history.selected_node)
         self._load_editor()
         self.idle_status()
 
-    def _model_total(self) -> float | None:
+    def _show_details(self, node_id: int | None) -> None:
+        view = self.view
+        if view is None:
+            return
+        node = view.node(node_id)
+        self.query_one(NodeDetails).show(node, view.parent_of(node), view.eval_split, view.test_split)
+
+    def _model_bytes(self) -> float | None:
         node = self.view.head_node if self.view else None
-        return None if node is None else node.metrics.get("size/total")
+        return None if node is None else node.metrics.get("size/bytes")
 
     def _load_editor(self) -> None:
         if self.view is None:
             return
         self.query_one(LayerEditor).load(self.view.layers, self.view.plan, self.targets, self.targets_description,
-                                         self._model_total())
+                                         self.view.state, self._model_bytes())
         self.query_one(RunPanel).set_targets(self.targets, self.targets_description)
 
-    def _refresh_keys(self) -> None:
-        """The footer's enabled keys, now and once the worker thread has surely returned."""
-        self.refresh_bindings()
-        self.set_timer(0.3, self.refresh_bindings)
-
-    # -- worker messages -------------------------------------------------------------------
-    @on(OpStarted)
-    def _op_started(self, event: OpStarted) -> None:
-        self._started = time.perf_counter()
-        self._busy = True
+    # -- the runner's messages -------------------------------------------------------------
+    def on_job_started(self, message: JobStarted) -> None:
+        if message.job.lane != SESSION:
+            return
         self.refresh_bindings()  # Cancel on, Stage / Cascade / Apply dimmed
-        self.query_one(RunPanel).set_running(event.title)
-        self.query_one(TrainPanel).set_running(event.title)
-        self.set_status(f"{event.title}… (x cancels)")
-        self.app.sub_title = event.title
-        kind = event.op.kind if event.op is not None else None
-        if kind in ("run_stage", "run_cascade"):
-            self._step = 0
-            chart = self.query_one(MetricChart)
-            chart.start_run(event.title, second_label="params")
-            head = self.view.head_node if self.view else None
-            if head is not None and "eval/primary" in head.metrics:
-                chart.add_point(0, head.metrics["eval/primary"], head.metrics.get("size/params"))
-            threshold = getattr(event.op, "threshold", None)
-            if threshold is not None and head is not None and "eval/primary" in head.metrics:
-                chart.set_threshold(threshold * head.metrics["eval/primary"])
-            else:
-                chart.set_threshold(None)
-        elif kind == "train":
-            self._start_training_chart(event.title)
-        if event.op is not None:
-            self.log_line(f"▶ {event.title}")
+        self.app.sub_title = message.job.title
+        if message.job.op is not None:
+            self.log_line(f"▶ {message.job.title}")
 
-    @on(OpProgressed)
-    def _op_progressed(self, event: OpProgressed) -> None:
-        progress = event.progress
-        self.query_one(RunPanel).show_progress(progress)
-        self.query_one(TrainPanel).show_progress(progress)
-        text = describe_progress(progress)
-        if progress.metric is not None:
-            training = event.op is not None and event.op.kind == "train"
-            self._step = progress.done if training else self._step + 1  # training: the step it evaluated after
-            self.query_one(MetricChart).add_point(self._step, progress.metric, progress.params)
-            self.log_line(f"  {text}")
-        elif progress.loss is not None:  # a tick's batch of training steps: one chart redraw for all
-            self.query_one(MetricChart).add_second_points((e.done, e.loss) for e in event.events)
-        self.set_status(f"{self.runner.title}: {text} · x cancels")
+    def on_job_progressed(self, message: JobProgressed) -> None:
+        event = message.event
+        if message.job.lane == SESSION and getattr(event, "metric", None) is not None:
+            for point in message.events:
+                if point.metric is not None:
+                    self.log_line(f"  {describe_event(point, message.job.eval_split)}")  # an evaluated attempt or step
 
-    @on(SessionOpened)
-    def _session_opened(self, event: SessionOpened) -> None:
-        self._busy = False
-        self._refresh_keys()
-        self.query_one(RunPanel).set_running(None)
-        self.query_one(TrainPanel).set_running(None)
-        self.app.sub_title = ""
-        if self._shutting_down:  # the app quit while the session was opening
-            event.session.close()
+    def on_job_finished(self, message: JobFinished) -> None:
+        result = message.result
+        if isinstance(result, SensitivityRead):
+            self._sensitivity_read_done(result)
             return
-        self.session = event.session
-        self.query_one("#layers").loading = False
-        self.query_one(RunPanel).set_status("ready")
-        self.query_one(TrainPanel).set_status("ready")
-        self.refresh_view(event.view)
-        view = event.view
-        self.app.title = f"rcc-tui · {_session_name(view.directory)}"
-        head = view.head_node
-        metric = head.metrics.get("eval/primary") if head else None
-        self.log_line(f"session {self._path(view.directory)}: {view.model} on {view.data}, {len(view.layers)} layers, "
-                      f"{len(view.nodes)} nodes" + (f", eval {metric:.2%} on {view.eval_split}" if metric else ""))
-        self.query_one(LayerTree).focus()
-
-    @on(OpFinished)
-    def _op_finished(self, event: OpFinished) -> None:
-        self._busy = False
-        self._refresh_keys()
-        self.query_one(RunPanel).set_running(None)
-        self.query_one(TrainPanel).set_running(None)
-        self.app.sub_title = ""
-        outcome = event.outcome
-        self.refresh_view(event.view)
-        if outcome is None:
+        if message.job.lane != SESSION:
             return
-        run_panel = self.query_one(RunPanel)
-        node = next((n for n in event.view.nodes if n.id == outcome.node_after), None)
-        seconds = time.perf_counter() - self._started
-        where = ""
-        if outcome.new_node is not None and node is not None:
-            metric = node.metrics.get("eval/primary")
-            where = (f" → node {node.id}" + (f", eval {metric:.2%}" if metric is not None else "")
-                     + f", {short_number(node.metrics.get('size/params', node.params))} params")
-        elif outcome.node_after != outcome.node_before:
-            where = f" → node {outcome.node_after}"
-        timing = "" if self._deterministic else f" ({seconds:.1f} s)"
-        self.log_line(f"✓ #{outcome.seq} {event.op.kind}{where}{timing}")
-        run_panel.set_status(f"done: {self.runner.title}{where}")
-        self.query_one(TrainPanel).set_status(f"done: {self.runner.title}{where}")
-        if outcome.metrics and outcome.new_node is None and event.op.kind == "evaluate":
-            primary = next((v for k, v in outcome.metrics.items() if k.endswith("/primary")), None)
-            if primary is not None:
-                self.log_line(f"  {getattr(event.op, 'split', '')}: {primary:.2%}")
-        if event.op.kind in ("run_stage", "run_cascade") and node is not None:
-            self._step += 1
-            if "eval/primary" in node.metrics:
-                self.query_one(MetricChart).add_point(self._step, node.metrics["eval/primary"],
-                                                      node.metrics.get("size/params"))
-            self.app.notify(f"{self.runner.title} done{where}", title="done")
-        elif event.op.kind == "train":
-            self._training_finished(outcome, node, where)
-        elif event.op.kind == "export":
-            self.app.notify(f"exported to {outcome.result.get('out')}", title="export")
-            self.log_line(f"  wrote {outcome.result.get('out')}")
-
-    @on(OpFailed)
-    def _op_failed(self, event: OpFailed) -> None:
-        self._busy = False
-        self._refresh_keys()
-        self.query_one(RunPanel).set_running(None)
-        self.query_one(TrainPanel).set_running(None)
+        self.refresh_bindings()  # the job has ended before its last message is delivered
         self.app.sub_title = ""
-        message = event.message
-        self.query_one(RunPanel).set_status(("cancelled: " if event.cancelled else "failed: ") + self.runner.title)
-        self.query_one(TrainPanel).set_status(("cancelled: " if event.cancelled else "failed: ") + self.runner.title)
-        if event.op is None and self.session is None:  # opening the session failed: the app stays up
+        if isinstance(result, SessionOpened):
+            self._session_opened(result)
+        elif isinstance(result, OpsApplied):
+            self._ops_applied(message.job, result)
+        elif isinstance(result, ScanStored):
+            self._scan_stored(message.job, result)
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        if message.job.lane != SESSION:
+            return
+        self.refresh_bindings()
+        self.app.sub_title = ""
+        if message.view is not None:  # a sequence moved the head before it failed
+            self.refresh_view(message.view)
+        text = message.message
+        if self.session is None:  # opening the session failed: the app stays up
             self.query_one("#layers").loading = False
-            self.set_status(f"no session: {message}")
+            self.set_status(f"no session: {text}")
             if self._shutting_down:
                 return
         else:
-            self.idle_status()
-        self.log_line(("■ " if event.cancelled else "✗ ") + message)
-        if event.trace:
-            for line in event.trace.rstrip().splitlines():
+            self.idle_status(("cancelled: " if message.cancelled else "failed: ") + message.job.title)
+        self.log_line(("■ " if message.cancelled else "✗ ") + text)
+        if message.trace:
+            for line in message.trace.rstrip().splitlines():
                 self.query_one("#log", RichLog).write(Text(f"  {line}"))
-        self.app.notify(message, title=f"{event.title} cancelled" if event.cancelled else f"{event.title} failed",
-                        severity="warning" if event.cancelled else "error", timeout=8)
-        if event.op is not None and event.op.kind == "edit_layers":
-            self.query_one(LayerEditor).show_error(message.removeprefix("op 'edit_layers': "))
-        if event.op is not None and event.op.kind == "train" and not event.cancelled:
-            self.query_one(TrainPanel).show_error(message)
+        title = message.job.title
+        self.app.notify(text, title=f"{title} cancelled" if message.cancelled else f"{title} failed",
+                        severity="warning" if message.cancelled else "error", timeout=8)
 
-    @on(SensitivityScanned)
-    def _sensitivity_scanned(self, event: SensitivityScanned) -> None:
-        self._busy = False
-        self._refresh_keys()
-        self.query_one(RunPanel).set_running(None)
-        self.query_one(TrainPanel).set_running(None)
-        self.app.sub_title = ""
-        result = event.result
-        top = result.ranked()[0] if result.units else None
-        seconds = "" if self._deterministic else f" ({result.seconds:.1f} s)"
-        self.log_line(f"✓ sensitivity of node {result.node}: {len(result.units)} layers, "
-                      f"{result.setting.describe()}{seconds}"
+    def _session_opened(self, result: SessionOpened) -> None:
+        if self._shutting_down:  # the app quit while the session was opening
+            result.session.close()
+            return
+        from pathlib import Path
+
+        self.session = result.session
+        self.app.opened_directory = str(result.view.directory)  # type: ignore[attr-defined]
+        self.query_one("#layers").loading = False
+        self.refresh_view(result.view)
+        view = result.view
+        self.app.title = f"rcc-tui · {Path(view.directory).name}"
+        head = view.head_node
+        metric = head.eval_metric if head else None
+        self.log_line(f"session {self._path(view.directory)}")
+        self.log_line(f"  {view.model} on {view.data}, {len(view.layers)} layers, {len(view.nodes)} node{'s' if len(view.nodes) != 1 else ''}"
+                      + (f", {head.eval_split} {metric:.2%}" if metric is not None else ""))
+        self.query_one(LayerTree).focus()
+
+    def _ops_applied(self, job: Job, result: OpsApplied) -> None:
+        from rcc.services.outcomes import describe_outcome
+
+        self.refresh_view(result.view)
+        timing = "" if self._deterministic else f" ({job.seconds:.1f} s)"
+        for index, outcome in enumerate(result.outcomes):
+            text = describe_outcome(outcome, result.view.nodes)
+            mark = "○" if outcome.unchanged else "✓"
+            self.log_line(f"{mark} {text.headline}{timing if index == len(result.outcomes) - 1 else ''}")
+            for line in text.details:
+                self.log_line(f"  {line}")
+        outcome = result.outcome
+        if outcome.unchanged:
+            self.app.notify(f"{job.title} changed no tensor: no node was recorded", title="no change",
+                            severity="warning")
+        elif job.seconds >= NOTIFY_AFTER or "out" in outcome.result:
+            where = result.where()
+            extra = f"; wrote {outcome.result['out']}" if "out" in outcome.result else ""
+            self.app.notify(f"{job.title} done{where}{extra}", title="done")
+
+    def _scan_stored(self, job: Job, result: ScanStored) -> None:
+        scan = result.stored.result
+        top = scan.ranked()[0] if scan.units else None
+        seconds = "" if self._deterministic else f" ({scan.seconds:.1f} s)"
+        self.log_line(f"✓ sensitivity of node {scan.node}: {len(scan.units)} layers, "
+                      f"{scan.setting.describe()}{seconds}"
                       + (f"; most sensitive {top.name} (drift {top.drift:.3g})" if top else ""))
-        self.log_line(f"  stored in {self._path(event.path)}")
-        self.query_one(RunPanel).set_status(f"done: {self.runner.title}")
-        self.query_one(TrainPanel).set_status(f"done: {self.runner.title}")
-        if self.view is not None and result.node == self.view.head:
-            self._show_sensitivity(TreeSensitivity(node=result.node, head=self.view.head, scores=result.scores(),
-                                                   setting=result.setting.describe()))
+        self.log_line(f"  stored in {self._path(str(result.stored.path))}")
+        if self.view is not None and scan.node == self.view.head:
+            self._show_sensitivity(TreeSensitivity(node=scan.node, head=self.view.head, scores=scan.scores(),
+                                                   setting=scan.setting.describe()))
         self.idle_status()
 
+    # -- sensitivity colours ---------------------------------------------------------------
     def _show_sensitivity(self, found: TreeSensitivity | None) -> None:
         self.sensitivity = found
         self.query_one(LayerPanel).show_sensitivity(found.scores if found else None, found.legend() if found else "")
 
-    def _load_sensitivity(self, view: SessionView) -> None:
-        """Read the head's stored scan (or its nearest scanned ancestor's) off the main thread."""
-        from rcc_tui.sensitivity import read_tree_sensitivity
+    def _sensitivity_read(self, view: SessionView) -> Job:
+        from rcc_tui.sensitivity import read_job
 
-        directory, nodes, head = view.directory, view.nodes, view.head
+        return read_job(view.directory, view.nodes, view.head)
 
-        def read() -> None:
-            from rcc.errors import RccError
-
-            try:
-                found, error = read_tree_sensitivity(directory, nodes, head), None
-            except RccError as exc:  # a damaged file: say so, show no colours
-                found, error = None, str(exc)
-            self.app.call_from_thread(self._sensitivity_loaded, head, found, error)
-
-        # Only reads analysis files, never the session: safe beside a running op; a newer read replaces it.
-        self.run_worker(read, name="read sensitivity", group="sensitivity", thread=True, exclusive=True,
-                        exit_on_error=False)
-
-    def _sensitivity_loaded(self, head: int | None, found: TreeSensitivity | None, error: str | None) -> None:
-        if not self.is_attached or self.view is None or self.view.head != head:
+    def _sensitivity_read_done(self, read: SensitivityRead) -> None:
+        if not self.is_attached or self.view is None or self.view.head != read.head:
             return  # the head moved on while the file was read: its own read is on the way
-        if error:
-            self.log_line(f"✗ sensitivity: {error}")
-        self._show_sensitivity(found)
+        if read.error:
+            self.log_line(f"✗ sensitivity: {read.error}")
+        self._show_sensitivity(read.found)
 
     # -- widget requests -------------------------------------------------------------------
     @on(LayerTree.TargetsChanged)
@@ -425,72 +368,45 @@ class MainScreen(Screen):
         self.targets, self.targets_description = event.names, event.description
         self._load_editor()
 
+    @on(Tree.NodeSelected, "#layer-tree")
+    def _tree_row_entered(self, event: Tree.NodeSelected) -> None:
+        """Enter on a layer row goes to the editor (on a tower or block it opens or closes it)."""
+        data = event.node.data
+        if data is not None and data.kind == "layer":
+            self.action_focus_editor()
+
+    @on(HistoryView.NodeHighlighted)
+    def _history_cursor(self, event: HistoryView.NodeHighlighted) -> None:
+        self._show_details(event.node)
+
     @on(LayerEditor.ApplyRequested)
     def _apply_edit(self, event: LayerEditor.ApplyRequested) -> None:
         from rcc.errors import RccError
         from rcc.session.ops import EditLayers
 
+        editor = self.query_one(LayerEditor)
         try:
             op = EditLayers(layers=event.layers, settings=event.settings, reset=event.reset, budget=event.budget)
         except RccError as error:
-            self.query_one(LayerEditor).show_error(str(error))
+            editor.show_error(str(error))
             return
         what = "reset" if event.reset else ", ".join(f"{k} {v}" for k, v in event.settings.items())
         if event.budget is not None:
             what = ", ".join(filter(None, (what, f"budget {event.budget:g}")))
-        self.start(op, f"edit {len(event.layers)} layer{'s' if len(event.layers) != 1 else ''}: {what}")
+        self.start(op, f"edit {len(event.layers)} layer{'s' if len(event.layers) != 1 else ''}: {what}", editor)
 
     @on(RunPanel.RunRequested)
     def _run_requested(self, event: RunPanel.RunRequested) -> None:
-        op = event.op
-        scope = f"{len(op.layers)} layers" if op.layers else "the whole model"
-        title = (f"{op.stage} ×{op.fraction:g} on {scope}" if op.kind == "run_stage"
-                 else f"cascade ≥{op.threshold:g} on {scope}")
-        self.start(op, title)
-
-    @on(RunPanel.CancelRequested)
-    def _cancel_requested(self) -> None:
-        self.action_cancel()
+        self.start(event.op, event.title, self.query_one(RunPanel))
 
     @on(TrainPanel.TrainRequested)
     def _train_requested(self, event: TrainPanel.TrainRequested) -> None:
-        op = event.op
-        head = self.view.head if self.view else None
-        teacher = f"node {op.teacher}" if op.teacher is not None else "the root"
-        self.start(op, f"train node {head} from {teacher}, {op.steps} steps")
+        self.start(event.op, event.title, self.query_one(TrainPanel))
 
+    @on(RunPanel.CancelRequested)
     @on(TrainPanel.CancelRequested)
-    def _train_cancel_requested(self) -> None:
+    def _cancel_requested(self) -> None:
         self.action_cancel()
-
-    # -- training on the chart ---------------------------------------------------------------
-    def _start_training_chart(self, title: str) -> None:
-        """Accuracy on the left axis (the current node's eval at step 0), the loss per step on the right."""
-        chart = self.query_one(MetricChart)
-        chart.start_run(title, second_label="loss")
-        chart.set_threshold(None)
-        self._step = 0
-        head = self.view.head_node if self.view else None
-        if head is not None and "eval/primary" in head.metrics:
-            chart.add_point(0, head.metrics["eval/primary"])
-
-    def _training_finished(self, outcome: Any, node: Any, where: str) -> None:
-        """Log the loss first → last and the eval before → after, as a stage's end is logged."""
-        result = outcome.result
-        losses = result.get("losses") or []
-        if losses:
-            self.log_line(f"  loss {losses[0]:.4f} → {losses[-1]:.4f} over {len(losses)} steps "
-                          f"(teacher node {result.get('teacher')})")
-        parent = next((n for n in self.view.nodes if node is not None and n.id == node.parent), None) \
-            if self.view else None
-        before = parent.metrics.get("eval/primary") if parent is not None else None
-        after = node.metrics.get("eval/primary") if node is not None else None
-        if before is not None and after is not None:
-            self.log_line(f"  eval {before:.2%} → {after:.2%}")
-        best = result.get("best_step")
-        if best is not None and losses and best != len(losses):
-            self.log_line(f"  kept the best evaluated state, step {best}")
-        self.app.notify(f"{self.runner.title} done{where}", title="done")
 
     @on(HistoryView.CheckoutRequested)
     def _checkout(self, event: HistoryView.CheckoutRequested) -> None:
@@ -504,7 +420,7 @@ class MainScreen(Screen):
     def _compare(self, event: HistoryView.CompareRequested) -> None:
         self.compare(event.a, event.b)
 
-    # -- operations (also used by the command palette) -------------------------------------
+    # -- operations (also used by the command palette and the search screen) ---------------
     def checkout(self, node: int) -> bool:
         from rcc.session.ops import Checkout
 
@@ -513,12 +429,19 @@ class MainScreen(Screen):
             return False
         return self.start(Checkout(node=node), f"check out node {node}")
 
+    def apply_trial(self, study: str, trial: int) -> bool:
+        """Make a search trial a node: one job that checks out the node it was searched from (if needed), then
+        applies it."""
+        from rcc_tui.session_jobs import apply_trial_job
+
+        return self.start_job(lambda session, view: apply_trial_job(session, study, trial, view))
+
     def label(self, node: int) -> None:
         from rcc_tui.screens.label_screen import LabelScreen
 
         if self.view is None:
             return
-        record = next((n for n in self.view.nodes if n.id == node), None)
+        record = self.view.node(node)
         if record is None:
             return
 
@@ -554,19 +477,19 @@ class MainScreen(Screen):
         if self.view is None:
             self.app.notify("the session is not open yet", severity="warning")
             return
-        self.app.push_screen(SearchScreen(self.view.directory, device=self.app.config.device))  # type: ignore[attr-defined]
+        device = self.app.config.device  # type: ignore[attr-defined]
+        self.app.push_screen(SearchScreen(self.view.directory, device=device, eval_split=self.view.eval_split))
 
     def export(self, format: str = "compressed") -> bool:
-        from rcc.session.ops import Export
+        from rcc.services.export import export_op
 
-        if self.view is None:
+        if self.view is None or self.view.head is None:
             return False
-        return self.start(Export(format=format, out=f"node-{self.view.head}-{format}"),
-                          f"export node {self.view.head} ({format})")
+        return self.start(export_op(self.view.head, format), f"export node {self.view.head} ({format})")
 
     # -- actions ---------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        running = self._busy or self.runner.running
+        running = self.jobs.session_job is not None
         if action == "cancel":
             return True if running else None  # shown dimmed when nothing runs
         if action in ("run_stage", "run_cascade", "evaluate", "apply_edit", "scan_sensitivity", "train"):
@@ -586,9 +509,9 @@ class MainScreen(Screen):
         self.query_one(TrainPanel).request()
 
     def action_cancel(self) -> None:
-        if self.runner.cancel():
-            self.set_status(f"cancelling {self.runner.title}… (stops at the next layer or batch)")
-            self.log_line(f"cancelling {self.runner.title}…")
+        job = self.jobs.session_job
+        if job is not None and self.jobs.cancel(job):
+            self.log_line(f"cancelling {job.title}… (stops at the next layer or batch)")
         else:
             self.app.notify("nothing is running")
 
@@ -599,39 +522,40 @@ class MainScreen(Screen):
     def action_reset_edit(self) -> None:
         self.query_one(LayerEditor).action_reset()
 
+    def action_focus_editor(self) -> None:
+        self.action_show_tab("compress")
+        self.query_one(LayerEditor).focus_first()
+
     def action_evaluate(self, split: str | None = None) -> None:
         from rcc.session.ops import Evaluate
 
         if self.view is None:
             return
-        split = split or (self.session.setting("test_split") if self.session else None) or "test"
+        split = split or self.view.test_split
         self.start(Evaluate(split=split), f"evaluate node {self.view.head} on {split}")
 
     def action_scan_sensitivity(self, rank: float | None = None, sparsity: float = 0.0) -> bool:
         """Scan the targets (all layers when none) of the current node; an analysis, so no op is recorded."""
+        from rcc.analysis.sensitivity import ScanSetting
         from rcc.errors import RccError
-        from rcc_tui.sensitivity import DEFAULT_RANK, scan_job, scan_setting
+        from rcc_tui.sensitivity import DEFAULT_RANK
+        from rcc_tui.session_jobs import scan_job
 
-        if self.session is None or self.view is None or self.view.head is None:
-            self.app.notify("the session is not open yet", severity="warning")
-            return False
-        if self.runner.running:
-            self.app.notify(f"{self.runner.title} is running; wait for it, or cancel it (x)", severity="warning")
-            return False
         try:
-            setting = scan_setting(DEFAULT_RANK if rank is None and not sparsity else rank, sparsity)
+            setting = ScanSetting(rank=DEFAULT_RANK if rank is None and not sparsity else rank, sparsity=sparsity)
         except RccError as error:
             self.app.notify(str(error), severity="error")
             return False
-        names = self.targets or tuple(layer.name for layer in self.view.layers)
-        head = self.view.head
+        view = self.view
+        names = self.targets or (tuple(layer.name for layer in view.layers) if view else ())
         title = f"sensitivity of {len(names)} layer{'s' if len(names) != 1 else ''} ({setting.describe()})"
-        self.log_line(f"▶ {title} on node {head}")
-        self.runner.run(title, scan_job(self.session, self.view.directory, head, names, setting))
+        if not self.start_job(lambda session, _view: scan_job(session, names, setting, title)):
+            return False
+        self.log_line(f"▶ {title} on node {view.head}")
         return True
 
     def action_select_pattern(self) -> None:
-        self.query_one("#pattern").focus()
+        self.query_one("#pattern", Input).focus()
 
     def action_clear_selection(self) -> None:
         self.query_one(LayerTree).action_clear_selection()
@@ -657,55 +581,41 @@ class MainScreen(Screen):
             ("Run cascade", "run the RCC cascade on the targets (c)", self.action_run_cascade),
             ("Cancel the running op", "stop between layers; the session stays as before (x)", self.action_cancel),
             ("Apply the layer edit", "apply the editor's changed fields to the targets (a)", self.action_apply_edit),
+            ("Edit the targets", "focus the layer editor (e, or enter on a layer)", self.action_focus_editor),
             ("Reset the targets' overrides", "remove per-layer plan overrides of the targets", self.action_reset_edit),
-            ("Evaluate on the test split", "add test metrics to the current node (e)", self.action_evaluate),
+            ("Evaluate on the test split", "add test metrics to the current node (E)", self.action_evaluate),
             ("Scan sensitivity", "each target layer alone at 50% rank: how far predictions drift (v)",
              self.action_scan_sensitivity),
             ("Export compressed", "write the current node with factors and packed masks",
              lambda: self.export("compressed")),
             ("Export dense", "write the current node in the original architecture", lambda: self.export("dense")),
+            ("Export ONNX", "write the current node's image and text encoders for onnxruntime",
+             lambda: self.export("onnx")),
+            ("Export hf-compressed", "write the current node as a compressed-tensors checkpoint (Hugging Face models)",
+             lambda: self.export("hf-compressed")),
             ("Select layers by pattern", "glob, tower:…, kind:…, block:… (/)", self.action_select_pattern),
             ("Clear the layer selection", "the targets follow the cursor again (u)", self.action_clear_selection),
             ("Show the layer tree", "focus the tree (t)", self.action_focus_tree),
             ("Show the editor and run panel", "the Compress tab (1)", lambda: self.action_show_tab("compress")),
             ("Show the history graph", "the History tab (2)", lambda: self.action_show_tab("history")),
             ("Show the charts", "the Charts tab (3)", lambda: self.action_show_tab("charts")),
-            ("Show the log", "focus the log pane (4)", self.action_focus_log),
+            ("Show the train panel", "the Train tab (4)", lambda: self.action_show_tab("train")),
+            ("Show the log", "focus the log pane (L)", self.action_focus_log),
             ("Search compression plans", "Optuna study: trials live, the Pareto front, apply a trial (s)",
              self.action_search),
             ("Train (recovery)", "distil the root (or the panel's teacher) into the current node (T)",
              self.action_train),
-            ("Show the train panel", "the Train tab (5)", lambda: self.action_show_tab("train")),
         ]
         if self.view is not None:
             for node in reversed(self.view.nodes):
-                metric = node.metrics.get("eval/primary")
-                about = f"{node.op_kind}" + (f" · eval {metric:.2%}" if metric is not None else "") + \
-                        (f" · [{node.label}]" if node.label else "")
+                metric = node.eval_metric
+                about = " · ".join(part for part in (
+                    node.op_kind, f"{node.eval_split} {metric:.2%}" if metric is not None else "",
+                    f"“{node.label}”" if node.label else "") if part)
+                named = f"node {node.id}" + (f" “{node.label}”" if node.label else "")
                 if node.id != self.view.head:
-                    items.append((f"Check out node {node.id}", about, lambda n=node.id: self.checkout(n)))
-                    items.append((f"Compare node {node.id} with the current node", about,
+                    items.append((f"Check out {named}", about, lambda n=node.id: self.checkout(n)))
+                    items.append((f"Compare {named} with the current node", about,
                                   lambda n=node.id: self.compare(n, self.view.head)))
-                items.append((f"Label node {node.id}", about, lambda n=node.id: self.label(n)))
+                items.append((f"Label {named}", about, lambda n=node.id: self.label(n)))
         return items
-
-
-def default_session_dir() -> str:
-    """A new directory under the sessions home, named by the time."""
-    import datetime as dt
-
-    from rcc.cli.session_cmd import sessions_home
-
-    home = sessions_home()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        candidate = home / (stamp if i == 0 else f"{stamp}-{i}")
-        if not candidate.exists():
-            return str(candidate)
-    raise RuntimeError("no free session directory name")
-
-
-def _session_name(directory: str) -> str:
-    from pathlib import Path
-
-    return Path(directory).name

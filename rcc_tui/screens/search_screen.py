@@ -1,29 +1,26 @@
 """The search screen: run an Optuna study on the session's head node, watch its trials live, apply one.
 
-``rcc.search.study.run_search`` runs in a thread worker. It only reads the session (a read-only
-open: SQLite in WAL mode and content-addressed blobs written by rename, so an op the main screen
-commits meanwhile is simply not seen; the search starts from the head committed when it starts),
-so it runs while the main screen holds the session. The worker never touches a widget: its
-progress callback leaves the newest event in a ``SearchRun`` and a timer on the main thread
-takes it (fast trials are coalesced to one update per tick). The table and the chart are read
-back from the study's storage in a short thread worker (``list_trials``), so they show RUNNING
-trials and every trial's current front mark, not just the one that finished.
+The search is a background job of the app's job runner (``app.jobs``): it calls the engine's
+use cases (``rcc.services.search.plan_study`` / ``run_study``), exactly as ``rcc-tui search``
+does. It only reads the session (a read-only open: SQLite in WAL mode and content-addressed
+blobs written by rename, so an op the main screen commits meanwhile is simply not seen; the
+search starts from the head committed when it starts), so it runs while the main screen holds
+the session. Its progress (one event per finished trial) arrives as the runner's messages; the
+table and the chart are read back from the study's storage in short background jobs
+(``list_trials``), so they show RUNNING trials and every trial's current front mark.
 
-Stop, leaving the screen and quitting the app set the run's cancel event: the search stops
-between layers or batches (a trial cut short is recorded FAIL by Optuna) and the app's shutdown
-waits for it (``stop_searches``), so nothing keeps running after the app exits.
+Stop, leaving the screen and quitting the app cancel the job through the runner: the search
+stops between layers or batches (a trial cut short is recorded FAIL by Optuna) and the app's
+shutdown waits for it, so nothing keeps running after the app exits.
 
-Applying a trial is an ``ApplyTrial`` op the main screen runs through its own runner; when the
-head has moved off the node the study searched from, the main screen checks that node out first.
+Applying a trial is one job of the main screen (``MainScreen.apply_trial``): the checkout of
+the node the study searched from when the head has moved, then the op ``apply_trial``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -34,18 +31,17 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
-from rcc_tui.widgets.history_view import human_count
+from rcc_tui.sizes import short_count
 from rcc_tui.widgets.trial_chart import TrialChart
+from rcc_tui.workers import BACKGROUND, Job, JobContext, JobFailed, JobFinished, JobProgressed
 
 if TYPE_CHECKING:
-    from rcc.search.study import SearchProgress, SearchReport, StudySettings
+    from rcc.search.study import StudySettings
     from rcc.search.trials import StudyInfo, TrialRow
-    from rcc_tui.screens.main_screen import MainScreen
 
 DEFAULT_STUDY = "app"
 DEFAULT_TRIALS = 20  # as `rcc-tui search` without --trials
 MAX_TRIALS = 10_000
-TICK = 0.25  # seconds between two looks at the running search
 REREAD = 2.0  # seconds between two reads of the storage while a trial runs (to show it RUNNING)
 COLUMNS = (("trial", "trial"), ("state", "state"), ("size", "size"), ("of dense", "kept"),
            ("accuracy", "accuracy"), ("front", "front"), ("note", "note"))
@@ -84,129 +80,34 @@ def parse_request(study: str, trials: str, mode: Any, level: Any) -> SearchReque
     return SearchRequest(study=name, trials=count, mode=mode, level=level)
 
 
-# -- the running search (shared by the worker thread and the screen) ---------------------------
+# -- the jobs -----------------------------------------------------------------------------------
 
-@dataclass(eq=False)
-class SearchRun:
-    """One run of ``run_search``: its cancel flag, its newest progress, and how it ended."""
+def search_job(session_dir: str, request: SearchRequest, base: StudySettings | None, device: str) -> Job:
+    """Create or join the study and run it, as ``rcc-tui search`` does (the form's objective and level)."""
 
-    request: SearchRequest
-    cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    began: float = field(default_factory=time.perf_counter)
-    report: SearchReport | None = None
-    error: BaseException | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _latest: SearchProgress | None = None
-    _fresh: bool = False  # a trial finished since the screen last read the storage
+    def work(context: JobContext):
+        from rcc.search.study import Limits
+        from rcc.services.search import plan_study, run_study
 
-    def progress(self, event: SearchProgress) -> None:
-        """Worker thread: keep only the newest event (the screen shows one per tick)."""
-        with self._lock:
-            self._latest, self._fresh = event, True
+        def adjust(settings):
+            return replace(settings, objective=replace(settings.objective, mode=request.mode),
+                           space=replace(settings.space, level=request.level))
 
-    def take(self) -> tuple[SearchProgress | None, bool]:
-        """Main thread: the newest undelivered event, and whether a trial finished since the last take."""
-        with self._lock:
-            event, fresh = self._latest, self._fresh
-            self._latest, self._fresh = None, False
-        return event, fresh
+        start = plan_study(session_dir, request.study, adjust=adjust, base=base)
+        return run_study(session_dir, start, Limits(trials=request.trials), device=device,
+                         progress=context.progress, cancel=context.cancelled)
 
-    @property
-    def running(self) -> bool:
-        return not self.done.is_set()
+    return Job(f"search {request.study}", work, lane=BACKGROUND, kind="search")
 
 
-_ACTIVE: set[SearchRun] = set()  # runs whose thread has not returned (the app waits for them on exit)
-_ACTIVE_LOCK = threading.Lock()  # worker threads remove their run; the main thread reads the set
+@dataclass(frozen=True)
+class TrialListing:
+    """A study as read back from its storage (empty with ``error`` when there is none yet)."""
 
-
-def searches_running() -> bool:
-    with _ACTIVE_LOCK:
-        return any(run.running for run in _ACTIVE)
-
-
-def cancel_searches() -> list[SearchRun]:
-    """Ask every running search to stop (at its next trial or batch); the runs asked."""
-    with _ACTIVE_LOCK:
-        runs = list(_ACTIVE)
-    for run in runs:
-        run.cancel.set()
-    return runs
-
-
-async def stop_searches(timeout: float = 120.0, poll: float = 0.05) -> None:
-    """Cancel every running search and wait (up to ``timeout`` s) until their threads return."""
-    runs = cancel_searches()
-    deadline = time.monotonic() + timeout
-    while any(run.running for run in runs) and time.monotonic() < deadline:
-        await asyncio.sleep(poll)
-
-
-def search_in_thread(run: SearchRun, session_dir: str, base: StudySettings | None, device: str) -> None:
-    """Worker thread: create or join the study and run it; the outcome is left in ``run``."""
-    try:
-        from rcc.errors import Cancelled
-        from rcc.search.seeds import session_sensitivity
-        from rcc.search.storage import resolve_url
-        from rcc.search.study import (
-            Limits,
-            StudySettings,
-            existing_settings,
-            read_source,
-            run_search,
-        )
-
-        request = run.request
-        stored = existing_settings(resolve_url(None, session_dir), request.study)
-        start = stored or base or StudySettings()
-        settings = replace(start, objective=replace(start.objective, mode=request.mode),
-                           space=replace(start.space, level=request.level))
-        sensitivity = None
-        if stored is None:  # a new study starts from the session's scan of its node, as the CLI does
-            found = session_sensitivity(session_dir, read_source(session_dir).node)
-            sensitivity = found[1] if found else None
-        if run.cancel.is_set():
-            raise Cancelled("the search was stopped before its first trial")
-        run.report = run_search(session_dir, request.study, settings, Limits(trials=request.trials),
-                                sensitivity=sensitivity, device=device, progress=run.progress,
-                                cancel=run.cancel.is_set)
-    except BaseException as error:  # noqa: BLE001  (the screen says why; the app never crashes)
-        run.error = error
-    finally:
-        run.done.set()
-        with _ACTIVE_LOCK:
-            _ACTIVE.discard(run)
-
-
-# -- applying a trial through the main screen ---------------------------------------------------
-
-def apply_trial(main: MainScreen, study: str, trial: int, node: int | None) -> bool:
-    """Make trial ``trial`` of ``study`` a node: the main screen applies ``ApplyTrial`` (after a checkout of ``node``)."""
-    from rcc.session.ops import ApplyTrial, Checkout
-
-    if main.session is None or main.view is None:
-        main.app.notify("the session is not open yet", severity="warning")
-        return False
-    op = ApplyTrial(study=study, trial=trial)  # the handler fills in the trial's record from search.db
-    title = f"apply trial {trial} of {study}"
-    if node is None or main.view.head == node:
-        return main.start(op, title)
-    if not main.start(Checkout(node=node), f"check out node {node} (study {study!r} searched from it)"):
-        return False
-    main.run_worker(_apply_after_checkout(main, op, title, node), group="apply-trial", exit_on_error=False)
-    return True
-
-
-async def _apply_after_checkout(main: MainScreen, op, title: str, node: int, patience: float = 5.0) -> None:
-    await main.runner.wait()
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:  # the main screen handles OpFinished on its own queue
-        if main.view is not None and main.view.head == node and not main.runner.busy:
-            main.start(op, title)
-            return
-        await asyncio.sleep(0.02)
-    # The checkout failed (the main screen said why) or never landed: nothing to apply on.
+    study: str
+    rows: list
+    info: StudyInfo | None
+    error: str | None = None
 
 
 # -- the screen ---------------------------------------------------------------------------------
@@ -269,21 +170,24 @@ class SearchScreen(Screen[None]):
     ]
 
     def __init__(self, session_dir: str, study: str = DEFAULT_STUDY, *, device: str = "auto",
-                 settings: StudySettings | None = None, name: str | None = None, id: str | None = None,
-                 classes: str | None = None) -> None:
+                 settings: StudySettings | None = None, eval_split: str = "", name: str | None = None,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.session_dir = str(session_dir)
+        self.eval_split = eval_split  # the session's eval split: what every trial's accuracy is measured on
         self.initial_study = study
         self.device = device
         self.base_settings = settings  # a new study's settings before the form's choices (None: the CLI's)
         self.rows: list[TrialRow] = []  # the trials of ``self.listed``, as last read
         self.info: StudyInfo | None = None
         self.listed: str | None = None  # the study the table shows
-        self.job: SearchRun | None = None
+        self.job: Job | None = None  # the running search
+        self.request: SearchRequest | None = None  # what it was started with
         self._reading = False
         self._read_again: str | None = None  # a read asked for while another ran: done when that one lands
         self._last_read = 0.0
         self._storage = None  # an opened storage for listings, reused (one connection pool)
+        self._reads: set[Job] = set()  # listing jobs on the way
         self._outcome: str | None = None  # how the last search of the listed study ended (kept in the status)
 
     # -- layout ----------------------------------------------------------------------------
@@ -319,14 +223,19 @@ class SearchScreen(Screen[None]):
         table = self.query_one("#search-table", DataTable)
         for label, key in COLUMNS:
             justify = "right" if key in ("trial", "size", "kept", "accuracy") else "left"
+            if key == "accuracy":  # headed by the split it is measured on
+                label = f"{self.eval_split} {label}".strip()
             table.add_column(Text(label, justify=justify), key=key)
         table.focus()
-        self.set_interval(TICK, self._tick, name="search-tick")
+        self.app.jobs.subscribe(self)  # type: ignore[attr-defined]
+        # While a trial runs, the table is read again now and then to show it RUNNING (a display
+        # refresh: the search's own end arrives as the runner's message).
+        self.set_interval(REREAD, self._reread_while_running, name="search-reread")
         self._read(self.initial_study)  # an existing study is listed; nothing starts
 
     def on_unmount(self) -> None:
         if self.job is not None:  # leaving the screen (or the app) stops the search
-            self.job.cancel.set()
+            self.app.jobs.cancel(self.job)  # type: ignore[attr-defined]
 
     @property
     def reading(self) -> bool:
@@ -392,21 +301,20 @@ class SearchScreen(Screen[None]):
             return
         if request.study != self.listed:
             self._show_rows(request.study, [], None, read=False)  # a new name: an empty table
-        self.job = SearchRun(request)
+        self.request = request
         self._outcome = None
-        with _ACTIVE_LOCK:
-            _ACTIVE.add(self.job)
         self._set_running(True)
         self.set_status(f"study {request.study!r}: loading the model at the head node and its dense accuracy…")
-        self.run_worker(partial(search_in_thread, self.job, self.session_dir, self.base_settings, self.device),
-                        name=f"search {request.study}", group="search", thread=True, exit_on_error=False)
+        jobs = self.app.jobs  # type: ignore[attr-defined]
+        self.job = jobs.start(search_job(self.session_dir, request, self.base_settings, self.device))
+        self._set_running(True)
 
     def action_stop(self) -> None:
-        if self.job is None:
+        if self.job is None or self.request is None:
             self.app.notify("no search is running")
             return
-        self.job.cancel.set()
-        self.set_status(f"stopping study {self.job.request.study!r} (at the next layer or batch)…")
+        self.app.jobs.cancel(self.job)  # type: ignore[attr-defined]
+        self.set_status(f"stopping study {self.request.study!r} (at the next layer or batch)…")
 
     def action_apply(self) -> None:
         row = self.selected_row()
@@ -416,15 +324,14 @@ class SearchScreen(Screen[None]):
         if row.state != "COMPLETE":
             self.app.notify(f"trial {row.number} is {row.state}; allowed: a COMPLETE trial", severity="warning")
             return
-        node = self.info.source.get("node") if self.info is not None else None
-        if apply_trial(self.app.main, self.listed, row.number, None if node is None else int(node)):  # type: ignore[attr-defined]
+        if self.app.main.apply_trial(self.listed, row.number):  # type: ignore[attr-defined]
             self.app.notify(f"applying trial {row.number} of {self.listed}: it becomes a node of the history graph",
                             title="search")
 
     def action_close(self) -> None:
-        if self.job is not None:
-            self.job.cancel.set()
-            self.app.notify(f"search {self.job.request.study!r} stopped: leaving the search screen stops it",
+        if self.job is not None and self.request is not None:
+            self.app.jobs.cancel(self.job)  # type: ignore[attr-defined]
+            self.app.notify(f"search {self.request.study!r} stopped: leaving the search screen stops it",
                             title="search")
         self.dismiss(None)
 
@@ -437,74 +344,86 @@ class SearchScreen(Screen[None]):
         key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
         return next((row for row in self.rows if str(row.number) == key), None)
 
-    # -- the running search (main thread) ---------------------------------------------------
-    def _tick(self) -> None:
-        job = self.job
-        if job is None:
+    # -- the runner's messages ---------------------------------------------------------------
+    def on_job_progressed(self, message: JobProgressed) -> None:
+        if message.job is not self.job:
             return
-        event, fresh = job.take()
-        if event is not None:
-            total = f" of {event.total}" if event.total else ""
-            row = event.row
-            self.set_status(f"trial {event.done}{total} (#{row.number} {row.state.lower()}) · {event.best} · x stops")
-        if not job.running:
-            self._finish(job)
-        elif fresh or time.monotonic() - self._last_read > REREAD:
-            self._read(job.request.study)
+        event = message.event  # a trial finished: say so, and read the table again
+        total = f" of {event.total}" if event.total else ""
+        row = event.row
+        self.set_status(f"trial {event.done}{total} (#{row.number} {row.state.lower()}) · {event.best} · x stops")
+        if self.request is not None:
+            self._read(self.request.study)
 
-    def _finish(self, job: SearchRun) -> None:
-        from rcc.errors import Cancelled, RccError
+    def on_job_finished(self, message: JobFinished) -> None:
+        if isinstance(message.result, TrialListing) and message.job.kind == "read" and message.job in self._reads:
+            self._reads.discard(message.job)
+            listing = message.result
+            self._show_rows(listing.study, listing.rows, listing.info, listing.error)
+        elif message.job is self.job:
+            self._finish(message.job, report=message.result)
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        if message.job in self._reads:
+            self._reads.discard(message.job)
+            self._reading = False
+        elif message.job is self.job:
+            self._finish(message.job, error=message.error)
+
+    def _reread_while_running(self) -> None:
+        if self.job is not None and self.request is not None and time.monotonic() - self._last_read > REREAD:
+            self._read(self.request.study)
+
+    def _finish(self, job: Job, report=None, error: BaseException | None = None) -> None:
+        from rcc.errors import Cancelled
         from rcc.search.study import best_text
+        from rcc_tui.workers import describe_error
 
-        self.job = None
+        request = self.request
+        self.job, self.request = None, None
         self._set_running(False)
-        self._read(job.request.study)
-        seconds = time.perf_counter() - job.began
-        name = job.request.study
-        if job.report is not None:
-            report = job.report
+        if request is None:
+            return
+        name = request.study
+        self._read(name)
+        seconds = job.seconds
+        if report is not None:
             self._outcome = f"{report.ran} trials run in {seconds:.0f} s"
             self.set_status(f"study {name!r}: {self._outcome}; "
                             f"{best_text(list(report.rows), report.settings.objective.mode)}")
             self.app.notify(f"search {name!r} done: {report.ran} trials in {seconds:.0f} s", title="search")
-        elif isinstance(job.error, Cancelled):
+        elif isinstance(error, Cancelled):
             self._outcome = f"stopped after {seconds:.0f} s"
             self.set_status(f"study {name!r}: {self._outcome}")
             self.app.notify(f"search {name!r} stopped", title="search", severity="warning")
         else:
-            error = job.error
-            text = str(error) if isinstance(error, RccError) else f"search failed: {type(error).__name__}: {error}"
+            text = describe_error(error)
             self._outcome = text
             self.set_status(f"study {name!r}: {text}")
             self.app.notify(text, title="search", severity="error", timeout=8)
 
-    # -- reading the study back (a short thread worker) --------------------------------------
+    # -- reading the study back (a short background job) ------------------------------------
     def _read(self, study: str) -> None:
         if self._reading:  # one read at a time; this one follows when the running one lands
             self._read_again = study
             return
         self._reading = True
-        self.run_worker(partial(self._read_in_thread, study), name="search-read", group="search-read",
-                        thread=True, exit_on_error=False)
+        jobs = self.app.jobs  # type: ignore[attr-defined]
+        self._reads.add(jobs.start(Job(f"read study {study}", lambda context: self._list(study), lane=BACKGROUND,
+                                       kind="read")))
 
-    def _read_in_thread(self, study: str) -> None:
+    def _list(self, study: str) -> TrialListing:
+        """Worker thread: the study's trials and settings (an empty listing with the reason when there is none)."""
         from rcc.errors import RccError
         from rcc.search.storage import open_storage, resolve_url
         from rcc.search.trials import list_trials, study_info
 
-        rows, info, error = [], None, None
         try:
             if self._storage is None:
                 self._storage = open_storage(resolve_url(None, self.session_dir), create=False)
-            rows, info = list_trials(self._storage, study), study_info(self._storage, study)
+            return TrialListing(study, list_trials(self._storage, study), study_info(self._storage, study))
         except RccError as exc:  # no search.db yet, or no such study: an empty table
-            error = str(exc)
-        except Exception as exc:  # noqa: BLE001  (a bug, but the app keeps running)
-            error = f"{type(exc).__name__}: {exc}"
-        try:
-            self.app.call_from_thread(self._show_rows, study, rows, info, error)
-        except RuntimeError:  # the app is gone
-            pass
+            return TrialListing(study, [], None, str(exc))
 
     def _show_rows(self, study: str, rows: list[TrialRow], info: StudyInfo | None, error: str | None = None,
                    *, read: bool = True) -> None:
@@ -516,7 +435,7 @@ class SearchScreen(Screen[None]):
         if read and self._read_again is not None:  # it may have started before the last trial finished
             again, self._read_again = self._read_again, None
             self._read(again)
-        wanted = self.job.request.study if self.job is not None else self._study_field()
+        wanted = self.request.study if self.request is not None else self._study_field()
         if study != wanted:  # the name changed while this was read
             if self.job is None and wanted:
                 self._read(wanted)
@@ -563,7 +482,8 @@ class SearchScreen(Screen[None]):
     def _summary(study: str, rows: list[TrialRow], info: StudyInfo | None, outcome: str | None = None) -> str:
         counts = {state: sum(r.state == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
         front = sum(r.on_front for r in rows)
-        dense = "" if info is None or info.dense_accuracy is None else f" · dense accuracy {info.dense_accuracy:.4f}"
+        dense = ("" if info is None or info.dense_accuracy is None
+                 else f" · dense accuracy {info.dense_accuracy:.4f} on {info.eval_split}")
         ended = f"{outcome}; " if outcome else ""
         return (f"study {study!r}: {ended}{len(rows)} trials ({counts['COMPLETE']} complete, "
                 f"{counts['PRUNED']} pruned, "
@@ -571,7 +491,7 @@ class SearchScreen(Screen[None]):
 
     @staticmethod
     def _cells(row: TrialRow, dense: float | None) -> tuple:
-        size = "–" if row.size is None else human_count(row.size)
+        size = "–" if row.size is None else short_count(row.size)
         kept = "–" if row.size is None or not dense else f"{row.size / dense:.1%}"
         accuracy = "–" if row.accuracy is None else f"{row.accuracy:.4f}"
         return (Text(str(row.number), justify="right"), row.state, Text(size, justify="right"),

@@ -1,7 +1,11 @@
-"""Live charts: accuracy against step while work runs, and size against accuracy for every node.
+"""Live charts: accuracy against step while work runs, and stored size against accuracy for every node.
 
-The run chart has a second series on the right axis: parameters during a stage or cascade,
-the training loss during recovery training.
+One quantity per axis. The run chart's left axis is the eval accuracy; its right axis is the
+model's stored bytes during a stage or cascade (``size/bytes``, what the compressed export
+stores, after each kept attempt), or the training loss during recovery training. The run chart
+follows the job runner itself: a job that may change the model starts a run from the head
+node's figures; evaluated attempts and training losses arrive as points; the new node ends it.
+Tick labels carry as many digits as it takes for no two to read the same.
 
 Both draw with plotext (textual-plotext's ``PlotextPlot``) on the main thread only: the app
 calls ``add_point`` / ``show`` from message handlers, and the plot is rebuilt in ``render``.
@@ -21,7 +25,8 @@ from textual_plotext import PlotextPlot
 from textual_plotext.plot import _themes as _plotext_themes
 
 from rcc.session.graph import NodeRecord
-from rcc_tui.widgets.history_view import human_count
+from rcc_tui.sizes import distinct_labels
+from rcc_tui.workers import SESSION, JobFailed, JobFinished, JobProgressed, JobStarted
 
 MAX_POINTS = 5000  # a long run keeps its most recent points
 ANSI_NAMES = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
@@ -68,6 +73,17 @@ def _plot_colour(value: str | None, fallback: str = "default") -> str | tuple[in
     return colour.rgb
 
 
+def step_ticks(low: int, high: int, most: int = 6) -> list[int]:
+    """Whole steps from ``low`` to ``high``, at most ``most`` of them (a step is never 4.25)."""
+    stride = max(1, math.ceil((high - low) / (most - 1)))
+    return list(range(low, high + 1, stride))
+
+
+def size_ticks(low: float, high: float) -> list[float]:
+    """Three ticks over a size range (one when it is a single value)."""
+    return [low, (low + high) / 2, high] if high > low else [low]
+
+
 class _ThemedPlot(PlotextPlot):
     """A PlotextPlot redrawn from stored data on every render, in the app theme's colours."""
 
@@ -89,6 +105,11 @@ class _ThemedPlot(PlotextPlot):
     def draw(self) -> None:  # overridden: plot the stored data with self.plt
         raise NotImplementedError
 
+    def replot(self) -> None:
+        """The data changed: draw it again at the next render (until then, the last drawing is reused)."""
+        self._version = getattr(self, "_version", 0) + 1
+        self.refresh()
+
     def size_accuracy_axes(self, xs: Sequence[float], ys: Sequence[float]) -> float:
         """Padded limits for sizes (x, short tick labels) against accuracies (y); one text row in y units."""
         plt = self.plt
@@ -98,25 +119,35 @@ class _ThemedPlot(PlotextPlot):
         ypad = max((yhigh - ylow) * 0.1, 0.005)
         plt.xlim(xlow - xpad, xhigh + xpad)
         plt.ylim(ylow - ypad, yhigh + ypad)
-        ticks = [xlow, (xlow + xhigh) / 2, xhigh] if xhigh > xlow else [xlow]
-        plt.xticks(ticks, [human_count(t) for t in ticks])
+        ticks = size_ticks(xlow, xhigh)
+        plt.xticks(ticks, distinct_labels(ticks))
         return (yhigh - ylow + 2 * ypad) / max(self.size.height - 5, 1)
 
     def render(self) -> RenderResult:
+        # Building a plot costs tens of milliseconds; a tab switch or a repaint of the screen
+        # renders the widget again with the same data, size and theme: reuse the last drawing.
+        width, height = self.size.width, self.size.height
+        key = (width, height, self.app.theme, self.background_colors[1].hex, getattr(self, "_version", 0))
+        if key == getattr(self, "_drawn_key", None):
+            return self._drawn
         plot = self.plt
         plot.clear_figure()
-        width, height = self.size.width, self.size.height
         if width < 10 or height < 5:
             return Text("")
         plot.plotsize(width, height)
         plot._set_size(width, height)  # as PlotextPlot.render does (textual-plotext issue 5)
         plot.theme(self._plotext_theme())
         self.draw()
-        return Text.from_ansi(plot.build(), no_wrap=True, end="")
+        self._drawn = Text.from_ansi(plot.build(), no_wrap=True, end="")
+        self._drawn_key = key
+        return self._drawn
 
 
 class MetricChart(_ThemedPlot):
-    """Accuracy against step during a run, with an optional threshold line and second metric."""
+    """Accuracy against step during a run, with an optional threshold line and a right-axis series."""
+
+    STORED = "stored bytes"  # the right axis of a compression run
+    LOSS = "loss"  # the right axis of a training run
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None,
                  disabled: bool = False) -> None:
@@ -127,6 +158,14 @@ class MetricChart(_ThemedPlot):
         self._second_label: str | None = None
         self._second: list[tuple[int, float]] = []
         self._threshold: float | None = None
+        self._job = None  # the job this run follows
+        self._split = ""  # the eval split the accuracies are measured on (the head's, as the run starts)
+        self._start_size: float | None = None  # the head's stored bytes, plotted once the right axis is sizes
+
+    def on_mount(self) -> None:
+        jobs = getattr(self.app, "jobs", None)
+        if jobs is not None:
+            jobs.subscribe(self)
 
     @property
     def points(self) -> list[tuple[int, float]]:
@@ -134,7 +173,7 @@ class MetricChart(_ThemedPlot):
 
     @property
     def second_points(self) -> list[tuple[int, float]]:
-        """The right-axis series (parameters, or the training loss)."""
+        """The right-axis series (stored bytes, or the training loss)."""
         return list(self._second)
 
     @property
@@ -150,10 +189,10 @@ class MetricChart(_ThemedPlot):
         self._title = title
         self._steps, self._values, self._second = [], [], []
         self._second_label = second_label
-        self.refresh()
+        self.replot()
 
     def add_point(self, step: int, metric: float, second: float | None = None) -> None:
-        """One measurement: the accuracy after ``step`` (and the second metric, right axis)."""
+        """One measurement: the accuracy after ``step`` (and the right-axis value)."""
         self._steps.append(int(step))
         self._values.append(float(metric))
         if second is not None:
@@ -162,24 +201,83 @@ class MetricChart(_ThemedPlot):
             del self._steps[0], self._values[0]
         if len(self._second) > MAX_POINTS:
             del self._second[0]
-        self.refresh()
+        self.replot()
 
     def add_second_points(self, points: Iterable[tuple[int, float]]) -> None:
         """Points of the right-axis series only (a batch of training losses): one redraw for all."""
         self._second.extend((int(step), float(value)) for step, value in points)
         if len(self._second) > MAX_POINTS:
             del self._second[: len(self._second) - MAX_POINTS]
-        self.refresh()
+        self.replot()
 
     def clear(self) -> None:
         self._title = "accuracy"
         self._steps, self._values, self._second = [], [], []
         self._second_label = None
-        self.refresh()
+        self.replot()
 
     def set_threshold(self, value: float | None) -> None:
         self._threshold = None if value is None else float(value)
-        self.refresh()
+        self.replot()
+
+    # -- following the job runner --
+    def _right_axis(self, label: str) -> None:
+        """The right axis shows ``label`` from now on (the first value decides; the head's size leads sizes)."""
+        if self._second_label is None:
+            self._second_label = label
+            if label == self.STORED and self._start_size is not None and self._steps:
+                self._second.insert(0, (self._steps[0], self._start_size))
+
+    def on_job_started(self, message: JobStarted) -> None:
+        job = message.job
+        if job.lane != SESSION or job.op is None or not job.op.changes_model:
+            return
+        self._job = job
+        self.start_run(job.title)
+        head = job.head
+        metric = head.eval_metric if head is not None else None
+        self._split = head.eval_split if head is not None else ""
+        self._start_size = head.metrics.get("size/bytes") if head is not None else None
+        if metric is not None:
+            self.add_point(0, metric)
+        threshold = getattr(job.op, "threshold", None)
+        self.set_threshold(threshold * metric if threshold is not None and metric is not None else None)
+
+    def on_job_progressed(self, message: JobProgressed) -> None:
+        if message.job is not self._job:
+            return
+        losses = [(event.done, event.loss) for event in message.events if getattr(event, "loss", None) is not None]
+        if losses:
+            self._right_axis(self.LOSS)
+            self.add_second_points(losses)
+        for event in message.events:
+            if getattr(event, "metric", None) is None:
+                continue
+            step = event.done or (self._steps[-1] + 1 if self._steps else 1)  # an attempt: the next step
+            size = event.stored_bytes
+            if size is not None:
+                self._right_axis(self.STORED)
+            self.add_point(step, event.metric, size if self._second_label == self.STORED else None)
+
+    def on_job_finished(self, message: JobFinished) -> None:
+        if message.job is not self._job:
+            return
+        self._job = None
+        outcome = getattr(message.result, "outcome", None)
+        view = getattr(message.result, "view", None)
+        node = view.node(outcome.new_node) if outcome is not None and view is not None else None
+        if node is None or node.eval_metric is None:
+            return
+        if self._second_label == self.LOSS:  # a training run: its last step
+            step = self._second[-1][0] if self._second else (self._steps[-1] + 1 if self._steps else 1)
+            self.add_point(step, node.eval_metric)
+            return
+        self._right_axis(self.STORED)
+        self.add_point(self._steps[-1] + 1 if self._steps else 1, node.eval_metric, node.metrics.get("size/bytes"))
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        if message.job is self._job:
+            self._job = None
 
     def draw(self) -> None:
         plt = self.plt
@@ -202,49 +300,53 @@ class MetricChart(_ThemedPlot):
         if xs:
             low, high = min(xs), max(xs)
             plt.xlim(low - 0.5, high + 0.5) if low == high else plt.xlim(low, high)
+            plt.xticks(step_ticks(low, high))
         if self._steps:
             plt.plot(self._steps, self._values, marker="braille", color=self._colour("primary", "blue"),
-                     label="accuracy")
+                     label=f"{self._split} accuracy".strip())
             plt.scatter(self._steps[-1:], self._values[-1:], marker="●", color=self._colour("primary", "blue"))
         if self._second:
             steps, values = zip(*self._second)
             plt.plot(list(steps), list(values), marker="braille", color=self._colour("accent", "yellow"),
                      label=self._second_label or "second", yside="right")
-            low, high = min(values), max(values)
-            if high > 1000:  # a count (parameters): short tick labels, 19.9M rather than 19900000.0
+            if self._second_label == self.STORED:  # sizes: short tick labels that differ, 91.41M 91.43M
+                low, high = min(values), max(values)
                 pad = max((high - low) * 0.1, high * 0.001)
                 plt.ylim(low - pad, high + pad, yside="right")
-                ticks = [low, (low + high) / 2, high] if high > low else [low]
-                plt.yticks(ticks, [human_count(t) for t in ticks], yside="right")
+                ticks = size_ticks(low, high)
+                plt.yticks(ticks, distinct_labels(ticks), yside="right")
 
 
 class ParetoChart(_ThemedPlot):
-    """Size (parameters) against accuracy for every node; the Pareto front joined, the head marked."""
+    """Stored size (bytes) against accuracy for every node; the Pareto front joined, the head marked."""
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None,
                  disabled: bool = False) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
-        self._points: list[tuple[int, float, float]] = []  # (node id, params, accuracy)
+        self._points: list[tuple[int, float, float]] = []  # (node id, stored bytes, accuracy)
         self._front: list[int] = []  # indices into _points
         self._head_node: int | None = None
+        self._split = ""  # the eval split the accuracies are measured on
 
     @property
     def front_nodes(self) -> list[int]:
-        """Ids of the Pareto-optimal nodes, fewest parameters first."""
+        """Ids of the Pareto-optimal nodes, smallest first."""
         return [self._points[i][0] for i in self._front]
 
     def show(self, nodes: Sequence[NodeRecord], head: int | None) -> None:
-        """Every node with an eval metric, the Pareto front, the head."""
-        self._points = [(n.id, float(n.metrics.get("size/params", n.params)), float(n.metrics["eval/primary"]))
-                        for n in nodes if "eval/primary" in n.metrics]
+        """Every node with an eval metric and a stored size, the Pareto front, the head."""
+        self._points = [(n.id, float(n.metrics["size/bytes"]), float(n.eval_metric))
+                        for n in nodes if n.eval_metric is not None and "size/bytes" in n.metrics]
+        self._split = next((n.eval_split for n in nodes if n.eval_split), "")
         self._front = pareto_front([(x, y) for _, x, y in self._points])
         self._head_node = head
-        self.refresh()
+        self.replot()
 
     def draw(self) -> None:
         plt = self.plt
-        plt.title("size vs accuracy" + ("" if self._points else "  (no evaluated node yet)"))
-        plt.xlabel("parameters")
+        plt.title(f"size vs {self._split} accuracy".replace("  ", " ")
+                  + ("" if self._points else "  (no evaluated node yet)"))
+        plt.xlabel("stored bytes")
         if not self._points:
             return
         xs = [x for _, x, _ in self._points]

@@ -2,16 +2,16 @@
 
 The fields show what the plan resolves to for the targets (blank where they differ). Only
 fields the user changed are applied, so editing the sparsity of six layers leaves their
-ranks alone. Every change is checked at once against the would-be plan (the same rules
-the engine applies), and the parameter counts before and after are shown for the targets
-and the whole model; an invalid value is named inline, with the allowed range, and Apply
-refuses it.
+ranks alone. Every change is checked at once against the would-be plan by the engine's own
+preview (``rcc.services.edit_preview``), and what the targets and the whole model would store
+(bytes of the compressed export) is shown; an invalid value is named inline, with the allowed
+range, and Apply refuses it. A field being typed into keeps what was typed when the editor is
+reloaded (the targets or the plan changed under it), so no keystroke is lost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -19,16 +19,22 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
-from rcc_tui.widgets.layer_tree import short_number
+from rcc.schema.names import PRUNE_METHODS
+from rcc_tui.sizes import bytes_text, percent_change, short_count
+from rcc_tui.widgets.marked_checkbox import MarkedCheckbox
+from rcc_tui.workers import JobFailed
 
 if TYPE_CHECKING:
-    from rcc.compression.plan import CompressionPlan, PlanSummary
-    from rcc.models.inventory import LayerInfo
+    from rcc.compression.plan import CompressionPlan
+    from rcc.schema.layers import LayerInfo
+    from rcc.services.edit_preview import EditPreview
+    from rcc_tui.session_view import LayerState
 
-METHODS = ("dare", "magnitude", "wanda")  # rcc.compression.plan_rules.METHODS, without importing torch
+
 BUDGET_HINT = "0<b<1 (auto)"
+PATTERN_HINT = "unstructured|row|2:4|channel|head"
 FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked", "bits")
 
 
@@ -41,41 +47,34 @@ def parse_sparsity(text: str) -> Any:
         return clean
 
 
-def would_be_plan(plan: CompressionPlan, names: Sequence[str], settings: Mapping[str, Any],
-                  reset: bool = False, budget: float | None = None) -> CompressionPlan:
-    """The plan after ``EditLayers(names, settings, reset, budget)``, as the engine's handler builds it."""
-    from rcc.compression.plan_rules import normalize_settings, settings_to_json
+def count_line(preview: EditPreview, layers: Sequence[LayerInfo], names: Sequence[str],
+               state: Mapping[str, LayerState], model_bytes: float | None, bytes_per_value: int = 4) -> str:
+    """``targets 262 KB → 139 KB (−47%) · model 91.4 MB → 91.3 MB``: stored bytes now and once the plan ran.
 
-    overrides = {name: dict(s) for name, s in plan.overrides.items()}
-    clean = normalize_settings(settings)
-    for name in names:
-        if reset:
-            overrides.pop(name, None)
-        if clean:
-            overrides[name] = {**overrides.get(name, {}), **clean}
-    return replace(plan, overrides={n: settings_to_json(s) for n, s in overrides.items()},
-                   budget=plan.budget if budget is None else budget)
+    Now is what the live model stores (the node's ``size/bytes`` for the model); after is the
+    engine's count of the would-be plan, ``≈`` where auto ranks are the budget's estimate. A
+    channel / head pattern narrows its group's other layers too: they are counted with the
+    targets (``targets + 1 narrowed``), since their smaller widths are saved as well.
+    """
+    targets = preview.with_partners(layers, names)
+    partners = len(targets) - len(names)
+    chosen = set(targets)
+    by_name = {layer.name: layer for layer in layers if layer.name in chosen}
+    now = sum((state[name].stored_bytes if name in state and state[name].stored_bytes is not None
+               else layer.params * bytes_per_value) for name, layer in by_name.items())
+    after = preview.planned_bytes(layers, targets, bytes_per_value)
+    approx = "≈" if any(c.estimated for c in preview.summary.layers if c.name in chosen) else ""
 
+    def arrow(before: float, planned: float | None) -> str:
+        if planned is None:
+            return f"{bytes_text(before)} → ? (rank known after the SVD)"
+        change = "" if planned == before else f" ({percent_change(planned, before)})"
+        return f"{bytes_text(before)} → {approx}{bytes_text(planned)}{change}"
 
-def count_line(summary: PlanSummary, names: Sequence[str], model_total: float | None) -> str:
-    """``targets 197K → 98.3K (−50%) · model 23.4M → 23.3M``."""
-    chosen = set(names)
-    rows = [c for c in summary.layers if c.name in chosen]
-    before = sum(c.before for c in rows)
-    unknown = any(c.after is None for c in rows)
-    after = None if unknown else sum(c.after for c in rows)
-    approx = "≈" if any(c.estimated for c in rows) else ""
-
-    def arrow(b: float, a: float | None) -> str:
-        if a is None:
-            return f"{short_number(b)} → ? (rank known after the SVD)"
-        relative = (a - b) / b if b else 0.0
-        change = "" if a == b else f" ({relative:+.1%})" if abs(relative) < 0.095 else f" ({relative:+.0%})"
-        return f"{short_number(b)} → {approx}{short_number(a)}{change}"
-
-    total_before = model_total if model_total is not None else summary.total_before
-    total_after = None if summary.total_after is None else total_before - (summary.total_before - summary.total_after)
-    return f"targets {arrow(before, after)} · model {arrow(total_before, total_after)}"
+    line = f"targets{f' + {partners} narrowed' if partners else ''} {arrow(now, after)}"
+    if model_bytes is not None:
+        line += f" · model {arrow(model_bytes, None if after is None else model_bytes - now + after)}"
+    return line
 
 
 class LayerEditor(Vertical):
@@ -97,8 +96,10 @@ class LayerEditor(Vertical):
         self.inventory: tuple[LayerInfo, ...] = ()
         self.plan: CompressionPlan | None = None
         self.targets: tuple[str, ...] = ()
-        self.model_total: float | None = None
+        self.model_bytes: float | None = None  # what the current node stores (size/bytes)
+        self.state: Mapping[str, LayerState] = {}
         self._loaded: dict[str, Any] = {}
+        self._shown: dict[str, str] = {}  # what the last load put in each text field
         self._loading = False
         self.error: str = ""
 
@@ -108,18 +109,19 @@ class LayerEditor(Vertical):
             yield Label("sparsity", classes="field-label")
             yield Input(placeholder="0 ≤ s < 1", id="sparsity", compact=True, classes="field")
             yield Label("method", classes="field-label second")
-            yield Select([(m, m) for m in METHODS], prompt="mixed", id="method", compact=True,
+            yield Select([(m, m) for m in PRUNE_METHODS], prompt="mixed", id="method", compact=True,
                          classes="field", allow_blank=True)
         with Horizontal(classes="field-row"):
             yield Label("pattern", classes="field-label")
-            yield Input(placeholder="unstructured|row|2:4", id="pattern-field", compact=True, classes="field")
+            yield Input(placeholder=PATTERN_HINT, id="pattern-field", compact=True, classes="field")
             yield Label("rank", classes="field-label second")
             yield Input(placeholder="64|energy:0.9|auto", id="rank", compact=True, classes="field")
         with Horizontal(classes="field-row"):
-            yield Checkbox("correction", id="correction", compact=True)
-            yield Checkbox("locked", id="locked", compact=True)
-            yield Checkbox("int8", id="bits", compact=True, tooltip="bits 8: the quant stage stores the weights in int8")
-        with Horizontal(classes="field-row"):
+            yield MarkedCheckbox("correction", id="correction", compact=True)
+            yield MarkedCheckbox("locked", id="locked", compact=True)
+            yield MarkedCheckbox("int8", id="bits", compact=True,
+                                 tooltip="bits 8: the quant stage stores the weights in int8")
+        with Horizontal(classes="field-row"):  # its own row, so it stays visible at 80 columns
             yield Label("budget", classes="field-label")
             yield Input(placeholder=BUDGET_HINT, id="budget", compact=True, classes="field",
                         tooltip="plan-wide: the fraction of the auto-ranked layers' parameters kept")
@@ -129,16 +131,30 @@ class LayerEditor(Vertical):
             yield Button("Apply", id="apply", variant="primary", compact=True)
             yield Button("Reset", id="reset", compact=True, tooltip="remove the per-layer overrides of the targets")
 
+    def on_mount(self) -> None:
+        jobs = getattr(self.app, "jobs", None)
+        if jobs is not None:
+            jobs.subscribe(self)  # an edit the engine refuses is shown here, inline
+
+    def focus_first(self) -> None:
+        """Focus the sparsity field (the ``e`` key, enter on a layer in the tree)."""
+        self.query_one("#sparsity", Input).focus()
+
     # -- data in ---------------------------------------------------------------------------
     def load(self, layers: Sequence[LayerInfo], plan: CompressionPlan, targets: Sequence[str], description: str,
-             model_total: float | None = None) -> None:
-        """Show the plan's settings for ``targets`` (the fields forget unapplied changes)."""
+             state: Mapping[str, LayerState] | None = None, model_bytes: float | None = None) -> None:
+        """Show the plan's settings for ``targets``; the fields forget unapplied changes, except the field
+        being typed into (it has the focus and differs from what was loaded): what was typed stays."""
         self.inventory, self.plan, self.targets = tuple(layers), plan, tuple(targets)
-        self.model_total = model_total
+        self.state = dict(state or {})
+        self.model_bytes = model_bytes
         count = len(self.targets)
         if count == 1:
             layer = next((layer for layer in self.inventory if layer.name == self.targets[0]), None)
-            about = "" if layer is None else f" · {layer.shape[0]}×{layer.shape[1]} · {short_number(layer.params)}"
+            held = self.state.get(self.targets[0])
+            size = held.stored_bytes if held is not None and held.stored_bytes is not None else None
+            about = "" if layer is None else f" · {layer.shape[0]}×{layer.shape[1]}" + \
+                (f" · {bytes_text(size)}" if size is not None else f" · {short_count(layer.params)} values")
         else:
             about = f" · {count} layers" if count else ""
         self.query_one("#editor-targets", Static).update(Text.assemble(("Edit ", "bold"), description, (about, "dim")))
@@ -148,24 +164,31 @@ class LayerEditor(Vertical):
             loaded = self._loaded
             mixed = len(self.targets) > 1
             sparsity = self.query_one("#sparsity", Input)
-            sparsity.value = "" if loaded["sparsity"] is None else f"{loaded['sparsity']:g}"
+            self._put(sparsity, "" if loaded["sparsity"] is None else f"{loaded['sparsity']:g}")
             sparsity.placeholder = "mixed" if mixed and loaded["sparsity"] is None else "0 ≤ s < 1"
             pattern = self.query_one("#pattern-field", Input)
-            pattern.placeholder = "mixed" if mixed and loaded["pattern"] is None else "unstructured|row|2:4"
+            pattern.placeholder = "mixed" if mixed and loaded["pattern"] is None else PATTERN_HINT
             rank = self.query_one("#rank", Input)
             rank.placeholder = "mixed" if mixed and loaded["rank"] is None else "64|energy:0.9|auto"
             method = self.query_one("#method", Select)
             method.value = loaded["method"] if loaded["method"] is not None else Select.NULL
-            self.query_one("#pattern-field", Input).value = loaded["pattern"] or ""
-            self.query_one("#rank", Input).value = loaded["rank"] or ""
-            self.query_one("#correction", Checkbox).value = bool(loaded["correction"])
-            self.query_one("#locked", Checkbox).value = bool(loaded["locked"])
-            self.query_one("#bits", Checkbox).value = loaded["bits"] is not None
-            self.query_one("#budget", Input).value = self._loaded_budget()
+            self._put(pattern, loaded["pattern"] or "")
+            self._put(rank, loaded["rank"] or "")
+            self.query_one("#correction", MarkedCheckbox).value = bool(loaded["correction"])
+            self.query_one("#locked", MarkedCheckbox).value = bool(loaded["locked"])
+            self.query_one("#bits", MarkedCheckbox).value = loaded["bits"] is not None
+            self._put(self.query_one("#budget", Input), self._loaded_budget())
         finally:
             self._loading = False
         self.disabled = not self.targets
         self.refresh_preview()
+
+    def _put(self, field: Input, value: str) -> None:
+        """Load ``value`` into ``field``, unless the user is typing there (focused, changed since the last load)."""
+        typing = field.has_focus and field.value != self._shown.get(field.id or "", field.value)
+        self._shown[field.id or ""] = value
+        if not typing:
+            field.value = value
 
     def _common_settings(self) -> dict[str, Any]:
         """Each field's value if all targets share it under the current plan, else None."""
@@ -207,9 +230,9 @@ class LayerEditor(Vertical):
             "method": None if method is Select.NULL else method,
             "pattern": self.query_one("#pattern-field", Input).value.strip(),
             "rank": self.query_one("#rank", Input).value.strip(),
-            "correction": self.query_one("#correction", Checkbox).value,
-            "locked": self.query_one("#locked", Checkbox).value,
-            "bits": 8 if self.query_one("#bits", Checkbox).value else None,
+            "correction": self.query_one("#correction", MarkedCheckbox).value,
+            "locked": self.query_one("#locked", MarkedCheckbox).value,
+            "bits": 8 if self.query_one("#bits", MarkedCheckbox).value else None,
         }
 
     def changed_settings(self) -> dict[str, Any]:
@@ -238,19 +261,15 @@ class LayerEditor(Vertical):
         return settings
 
     def check(self, settings: Mapping[str, Any], reset: bool = False,
-              budget: Any = None) -> tuple[str, PlanSummary | None]:
-        """(error message or "", summary of the would-be plan); nothing is applied."""
-        from rcc.compression.plan import summarize_plan
+              budget: Any = None) -> tuple[str, EditPreview | None]:
+        """(error message or "", the engine's preview of the would-be plan); nothing is applied."""
         from rcc.errors import RccError
-        from rcc.session.ops import EditLayers
+        from rcc.services.edit_preview import preview_edit
 
         if self.plan is None or not self.targets:
             return "", None
         try:
-            if settings or reset or budget is not None:
-                budget = EditLayers(layers=self.targets, settings=dict(settings), reset=reset, budget=budget).budget
-            plan = would_be_plan(self.plan, self.targets, settings, reset, budget)
-            return "", summarize_plan(plan, self.inventory)
+            return "", preview_edit(self.plan, self.inventory, self.targets, settings, reset, budget)
         except RccError as error:
             return str(error).removeprefix("op 'edit_layers': "), None
 
@@ -258,10 +277,11 @@ class LayerEditor(Vertical):
         """Re-check the fields and update the counts and the error line."""
         if self._loading or not self.is_mounted:
             return
-        error, summary = self.check(self.changed_settings(), budget=self.changed_budget())
+        error, preview = self.check(self.changed_settings(), budget=self.changed_budget())
         self.show_error(error)
         counts = self.query_one("#editor-counts", Static)
-        counts.update(count_line(summary, self.targets, self.model_total) if summary is not None else "")
+        counts.update(count_line(preview, self.inventory, self.targets, self.state, self.model_bytes)
+                      if preview is not None else "")
 
     def show_error(self, message: str) -> None:
         self.error = message
@@ -272,7 +292,7 @@ class LayerEditor(Vertical):
     # -- events ----------------------------------------------------------------------------
     @on(Input.Changed)
     @on(Select.Changed)
-    @on(Checkbox.Changed)
+    @on(MarkedCheckbox.Changed)
     def _changed(self, event: Message) -> None:
         event.stop()
         self.refresh_preview()
@@ -307,7 +327,13 @@ class LayerEditor(Vertical):
             self.app.bell()
             return False
         self.post_message(self.ApplyRequested(self.targets, settings, budget=budget).set_sender(self))
+        self._applied()
         return True
+
+    def _applied(self) -> None:
+        """What the fields hold was asked for: the next load shows the plan that results, typed text included."""
+        for field in self.query(Input):
+            self._shown[field.id or ""] = field.value
 
     def action_reset(self) -> bool:
         if not self.targets or self.plan is None:
@@ -321,3 +347,8 @@ class LayerEditor(Vertical):
             return False
         self.post_message(self.ApplyRequested(self.targets, {}, reset=True).set_sender(self))
         return True
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        """An edit this editor asked for and the engine refused: the reason goes on the error line."""
+        if message.job.origin is self and not message.cancelled:
+            self.show_error(message.message.removeprefix("op 'edit_layers': "))

@@ -25,8 +25,8 @@ from textual.widgets.tree import TreeNode
 
 if TYPE_CHECKING:
     from rcc.compression.plan import CompressionPlan
-    from rcc.models.inventory import LayerInfo
-    from rcc_tui.workers import LayerState
+    from rcc.schema.layers import LayerInfo
+    from rcc_tui.session_view import LayerState
 
 SELECTED, UNSELECTED, PARTIAL = "■", "□", "◧"
 DETAIL_WIDTH = 40  # narrower trees leave shapes and sizes to the editor
@@ -53,6 +53,18 @@ def short_number(n: float) -> str:
     return f"{n:.0f}"
 
 
+def stored_fraction_saved(layers: Sequence[LayerInfo], state: Mapping[str, LayerState]) -> float:
+    """1 − stored bytes / dense bytes of ``layers``, as the compressed export stores them (0 when unknown)."""
+    stored = dense = 0
+    for layer in layers:
+        held = state.get(layer.name)
+        if held is None or held.stored_bytes is None or held.dense_bytes is None:
+            continue
+        stored += held.stored_bytes
+        dense += held.dense_bytes
+    return 1 - stored / dense if dense else 0.0
+
+
 def short_name(layer: LayerInfo) -> str:
     """The name below the block (``mlp.c_fc``), or the whole name for layers outside blocks."""
     if layer.block is None:
@@ -65,10 +77,12 @@ def short_name(layer: LayerInfo) -> str:
 
 
 def state_text(state: LayerState | None) -> str:
-    """``50%``, ``r32``, ``r32 50%``, ``50% int8`` or ``dense``."""
+    """``50%``, ``r32``, ``r32 50%``, ``50% int8``, ``6/12 heads`` (units a structured group kept) or ``dense``."""
     if state is None:
         return ""
     parts = []
+    if state.units is not None and state.units[0] < state.units[1]:
+        parts.append(f"{state.units[0]}/{state.units[1]} {state.units[2]}")
     if state.rank is not None:
         parts.append(f"r{state.rank}")
     if state.sparsity > 0:
@@ -84,7 +98,9 @@ def planned_text(setting) -> str:
         return ""
     parts = []
     if setting.sparsity > 0:
-        parts.append(f"{setting.sparsity:.0%}" if setting.pattern == "unstructured" else setting.pattern)
+        parts.append(f"{setting.sparsity:.0%}" if setting.pattern == "unstructured"
+                     else f"−{setting.sparsity:.0%} {setting.pattern}s" if setting.pattern in ("channel", "head")
+                     else setting.pattern)
     if setting.rank is not None:
         parts.append(f"r{setting.rank}" if setting.rank.mode == "fixed" else str(setting.rank))
     if setting.bits is not None:
@@ -96,7 +112,13 @@ def applied(state: LayerState | None, setting) -> bool:
     """Whether the layer already is as the plan wants it (same sparsity and fixed rank)."""
     if state is None or setting is None or not setting.selected:
         return False
-    if abs(state.sparsity - setting.sparsity) > 5e-3 or state.bits != setting.bits:
+    if state.bits != setting.bits:
+        return False
+    if setting.pattern in ("channel", "head") and state.units is not None:
+        kept, dense, _ = state.units
+        if kept != dense - round(setting.sparsity * dense):
+            return False
+    elif abs(state.sparsity - setting.sparsity) > 5e-3:
         return False
     if setting.rank is None:
         return state.rank is None
@@ -354,7 +376,8 @@ class LayerTree(Tree[NodeData]):
             step = self.heat(layer.name)
             text.append(short_name(layer), style="" if step is None else self._colour(step))
             if self._detailed:
-                text.append(f" {layer.shape[0]}×{layer.shape[1]} {short_number(layer.params)}", style="dim")
+                narrowed = (f" of {layer.dense_shape[0]}×{layer.dense_shape[1]}" if layer.dense_shape else "")
+                text.append(f" {layer.shape[0]}×{layer.shape[1]}{narrowed} {short_number(layer.params)}", style="dim")
             state = self.state.get(layer.name)
             now = state_text(state)
             if now:
@@ -365,13 +388,14 @@ class LayerTree(Tree[NodeData]):
             text.append_text(self._heat_text([layer.name]))
             return text
         title = data.tower if data.kind == "tower" else f"block {data.block}"
-        params = sum(layer.params for layer in layers)
-        stored = sum(self.state[layer.name].stored if layer.name in self.state else layer.params for layer in layers)
+        # Against the dense widths: a block whose units were removed shows that saving too.
+        params = sum(layer.original_shape[0] * layer.original_shape[1] for layer in layers)
+        saved = stored_fraction_saved(layers, self.state)
         text.append(title, style="bold" if data.kind == "tower" else "")
         text.append(f" {len(layers)} layers {short_number(params)}" if self._detailed
                     else f" ·{len(layers)} {short_number(params)}", style="dim")
-        if stored < params:
-            text.append(f" −{1 - stored / params:.0%}", style="bold")
+        if saved > 0:  # what the compressed export saves, in bytes (a mask costs a bit per entry)
+            text.append(f" −{saved:.0%}", style="bold")
         text.append_text(self._heat_text(layer.name for layer in layers))
         return text
 

@@ -1,8 +1,9 @@
-"""How a panel that starts ops reports back: an inline error line, a progress bar, a status text.
+"""How a panel that starts ops reports back: an inline error line and a status line, from the job runner.
 
-The run panel and the train panel both refuse a bad value on a line of their own and follow
-the running op on a bar and a line of text; these functions, and the ``OpFeedback`` mixin that
-wires them to a panel's widgets, are that behaviour, once.
+The run panel and the train panel both refuse a bad value on a line of their own, and follow
+the session's jobs themselves: they subscribe to the runner (``app.jobs``) and react to its
+messages (buttons disabled while a job holds the session, the job's phase on their status line,
+its error inline when they asked for it). ``OpFeedback`` is that behaviour, once.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 
+from rcc_tui.workers import SESSION, JobFailed, JobFinished, JobProgressed, JobStarted, describe_event
+
 if TYPE_CHECKING:
     from textual.message import Message
     from textual.widget import Widget
-    from textual.widgets import ProgressBar, Static
-
-    from rcc.session.progress import OpProgress
+    from textual.widgets import Static
 
 
 def submit_op(panel: Widget, build: Callable[[], Any], request: Callable[[Any], Message]) -> bool:
@@ -44,56 +45,29 @@ def show_inline_error(line: Static, message: str) -> None:
     line.set_class(bool(message), "error")
 
 
-def advance(bar: ProgressBar, event: OpProgress) -> None:
-    """Move ``bar`` to ``event``: counted work restarts the bar when a new phase starts its own count."""
-    if event.total:
-        if bar.total != event.total or event.done < bar.progress:
-            bar.update(total=event.total, progress=0)  # a new stage: its own count (and ETA)
-        bar.update(progress=event.done)
-    elif event.metric is None:
-        bar.update(total=None)  # uncounted work (an evaluation): the indeterminate bar
-
-
-def reset_bar(bar: ProgressBar, running: bool) -> None:
-    """An op started (an indeterminate bar until its first count) or ended (a full bar)."""
-    if running:
-        bar.update(total=None, progress=0)
-    else:
-        bar.update(total=1, progress=1)
-
-
-def describe_progress(event: OpProgress) -> str:
-    """``dare · layer 3/12 · visual.transformer.resblocks.0.mlp.c_fc`` and the like."""
-    if event.metric is not None:
-        verdict = "" if event.accepted is None else (" kept" if event.accepted else " backed off")
-        params = f" · {event.params:,} params" if event.params is not None else ""
-        return f"{event.phase} {event.detail}: {event.metric:.2%}{verdict}{params}"
-    if event.loss is not None:
-        return f"{event.phase} · step {event.done}/{event.total} · loss {event.loss:.4f}"
-    if event.total:
-        return f"{event.phase} · layer {event.done}/{event.total} · {event.detail}"
-    if event.phase == "evaluate":
-        return f"evaluating on {event.detail}…" if event.detail else "evaluating…"
-    if event.phase == "saving":
-        return "saving the new node…"
-    if event.phase == "loading":
-        return f"loading {event.detail}…"
-    return f"{event.phase} {event.detail}".strip()
+def finished_text(message: JobFinished) -> str:
+    """``done: <title> → node 5`` for a finished job."""
+    where = getattr(message.result, "where", None)
+    return f"done: {message.job.title}{where() if callable(where) else ''}"
 
 
 class OpFeedback:
-    """``show_error`` / ``set_running`` / ``set_status`` / ``show_progress`` for a panel widget.
+    """``show_error`` / ``set_running`` / ``set_status``, driven by the runner's messages, for a panel widget.
 
-    The panel names its widgets: an error line, a progress bar, a status line, the cancel
-    button and the buttons that start work (disabled while something runs).
+    The panel names its widgets: an error line, a status line, the cancel button and the
+    buttons that start work (disabled while a job holds the session).
     """
 
     ERROR_ID: ClassVar[str]
-    BAR_ID: ClassVar[str]
     STATUS_ID: ClassVar[str]
     CANCEL_ID: ClassVar[str]
     START_IDS: ClassVar[tuple[str, ...]]
     error: str
+
+    def on_mount(self) -> None:
+        jobs = getattr(self.app, "jobs", None)  # type: ignore[attr-defined]
+        if jobs is not None:
+            jobs.subscribe(self)
 
     def show_error(self, message: str) -> None:
         from textual.widgets import Static
@@ -103,13 +77,12 @@ class OpFeedback:
 
     def set_running(self, title: str | None) -> None:
         """``title`` of the work that started, or None when it ended."""
-        from textual.widgets import Button, ProgressBar
+        from textual.widgets import Button
 
         running = title is not None
         self.query_one(f"#{self.CANCEL_ID}", Button).disabled = not running  # type: ignore[attr-defined]
         for start in self.START_IDS:
             self.query_one(f"#{start}", Button).disabled = running  # type: ignore[attr-defined]
-        reset_bar(self.query_one(f"#{self.BAR_ID}", ProgressBar), running)  # type: ignore[attr-defined]
         if running:
             self.set_status(f"{title}…")
 
@@ -118,8 +91,28 @@ class OpFeedback:
 
         self.query_one(f"#{self.STATUS_ID}", Static).update(text)  # type: ignore[attr-defined]
 
-    def show_progress(self, event: OpProgress) -> None:
-        from textual.widgets import ProgressBar
+    # -- the runner's messages --
+    def on_job_started(self, message: JobStarted) -> None:
+        if message.job.lane == SESSION:
+            self.set_running(message.job.title)
 
-        advance(self.query_one(f"#{self.BAR_ID}", ProgressBar), event)  # type: ignore[attr-defined]
-        self.set_status(describe_progress(event))
+    def on_job_progressed(self, message: JobProgressed) -> None:
+        if message.job.lane == SESSION and hasattr(message.event, "phase"):
+            self.set_status(describe_event(message.event, message.job.eval_split))
+
+    def on_job_finished(self, message: JobFinished) -> None:
+        if message.job.lane != SESSION:
+            return
+        from rcc_tui.session_jobs import SessionOpened
+
+        self.set_running(None)
+        self.set_status("ready" if isinstance(message.result, SessionOpened) else finished_text(message))
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        if message.job.lane != SESSION:
+            return
+        self.set_running(None)
+        self.set_status(("cancelled: " if message.cancelled else "failed: ") + message.job.title)
+        if message.job.origin is self and not message.cancelled:
+            self.show_error(message.message.removeprefix(f"op {message.job.op.kind!r}: ")
+                            if message.job.op is not None else message.message)

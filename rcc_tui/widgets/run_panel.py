@@ -1,9 +1,9 @@
 """The run panel: one stage or the cascade, on the targets or the whole model, with progress.
 
-The panel builds the op (``RunStage`` / ``RunCascade``) and asks for it to run; it never runs
-anything itself. While work runs it shows a progress bar with ETA over the layers of the
-current stage, the stage / attempt / layer, and a Cancel button: the engine stops at the
-next layer or batch and the session stays as it was before the op.
+The panel builds the op (``RunStage`` / ``RunCascade``) and its title and asks for it to run; it
+never runs anything itself. While a job holds the session it shows its phase on the status line
+(the bar, percentage and ETA are on the screen's status bar, visible at every size) and a
+Cancel button: the engine stops at the next layer or batch and the session stays as it was.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
+from rcc.schema.names import STAGE_NAMES
+from rcc_tui.widgets.marked_checkbox import MarkedCheckbox
 from rcc_tui.widgets.op_feedback import OpFeedback, submit_op
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
 
-STAGES = ("dare", "nullu", "alphaedit", "quant")  # rcc.session.ops.STAGE_NAMES
+STAGES = STAGE_NAMES  # rcc.schema.names: torch-free, one list for the engine and the app
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")  # rcc.session.ops.SCHEDULES
 
 
@@ -37,15 +39,15 @@ class RunPanel(OpFeedback, Vertical):
     """Run a stage or the cascade; shows the progress of whatever runs."""
 
     ERROR_ID = "run-error"
-    BAR_ID = "run-progress"
     STATUS_ID = "run-status"
     CANCEL_ID = "cancel"
     START_IDS = ("run-stage", "run-cascade")
 
     class RunRequested(Message):
-        def __init__(self, op: Op) -> None:
+        def __init__(self, op: Op, title: str) -> None:
             super().__init__()
             self.op = op
+            self.title = title  # "dare ×1 on 2 layers", "cascade ≥0.95 on the whole model"
 
     class CancelRequested(Message):
         pass
@@ -75,14 +77,13 @@ class RunPanel(OpFeedback, Vertical):
             yield Input("1", id="steps", compact=True, classes="field")
             yield Label("attempts", classes="field-label second")
             yield Input("3", id="attempts", compact=True, classes="field")
-        yield Checkbox("only the targets (else the whole model)", value=True, id="scope", compact=True)
+        yield MarkedCheckbox("only the targets (else the whole model)", value=True, id="scope", compact=True)
         with Horizontal(classes="button-row"):
             yield Button("Stage", id="run-stage", compact=True, tooltip="run one stage (r)")
             yield Button("Cascade", id="run-cascade", variant="primary", compact=True, tooltip="run the cascade (c)")
             yield Button("Cancel", id="cancel", variant="error", compact=True, disabled=True,
                          tooltip="stop between layers; the session stays as before (x)")
         yield Static("", id="run-error", markup=False)
-        yield ProgressBar(total=None, show_eta=True, id="run-progress")
         yield Static("idle", id="run-status", markup=False)
 
     # -- building ops ----------------------------------------------------------------------
@@ -91,12 +92,12 @@ class RunPanel(OpFeedback, Vertical):
         self._update_scope()
 
     def _update_scope(self) -> None:
-        scope = self.query_one("#scope", Checkbox)
+        scope = self.query_one("#scope", MarkedCheckbox)
         scope.label = (f"only {self.targets_description} (else the whole model)" if self.targets
                        else "whole model (no targets)")
 
     def _layers(self) -> tuple[str, ...]:
-        return self.targets if self.query_one("#scope", Checkbox).value else ()
+        return self.targets if self.query_one("#scope", MarkedCheckbox).value else ()
 
     def stage_op(self) -> Op:
         from rcc.session.ops import RunStage
@@ -113,9 +114,16 @@ class RunPanel(OpFeedback, Vertical):
                           max_attempts=_number(self.query_one("#attempts", Input).value, int),
                           layers=self._layers())
 
+    def title(self, op: Op) -> str:
+        layers = getattr(op, "layers", ())
+        scope = f"{len(layers)} layer{'s' if len(layers) != 1 else ''}" if layers else "the whole model"
+        stage = getattr(op, "stage", None)
+        return f"{stage} ×{op.fraction:g} on {scope}" if stage else f"cascade ≥{op.threshold:g} on {scope}"
+
     def request(self, kind: str) -> bool:
         """Build the stage or cascade op from the fields and ask for it to run; False if refused."""
-        return submit_op(self, self.stage_op if kind == "stage" else self.cascade_op, self.RunRequested)
+        return submit_op(self, self.stage_op if kind == "stage" else self.cascade_op,
+                         lambda op: self.RunRequested(op, self.title(op)))
 
     @on(Button.Pressed, "#run-stage")
     def _stage_pressed(self, event: Button.Pressed) -> None:

@@ -3,7 +3,7 @@
 The panel builds a validated ``Train`` op from its fields and asks for it to run; it never runs
 anything itself. A value the op refuses (steps 0, lr "abc", an unknown teacher node) is shown
 inline as the op's own one-line message, and nothing is asked for. While work runs it shows a
-progress bar over the training steps and a Cancel button.
+status line (its phase and step; the bar is on the screen's status bar) and a Cancel button.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from rcc_tui.widgets.op_feedback import OpFeedback, submit_op
 
@@ -46,7 +46,6 @@ class TrainPanel(OpFeedback, Vertical):
     """Recovery training of the current node; shows the progress of whatever runs."""
 
     ERROR_ID = "train-error"
-    BAR_ID = "train-progress"
     STATUS_ID = "train-status"
     CANCEL_ID = "train-cancel"
     START_IDS = ("train",)
@@ -82,10 +81,6 @@ class TrainPanel(OpFeedback, Vertical):
         display: block;
         color: $text-error;
     }
-    #train-progress {
-        height: 1;
-        margin-top: 1;
-    }
     #train-status {
         height: 1;
         color: $text-muted;
@@ -95,9 +90,10 @@ class TrainPanel(OpFeedback, Vertical):
     """
 
     class TrainRequested(Message):
-        def __init__(self, op: Train) -> None:
+        def __init__(self, op: Train, title: str) -> None:
             super().__init__()
             self.op = op
+            self.title = title  # "train node 2 from the root, 100 steps"
 
     class CancelRequested(Message):
         pass
@@ -140,7 +136,6 @@ class TrainPanel(OpFeedback, Vertical):
             yield Button("Cancel", id="train-cancel", variant="error", compact=True, disabled=True,
                          tooltip="stop between steps; the session stays as before (x)")
         yield Static("", id="train-error", markup=False)
-        yield ProgressBar(total=None, show_eta=True, id="train-progress")
         yield Static("idle", id="train-status", markup=False)
 
     # -- building the op -------------------------------------------------------------------
@@ -167,9 +162,13 @@ class TrainPanel(OpFeedback, Vertical):
                           f"one of nodes {', '.join(map(str, self.nodes))}")
         return op
 
+    def title(self, op: Train) -> str:
+        teacher = f"node {op.teacher}" if op.teacher is not None else "the root"
+        return f"train node {self.head} from {teacher}, {op.steps} steps"
+
     def request(self) -> bool:
         """Build the op and ask for it to run; False (with the reason shown inline) if refused."""
-        return submit_op(self, self.train_op, self.TrainRequested)
+        return submit_op(self, self.train_op, lambda op: self.TrainRequested(op, self.title(op)))
 
     @on(Button.Pressed, "#train")
     def _train_pressed(self, event: Button.Pressed) -> None:

@@ -38,7 +38,7 @@ class TrialChart(_ThemedPlot):
         self._rows = list(rows)
         self._dense = dense
         self._measure = measure
-        self.refresh()
+        self.replot()
 
     def _front(self) -> list[TrialRow]:
         front = [r for r in self._rows if r.on_front and r.size is not None and r.accuracy is not None]

@@ -5,7 +5,9 @@
 file size shows the real saving of unstructured sparsity; ``rcc.load_compressed`` reads it.
 ``export_dense`` writes the original architecture with the effective weights, in the model
 library's own format (open_clip ``local-dir:``, ``transformers`` ``save_pretrained``), so it
-loads with no rcc code at all.
+loads with no rcc code at all. After structured pruning the dense export writes the new MLP
+widths into that config (``export_widths``) where the library can express them, and refuses
+in one line otherwise (removed heads, blocks of one tower with different widths).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rcc.compression.restructure import densify
 from rcc.compression.structure import MANIFEST, PACKED_VERSION, WEIGHTS, structure_of
 from rcc.errors import RccError
 from rcc.models.adapter import VLModel
+from rcc.exports.dense_widths import hf_tower_config, mlp_ratio_for, model_width, narrowed_mlp_widths
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # the name open_clip's local-dir loading looks for first
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -50,7 +53,8 @@ class ExportReport:
 
 
 def dense_bytes(module: nn.Module) -> int:
-    """Bytes of the original architecture's state: Σ numel · element size, factors as m·n, int8 as float, no masks."""
+    """Bytes of the original architecture's state: Σ numel · element size, factors as m·n, int8 as float, no masks,
+    narrowed layers (structured pruning) at their dense shape."""
     structure = structure_of(module)
     factors = {f"{path}.{leaf}" for path in structure["factorised"] for leaf in ("up", "down")}
     skipped = set(structure["masks"]) | factors | quantized_tensor_names(module)
@@ -66,6 +70,13 @@ def dense_bytes(module: nn.Module) -> int:
     for path in structure.get("quantized", {}):
         if path not in structure["factorised"]:
             total += module.get_submodule(path).weight.numel() * _float_size(module.get_submodule(path))
+    for path, entry in structure.get("resized", {}).items():
+        layer = module.get_submodule(path)
+        (out_f, in_f), (dense_out, dense_in) = entry["shape"], entry["dense"]
+        size = _float_size(layer)
+        total += (dense_out * dense_in - out_f * in_f) * size
+        if layer.bias is not None:
+            total += (dense_out - out_f) * size
     return total
 
 
@@ -73,7 +84,7 @@ def _float_size(layer: nn.Module) -> int:
     """Bytes per entry of the layer's float weights (an int8 layer: of the float dtype around it)."""
     if is_quantized(layer):
         return torch.finfo(layer.int8_original_dtype).bits // 8
-    return layer.up.element_size()
+    return (layer.up if isinstance(layer, LowRankLinear) else layer.weight).element_size()
 
 
 def export_compressed(model: VLModel, out_dir: str | Path, extra: dict | None = None) -> ExportReport:
@@ -125,18 +136,21 @@ def export_dense(model: VLModel, out_dir: str | Path) -> ExportReport:
     if model.family == "open_clip" and getattr(model, "config", None) is None:
         raise RccError(f"model {model.spec!r} has no OpenCLIP config to export with; allowed: models loaded as "
                        f"rcc-mini, open_clip:NAME or open_clip:CONFIG.json")
+    widths = narrowed_mlp_widths(model)  # refuses what the library's config cannot express, before any write
     out = fresh_directory(out_dir)
     module = densify(copy.deepcopy(model.module))  # the caller's model stays compressed
     if model.family == "open_clip":
-        _save_open_clip(model, module, out)
+        _save_open_clip(model, module, out, widths)
         kind = "open_clip"
     else:
+        for tower, width in widths.items():
+            hf_tower_config(module.config, model.family, tower).intermediate_size = width
         _save_transformers(model, module, out)
         kind = "transformers"
     return export_report(kind, out, dense_bytes(module))
 
 
-def _save_open_clip(model: VLModel, module: nn.Module, out: Path) -> None:
+def _save_open_clip(model: VLModel, module: nn.Module, out: Path, widths: dict[str, int]) -> None:
     from safetensors.torch import save_file
 
     model_cfg = copy.deepcopy(model.config)
@@ -145,6 +159,12 @@ def _save_open_clip(model: VLModel, module: nn.Module, out: Path) -> None:
     if tokenizer is not None:  # open_clip's local-dir loading reads HF tokenizer files from the directory
         tokenizer.save_pretrained(out)
     text_cfg = model_cfg["text_cfg"]
+    for tower, width in widths.items():
+        if tower == "text" and text_cfg.get("hf_model_name"):
+            module.text.config.intermediate_size = width  # the HF text tower's own config, saved below
+        else:
+            cfg = model_cfg["vision_cfg" if tower == "vision" else "text_cfg"]
+            cfg["mlp_ratio"] = mlp_ratio_for(model_width(model, tower), width)
     if text_cfg.get("hf_model_name"):
         # The HF text tower is built from a config found by path: ship it here and point at it.
         module.text.config.save_pretrained(out)
@@ -178,9 +198,9 @@ def _save_transformers(model: VLModel, module: nn.Module, out: Path) -> None:
 
 
 def fresh_directory(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RccError(f"export directory {str(out)!r} exists and is not empty; allowed: a new or empty directory")
+    from rcc.output_paths import check_output_dir
+
+    out = check_output_dir(out_dir, "export directory")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
