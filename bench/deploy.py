@@ -105,12 +105,14 @@ def _int8(bench: Bench, method: str, smooth: float = 0.0):
     return _cascade(bench, plan, ("quant",), quant_method=method, smooth_alpha=smooth)
 
 
-def _structured_rules(channels: float, heads: float) -> tuple[Rule, ...]:
+def _structured_rules(bench: Bench, channels: float, heads: float) -> tuple[Rule, ...]:
+    """Channel / head removal on the groups' leaders; with correction, scored by Wanda and refitted."""
+    method = "wanda" if bench.correction else "magnitude"
     rules = []
-    if channels:
-        rules.append(Rule(kind="mlp_in", settings={"pattern": "channel", "sparsity": channels}))
-    if heads:
-        rules.append(Rule(kind="attn_q", settings={"pattern": "head", "sparsity": heads}))
+    for kind, pattern, amount in (("mlp_in", "channel", channels), ("attn_q", "head", heads)):
+        if amount:
+            rules.append(Rule(kind=kind, settings={"pattern": pattern, "sparsity": amount, "method": method,
+                                                   "correction": bench.correction}))
     return tuple(rules)
 
 
@@ -129,9 +131,9 @@ def variants(bench: Bench, recovery_steps: int) -> list[tuple[str, Callable[[], 
         def build():
             if not structured_patterns():
                 return None, "needs the channel / head patterns (issue 14)"
-            plan = CompressionPlan(rules=_structured_rules(channels, heads))
+            plan = CompressionPlan(rules=_structured_rules(bench, channels, heads))
             model, _ = _cascade(bench, plan, ("dare", "alphaedit"))
-            return model, "structured, consumer refit"
+            return model, f"{'wanda, consumer refit' if bench.correction else 'magnitude, no refit'}"
         return build
 
     def low_rank():
@@ -163,7 +165,7 @@ def variants(bench: Bench, recovery_steps: int) -> list[tuple[str, Callable[[], 
     def combination():
         if not structured_patterns():
             return None, "needs the channel / head patterns (issue 14)"
-        rules = _structured_rules(0.5, 0.25) + (Rule(settings={"bits": 8, "correction": bench.correction}),)
+        rules = _structured_rules(bench, 0.5, 0.25) + (Rule(settings={"bits": 8, "correction": bench.correction}),)
         return cascade_with_int8(rules, "channels 50 % + heads 25 %")
 
     rows += [("masks + int8", masks_int8), ("combination", combination)]
