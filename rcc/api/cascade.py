@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from rcc.api.stages import STAGE_TYPES, STAGES_ALLOWED, Stage
+from rcc.api.stages import STAGE_TYPES, STAGES_ALLOWED, Quant, Stage
 from rcc.compression.plan import CompressionPlan, filtered_rules, plan_from_dict, plan_to_dict
 from rcc.compression.plan_rules import context, normalize_settings
 from rcc.errors import RccError
@@ -89,8 +89,6 @@ class Cascade:
     def op(self):
         """The ``run_cascade`` op this cascade runs (a session records exactly this)."""
         from rcc.session.ops import RunCascade
-
-        from rcc.api.stages import Quant
 
         by_name = {stage.name: stage for stage in self.stages}
         quant = by_name.get("quant", Quant())
