@@ -1,13 +1,14 @@
 """rcc: the engine of rcc-tui (models, data, evaluation, compression). Never imports Textual.
 
-The Python API (``rcc.load``, ``rcc.Cascade``, ``rcc.DARE``, ``rcc.Nullu``, ``rcc.AlphaEdit``,
+The Python API (``rcc.load``, ``rcc.Cascade``, ``rcc.DARE``, ``rcc.Nullu``, ``rcc.AlphaEdit``, ``rcc.Quant``,
 ``rcc.evaluate``, ``rcc.export``, ``rcc.close``) lives in ``rcc.api``; it is imported on first use,
 so ``import rcc`` stays cheap (no torch).
 """
 
 __version__ = "0.1.0"
 
-_API = ("load", "Cascade", "CascadeReport", "DARE", "Nullu", "AlphaEdit", "evaluate", "export", "close", "Exported")
+_API = ("load", "Cascade", "CascadeReport", "DARE", "Nullu", "AlphaEdit", "Quant", "evaluate", "export", "close",
+        "Exported")
 
 
 def __getattr__(name: str):

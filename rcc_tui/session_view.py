@@ -24,9 +24,10 @@ class LayerState:
     sparsity: float  # fraction of pruned entries (of the ``down`` factor when factorised)
     rank: int | None  # the factorisation's rank, None when not factorised
     stored: int  # numbers the layer stores now
-    stored_bytes: int | None = None  # bytes the compressed export writes for it (values and packed masks)
+    stored_bytes: int | None = None  # bytes the compressed export writes for it (values, scales, packed masks)
     dense_bytes: int | None = None  # bytes of its dense weight in the model's dtype (at its dense shape if narrowed)
     units: tuple[int, int, str] | None = None  # a structured group's leader: (kept, dense, "ch" or "heads")
+    bits: int | None = None  # 8 when the layer holds int8 values, None for float weights
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
     group's leader, from the live model."""
     from rcc.compression.groups import structured_groups
     from rcc.compression.layers import (
-        LowRankLinear,
+        layer_bits,
         layer_form,
         layer_module,
         layer_sparsity,
@@ -77,13 +78,14 @@ def read_layer_state(session: Session, layers) -> dict[str, LayerState]:
     for layer in layers:
         try:
             child = layer_module(module, layer)
+            form = layer_form(module, layer)
             state[layer.name] = LayerState(
-                form=layer_form(module, layer), sparsity=layer_sparsity(module, layer),
-                rank=child.rank if isinstance(child, LowRankLinear) else None,
+                form=form, sparsity=layer_sparsity(module, layer),
+                rank=child.rank if form == "factorised" else None,
                 stored=stored_parameters(module, layer), stored_bytes=stored_bytes(module, layer),
                 # A narrowed layer's saving is real: measured against the width it had.
                 dense_bytes=layer.original_shape[0] * layer.original_shape[1] * value_bytes,
-                units=leaders.get(layer.name))
+                units=leaders.get(layer.name), bits=layer_bits(module, layer))
         except Exception:  # noqa: BLE001  (a layer in a form the readers do not know: show it as dense)
             state[layer.name] = LayerState("dense", 0.0, None, layer.params)
     return state

@@ -104,8 +104,24 @@ def test_a_channel_pattern_goes_to_the_mlp_leaders_and_narrows_them(tiny_spec, o
     assert sum(narrowed[name][0] for name in narrowed if name.endswith("c_fc")) == units // 2  # the tower's total
 
 
+def test_quant_is_a_stage_and_export_writes_every_format(tiny_spec, tmp_path, one_thread):
+    from rcc.compression.quantized_layers import is_quantized
+
+    model = rcc.load(tiny_spec, device="cpu")
+    report = rcc.Cascade(threshold=0.0, stages=[rcc.Quant(method="rtn")], calib_per_class=2).run(model, data="digits")
+    assert [a["stage"] for a in report.accepted] == ["quant"]
+    int8 = [path for path, child in model.module.named_modules() if is_quantized(child)]
+    assert len(int8) == report.accepted[0]["changed"] > 0
+    onnx = rcc.export(model, tmp_path / "onnx", format="onnx")  # through rcc.exports.export_model, as the op
+    assert {"image_encoder.onnx", "text_encoder.onnx"} <= {p.name for p in (tmp_path / "onnx").iterdir()}
+    assert onnx.details["text"]["min_cosine"] > 0.99 and onnx.details["image"]["min_cosine"] > 0.99
+    compressed = rcc.export(model, tmp_path / "compressed")
+    assert compressed.total_bytes < compressed.dense_bytes / 2  # int8 values: a quarter of float32, plus scales
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: rcc.Cascade(stages=[rcc.DARE(sparsity=0.5), rcc.DARE(sparsity=0.2)]), "repeat a stage"),
+    (lambda: rcc.Cascade(stages=[rcc.Quant(method="int4")]), "quant_method 'int4'"),
     (lambda: rcc.Cascade(stages=["dare"]), "is not a stage"),
     (lambda: rcc.Cascade(), "at least one stage"),
     (lambda: rcc.Cascade(stages=[rcc.AlphaEdit()], threshold=1.5), "threshold 1.5"),

@@ -81,7 +81,9 @@ def test_compress_end_to_end_on_a_tiny_hf_clip(clip_dir, captions, tmp_path, cap
     assert (cascade["params_before"], cascade["params_after"]) == (13440, 6720)
     assert cascade["removed_fraction"] == 0.5
     assert cascade["skipped"] == [] and all(a["accepted"] for a in cascade["attempts"])
-    assert [a["stage"] for a in cascade["attempts"]] == ["dare", "nullu", "alphaedit"]
+    # The plan asks for no rank, correction or bits: those stages run and change nothing.
+    assert [(a["stage"], a["changed"] > 0) for a in cascade["attempts"]] == [
+        ("dare", True), ("nullu", False), ("alphaedit", False), ("quant", False)]
     assert cascade["attempts"][0]["changed"] == 13
     assert 0.0 <= result["test_compressed"] <= 1.0 and 0.0 <= result["test_dense"] <= 1.0
 
@@ -175,7 +177,23 @@ def test_compress_refuses_bad_settings_before_loading_anything(args, words, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_plan_bits_8_and_compress_write_int8_layers_that_reload(clip_dir, captions, tmp_path, capsys):
+    from rcc.compression.quantized_layers import QuantizedLinear
+
+    plan, out, report = tmp_path / "plan.json", tmp_path / "out", tmp_path / "report.json"
+    assert main(["plan", "--model", f"hf:{clip_dir}", "--bits", "8", "--tower", "vision", "--out", str(plan)]) == 0
+    assert json.loads(plan.read_text())["rules"][0]["settings"]["bits"] == 8
+    assert main(["compress", "--model", f"hf:{clip_dir}", "--plan", str(plan), "--data", captions,
+                 "--threshold", "0", "--quant-method", "rtn", "--out", str(out), "--json", str(report)]) == 0
+    cascade = json.loads(report.read_text())["cascade"]
+    assert [(a["stage"], a["changed"]) for a in cascade["attempts"]][-1] == ("quant", 14)  # 12 Linears, proj, table
+    loaded = load_compressed(out)
+    fc1 = loaded.module.vision_model.encoder.layers[0].mlp.fc1
+    assert isinstance(fc1, QuantizedLinear) and fc1.weight.dtype.itemsize == 1
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--bits", "4"], ["bits 4", "8, or null"]),
     (["--sparsity", "1.2"], ["sparsity 1.2"]),
     (["--rank", "auto"], ["'auto' needs a budget"]),
     (["--method", "random"], ["'random'", "dare"]),

@@ -47,7 +47,7 @@ def space_configs(draw):
     multiplier = draw(st.sampled_from([None, Bounds(0.5, 1.5, 0.1), Bounds(0.0, 2.0)]))
     method = draw(st.sampled_from([None, "magnitude", "wanda", "dare"]))
     return SpaceConfig(level=level, group_by=tuple(keys), towers=towers, sparsity=sparsity, rank=rank,
-                       multiplier=multiplier, method=method)
+                       multiplier=multiplier, method=method, bits=draw(st.booleans()))
 
 
 def _draw_params(draw, space) -> dict[str, float]:
@@ -89,6 +89,13 @@ def test_every_point_of_a_space_is_a_valid_plan_within_its_bounds(inventory, con
             out_f, in_f = layer.shape
             assert config.rank is not None and not layer.transposed
             assert 1 <= now.rank.value <= min(out_f, in_f) and now.rank.value * (out_f + in_f) < out_f * in_f
+        if now.bits is not None:
+            assert config.bits and now.bits == 8 and not layer.transposed
+        else:
+            assert not config.bits or layer.transposed or params[f"bits[{layer.name}]" if config.level == "layer"
+                                                                 else next(d.name for d in space.dimensions
+                                                                           if d.field == "bits"
+                                                                           and layer.name in d.layers)] == 0
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -135,6 +142,20 @@ def test_rank_is_searched_as_a_fraction_of_full_rank_and_transposed_matrices_get
     assert rank_for(square, 0.5) is None and rank_for(square, 0.25) == 8
 
 
+def test_bits_are_an_int8_choice_per_layer_or_per_group_that_seeding_recovers(inventory):
+    space = build_space(SpaceConfig(level="layer", sparsity=None, bits=True), inventory, CompressionPlan())
+    assert {d.layers[0] for d in space.dimensions} == {layer.name for layer in inventory if not layer.transposed}
+    assert {(d.bounds.low, d.bounds.high, d.bounds.step) for d in space.dimensions} == {(0.0, 1.0, 1.0)}
+    first, second = space.dimensions[0], space.dimensions[1]
+    params = {d.name: 0.0 for d in space.dimensions} | {first.name: 1.0}
+    plan = plan_from_params(space, params)
+    resolved = resolve_plan(plan, inventory)
+    assert resolved[first.layers[0]].bits == 8 and resolved[second.layers[0]].bits is None
+    assert params_from_plan(space, plan) == params
+    grouped = build_space(SpaceConfig(level="global", group_by=("tower",), bits=True), inventory, CompressionPlan())
+    assert [d.name for d in grouped.dimensions if d.field == "bits"] == ["bits[tower=vision]", "bits[tower=text]"]
+
+
 def test_a_space_is_seeded_from_the_current_plan(inventory):
     plan = uniform_plan(sparsity=0.5, towers=["text"])
     space = build_space(SpaceConfig(level="global", group_by=("kind",), towers=("text",),
@@ -163,7 +184,7 @@ def test_sensitive_layers_get_less_sparsity_at_the_same_mean(inventory):
     (dict(group_by=("head",)), "group key 'head' is unknown; allowed: tower, block, kind"),
     (dict(sparsity=Bounds(0.2, 1.0)), r"sparsity bounds \(0.2, 1.0\) are out of range"),
     (dict(sparsity=Bounds(0.0, 0.9, 0.2)), "step 0.2 does not divide"),
-    (dict(sparsity=None, rank=None), "searches neither sparsity nor rank"),
+    (dict(sparsity=None, rank=None), "searches neither sparsity, rank nor bits"),
     (dict(rank=Bounds(0.0, 1.0)), "rank fraction low 0.0 is out of range"),
     (dict(towers=("audio",)), "tower 'audio' is unknown"),
     (dict(method="sorcery"), "method 'sorcery' is unknown"),
@@ -186,3 +207,22 @@ def test_a_space_config_survives_its_json_form():
     assert space_config_from_dict(config.as_dict()) == config
     with pytest.raises(RccError, match="key 'levels' is unknown"):
         space_config_from_dict({"levels": "layer"})
+
+
+def test_the_search_command_bits_option_searches_int8_and_adds_the_quant_stage():
+    import argparse
+
+    from rcc.cli.search_cmd import build_settings
+    from rcc.search.study import StudySettings
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    from rcc.cli import search_cmd
+
+    search_cmd.add_parser(sub)
+    args = parser.parse_args(["search", "SESSION", "--bits", "--sparsity", "none"])
+    settings = build_settings(args, StudySettings())
+    assert settings.space.bits and settings.space.sparsity is None
+    assert settings.objective.stages == ("dare", "quant")
+    explicit = build_settings(parser.parse_args(["search", "SESSION", "--bits", "--stages", "quant"]), StudySettings())
+    assert explicit.objective.stages == ("quant",)

@@ -67,6 +67,27 @@ def test_the_edit_preview_of_a_channel_pattern_counts_the_narrowed_partner_and_n
     assert planned == sum(stored_bytes(tiny.model.module, after[name]) for name in (FC0, proj0))
 
 
+def test_the_edit_preview_counts_int8_as_a_byte_a_value_plus_a_float32_scale_a_row(tiny):
+    from rcc.compression.layers import stored_bytes
+    from rcc.services.edit_preview import preview_edit
+
+    layers = tiny.model.layers()
+    tiny.apply(O.EditLayers(layers=(FC0,), settings={"sparsity": 0.5, "method": "magnitude", "bits": 8}))
+    preview = preview_edit(tiny.plan, layers, [Q0], {"rank": 4, "bits": 8})
+    tiny.apply(O.EditLayers(layers=(Q0,), settings={"rank": 4, "bits": 8}))
+    planned = {name: preview.planned_bytes(layers, [name]) for name in (FC0, Q0)}
+    before = tiny.nodes()[-1].metrics["size/bytes"]
+    tiny.apply(O.RunCascade(stages=("dare", "nullu", "quant"), threshold=0.0, layers=(FC0, Q0), calib_per_class=2,
+                            quant_embeddings=False))
+    index = tiny.model.layer_index
+    assert planned == {name: stored_bytes(tiny.model.module, index[name]) for name in planned}
+    fc0, q0 = index[FC0], index[Q0]
+    assert planned[FC0] == fc0.params // 2 + fc0.shape[0] * 4 + fc0.params // 8  # kept int8, row scales, mask
+    assert planned[Q0] == 4 * sum(q0.shape) + (q0.shape[0] + 4) * 4  # both factors int8, scales of m + r rows
+    node = tiny.nodes()[-1]
+    assert node.metrics["size/bytes"] == before - (fc0.params + q0.params) * 4 + sum(planned.values())
+
+
 def test_the_edit_preview_refuses_what_the_op_refuses_in_the_same_words(tiny):
     from rcc.services.edit_preview import preview_edit
 

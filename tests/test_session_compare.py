@@ -32,6 +32,10 @@ def test_layer_forms_read_the_structure():
     assert layer_form("x.y", structure, {"x.y.weight"}).describe() == "dense"
     assert layer_form("x.y", structure, set()).describe() == "—"
     assert LayerForm("factorised", rank=8, masked_factors=True).describe() == "rank 8 masked"
+    int8 = {**structure, "quantized": {FC: {"bits": 8, "smoothed": False}, "x.y": {"bits": 8, "smoothed": False}}}
+    assert layer_form(FC, int8, {f"{FC}.up"}).describe() == "rank 8 masked int8"
+    assert layer_form("x.y", int8, {"x.y.weight"}).describe() == "int8"
+    assert layer_of(f"{FC}.up_scale") == FC and layer_of(f"{Q}.weight_scale") == layer_of(f"{Q}.input_scale") == Q
 
 
 @pytest.fixture(scope="module")

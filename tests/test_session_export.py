@@ -14,7 +14,7 @@ from rcc.compression.plan import CompressionPlan, Rule
 from rcc.compression.structure import MANIFEST, WEIGHTS, save_compressed, structure_of
 from rcc.errors import RccError
 from rcc.models.registry import load_model
-from rcc.session.export import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, README, export_compressed, export_dense
+from rcc.exports.checkpoints import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, README, export_compressed, export_dense
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -129,7 +129,12 @@ def _message(data) -> str:
     ({"op": "evaluate", "split": ""}, ["split ''", "non-empty string"]),
     ({"op": "load_model", "model": ""}, ["model ''", "non-empty string"]),
     ({"op": "load_model", "eval_split": 3}, ["eval_split 3", "string"]),
-    ({"op": "export", "format": "onnx"}, ["'onnx'", "compressed, dense"]),
+    ({"op": "export", "format": "tflite"}, ["'tflite'", "compressed, dense, onnx, hf-compressed"]),
+    ({"op": "run_cascade", "quant_method": "awq"}, ["quant_method 'awq'", "rtn, gptq"]),
+    ({"op": "run_stage", "smooth_alpha": 1.0}, ["smooth_alpha 1.0", "0.0 ≤ x < 1.0"]),
+    ({"op": "run_stage", "quant_embeddings": "yes"}, ["quant_embeddings 'yes'", "true or false"]),
+    ({"op": "edit_layers", "layers": ["a"], "settings": {"bits": 4}}, ["bits 4", "8, or null"]),
+    ({"op": "run_cascade", "stages": ["dare", "int4"]}, ["'int4'", "dare, nullu, alphaedit, quant"]),
     ([1, 2], ["[1, 2]", "not an object"]),
 ])
 def test_bad_ops_are_refused_with_one_line_naming_the_value_and_what_is_allowed(data, words):
@@ -168,7 +173,9 @@ def test_ops_built_in_python_are_validated_too():
 
 _names = st.lists(st.text(min_size=1, max_size=12), max_size=4)
 _compress = dict(layers=_names, calib_per_class=st.integers(1, 10_000), whiten=st.booleans(),
-                 preserve=st.booleans(), allocation=st.sampled_from(O.ALLOCATIONS))
+                 preserve=st.booleans(), allocation=st.sampled_from(O.ALLOCATIONS),
+                 quant_method=st.sampled_from(O.QUANT_METHODS), smooth_alpha=st.floats(0.0, 1.0, exclude_max=True),
+                 quant_embeddings=st.booleans())
 
 
 @settings(max_examples=150, deadline=None)

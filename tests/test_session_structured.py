@@ -20,7 +20,7 @@ from rcc.models.registry import load_model
 from rcc.compression.trial_record import make_record
 from rcc.session import ops as O
 from rcc.session.compare import compare_nodes
-from rcc.session.export import export_dense
+from rcc.exports.checkpoints import export_dense
 from rcc.session.replay import load_recipe, replay
 from rcc.session.session import Session
 from rcc.session.state import manifest_of

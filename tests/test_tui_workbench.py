@@ -105,6 +105,30 @@ async def test_an_edit_is_one_op_and_the_editor_says_what_the_targets_and_model_
         assert "✓ #2 edit_layers" in log_text(app)
 
 
+async def test_int8_is_an_editor_field_whose_bytes_it_counts_and_quant_a_stage_of_the_run_panel(tmp_path):
+    app, session = fake_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await select_by_pattern(pilot, C_FC)
+        app.main.query_one("#bits").toggle()
+        await pilot.pause()
+        # 512×128 int8 values (65,536 B) + 512 float32 row scales (2,048 B) = 67,584 B, from 262,144 B.
+        assert text_of(app, "#editor-counts") == \
+            "targets 262 KB → 67.6 KB (−74%) · model 91.4 MB → 91.2 MB (−0.2%)"
+        app.main.query_one("#layer-tree").focus()
+        await pilot.press("a")
+        await settle(pilot)
+        assert [(op.layers, op.settings) for op in edits(session)] == [((C_FC,), {"bits": 8})]
+        assert "→int8" in str(app.main.query_one("#layer-tree").expand_path(C_FC).label)
+        assert app.main.query_one("#bits").value  # the editor shows the plan it made
+        app.main.query_one("#stage").value = "quant"
+        app.main.query_one("#layer-tree").focus()
+        await pilot.press("r")
+        await settle(pilot)
+        run = session.applied[-1]
+        assert (run.kind, run.stage, run.layers) == ("run_stage", "quant", (C_FC,))
+
+
 BAD_VALUES = (
     ("#sparsity", "1.5", "sparsity 1.5 is out of range; allowed: 0 ≤ sparsity < 1"),
     ("#sparsity", "abc", "sparsity 'abc' is not a number; allowed: 0 ≤ sparsity < 1"),
@@ -282,7 +306,8 @@ async def test_the_palette_shows_each_node_with_its_label_and_checks_out_a_node(
             "“dare-50”")
         assert all(not about.endswith("·") for about in commands.values())
         for wanted in ("Run stage", "Run cascade", "Cancel the running op", "Apply the layer edit", "Edit the targets",
-                       "Evaluate on the test split", "Export compressed", "Show the history graph", "Label node 2",
+                       "Evaluate on the test split", "Export compressed", "Export ONNX", "Export hf-compressed",
+                       "Show the history graph", "Label node 2",
                        "Compare node 1 with the current node", "Theme: rcc-light", "Help", "Quit"):
             assert wanted in commands
         await pilot.press("ctrl+p")

@@ -41,8 +41,8 @@ from rcc.analysis.proxies import PROXIES, ProxyTerms, layer_proxy_terms
 from rcc.analysis.statistics import spearman
 from rcc.compression.calibration import CalibrationData, InputStats, collect_input_stats
 from rcc.compression.layers import (
-    LayerSnapshot, LowRankLinear, dense_weight, factorise, layer_form, layer_module, set_dense_weight,
-    stored_parameters, unfuse,
+    LayerSnapshot, LowRankLinear, dense_weight, factorise, is_quantized_layer, layer_form, layer_module,
+    set_dense_weight, stored_parameters, unfuse,
 )
 from rcc.compression.groups import is_structured, structured_groups
 from rcc.compression.plan_rules import (
@@ -247,12 +247,17 @@ def scan_sensitivity(
     falls back to magnitude, and the ``wanda_mass`` / ``output_error`` proxies are absent.
     """
     start = time.perf_counter()
+    module = model.module
     chosen = list(layers) if layers is not None else model.layers()
+    # Int8 layers are final (no stage changes them): there is nothing to measure on them.
+    chosen = [layer for layer in chosen if not is_quantized_layer(module, layer)]
+    if not chosen:
+        raise AnalysisError("every layer to scan holds int8 values, which no stage changes; allowed: a node "
+                            "with float layers (check out the node before the quant stage)")
     if is_structured(setting.pattern):
         units, chosen = structured_units(model.layers(), chosen, setting.pattern)
     else:
         units = scan_units(chosen, group_by)
-    module = model.module
     before = LayerSnapshot(module, chosen)  # also brings back fused attention split by unfuse
     try:
         unfuse(module, chosen)

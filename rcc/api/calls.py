@@ -8,7 +8,7 @@ notebook's work is in the session's op log: ``rcc-tui replay PATH`` redoes it an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcc.api.binding import bind, session_of, unbind, workspace_for
@@ -80,18 +80,22 @@ class Exported:
     total_bytes: int
     dense_bytes: int
     node: int | None = None  # the session node exported, when recorded
+    details: dict = field(default_factory=dict)  # onnx: the parity measured per encoder; notes on what stays dense
 
 
 def export(model, out: str | Path, format: str = "compressed") -> Exported:
-    """Write the model to ``out`` (a new or empty directory) as ``format`` (see ``rcc-tui export --help``)."""
+    """Write the model to ``out`` (a new or empty directory) as ``format``: compressed, dense, onnx or
+    hf-compressed (see ``rcc-tui export --help``)."""
     from rcc.session.ops import Export
 
     op = Export(format=format, out=str(Path(out).expanduser().resolve()))  # the op's own checks of format
     session = session_of(model)
     if session is not None:
-        result = session.apply(op).result
-        return Exported(op.format, Path(result["out"]), result["total_bytes"], result["dense_bytes"], result["node"])
-    from rcc.session.export import export_compressed, export_dense
+        result = dict(session.apply(op).result)
+        common = [result.pop(key) for key in ("out", "total_bytes", "dense_bytes", "node")]
+        result.pop("format", None)
+        return Exported(op.format, Path(common[0]), *common[1:], details=result)
+    from rcc.exports import export_model
 
-    report = export_compressed(model, op.out) if op.format == "compressed" else export_dense(model, op.out)
-    return Exported(op.format, report.directory, report.total_bytes, report.dense_bytes)
+    report = export_model(model, op.format, op.out)
+    return Exported(op.format, report.directory, report.total_bytes, report.dense_bytes, details=report.details)

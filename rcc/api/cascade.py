@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from rcc.api.stages import STAGE_TYPES, Stage
+from rcc.api.stages import STAGE_TYPES, STAGES_ALLOWED, Quant, Stage
 from rcc.compression.plan import CompressionPlan, filtered_rules, plan_from_dict, plan_to_dict
 from rcc.compression.plan_rules import context, normalize_settings
 from rcc.errors import RccError
@@ -76,15 +76,13 @@ class Cascade:
     def __post_init__(self) -> None:
         stages = tuple(self.stages)
         if not stages:
-            raise RccError("a cascade needs at least one stage; allowed: rcc.DARE(...), rcc.Nullu(...), "
-                           "rcc.AlphaEdit(...)")
+            raise RccError(f"a cascade needs at least one stage; allowed: {STAGES_ALLOWED}")
         for stage in stages:
             if not isinstance(stage, STAGE_TYPES):
-                raise RccError(f"stage {stage!r} is not a stage; allowed: rcc.DARE(...), rcc.Nullu(...), "
-                               f"rcc.AlphaEdit(...)")
+                raise RccError(f"stage {stage!r} is not a stage; allowed: {STAGES_ALLOWED}")
         names = [stage.name for stage in stages]
         if len(set(names)) != len(names):
-            raise RccError(f"stages {names} repeat a stage; allowed: each of dare, nullu, alphaedit at most once")
+            raise RccError(f"stages {names} repeat a stage; allowed: each of dare, nullu, alphaedit, quant at most once")
         object.__setattr__(self, "stages", stages)
         self.op()  # threshold, attempts, schedule, steps and sizes checked by the op's own rules
 
@@ -93,11 +91,13 @@ class Cascade:
         from rcc.session.ops import RunCascade
 
         by_name = {stage.name: stage for stage in self.stages}
+        quant = by_name.get("quant", Quant())
         return RunCascade(stages=tuple(by_name), threshold=self.threshold, max_attempts=self.max_attempts,
                           schedule=self.schedule, steps=self.steps, calib_per_class=self.calib_per_class,
                           whiten=by_name["nullu"].whiten if "nullu" in by_name else True,
                           preserve=by_name["alphaedit"].preserve if "alphaedit" in by_name else False,
-                          allocation=self.allocation)
+                          allocation=self.allocation, quant_method=quant.method,
+                          smooth_alpha=quant.smooth_alpha, quant_embeddings=quant.embeddings)
 
     def compression_plan(self, model=None) -> CompressionPlan:
         """The plan the stages describe (on top of ``plan``); ``model`` lets ranks skip matrices used as x @ W."""

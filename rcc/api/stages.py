@@ -2,7 +2,8 @@
 
 ``rcc.DARE(sparsity=0.5, method="wanda")`` is shorthand for the plan settings ``sparsity`` /
 ``method`` / ``pattern`` plus the stage name ``dare`` in the cascade; ``rcc.Nullu`` sets ``rank``
-(and the plan's ``budget`` for ``rank="auto"``), ``rcc.AlphaEdit`` turns ``correction`` on. A field
+(and the plan's ``budget`` for ``rank="auto"``), ``rcc.AlphaEdit`` turns ``correction`` on,
+``rcc.Quant`` sets ``bits`` 8 (int8 weights with per-channel scales). A field
 left at None sets nothing, so the same objects also run a plan given to ``rcc.Cascade(plan=...)``.
 Values are checked by the plan's own rules (``rcc.compression.plan_rules``) when the cascade
 builds its plan: one place for every rule.
@@ -55,8 +56,24 @@ class AlphaEdit:
         return {"correction": True}
 
 
-Stage = DARE | Nullu | AlphaEdit
-STAGE_TYPES: tuple[type, ...] = (DARE, Nullu, AlphaEdit)
+@dataclass(frozen=True)
+class Quant:
+    """Int8 weights with one scale per output channel: ``method`` ``gptq`` (error feedback on the
+    calibration Gram) or ``rtn`` (round to nearest); ``smooth_alpha`` > 0 applies SmoothQuant first;
+    ``embeddings`` stores the towers' embedding tables in int8 too."""
+
+    name: ClassVar[str] = "quant"
+    method: str = "gptq"
+    smooth_alpha: float = 0.0
+    embeddings: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        return {"bits": 8}
+
+
+Stage = DARE | Nullu | AlphaEdit | Quant
+STAGE_TYPES: tuple[type, ...] = (DARE, Nullu, AlphaEdit, Quant)
+STAGES_ALLOWED = "rcc.DARE(...), rcc.Nullu(...), rcc.AlphaEdit(...), rcc.Quant(...)"
 
 
 def _given(**values: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from rcc.cli.common import DATA_HELP, add_model_args
 def add_parser(sub) -> None:
     parser = sub.add_parser(
         "compress", help="compress a model with the RCC cascade",
-        description="Run Recursive Cascade Compression (DARE → Nullu → AlphaEdit by default) following a plan. "
+        description="Run Recursive Cascade Compression (DARE → Nullu → AlphaEdit → quant by default) following a plan. "
                     "After each stage the model is evaluated on --eval-split; a stage that brings the metric "
                     "below --threshold × dense is undone and retried gentler, then skipped. Writes the compressed "
                     "model (safetensors + manifest) to --out and the report to --json.",
@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                              "the report's test numbers read test); accepted for old scripts")
     parser.add_argument("--test-split", default="test", help="split of the final before/after report: test")
     parser.add_argument("--threshold", type=float, default=0.95, help="keep ≥ this fraction of the dense metric")
-    parser.add_argument("--stages", default="dare,nullu,alphaedit", help="comma-separated stage order")
+    parser.add_argument("--stages", default="dare,nullu,alphaedit,quant",
+                        help="comma-separated stage order (quant acts on layers the plan gives bits 8)")
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--schedule", default="linear", help="linear, cosine, exponential or adaptive")
     parser.add_argument("--steps", type=int, default=1, help="schedule steps (default 1: straight to the plan)")
@@ -38,6 +39,12 @@ def add_parser(sub) -> None:
     parser.add_argument("--preserve", action="store_true",
                         help="confine AlphaEdit corrections to the null space of preserved inputs (general "
                              "sentences and other images), so their outputs do not move; slower on pruned layers")
+    parser.add_argument("--quant-method", choices=("rtn", "gptq"), default="gptq",
+                        help="quant stage rounding: round to nearest, or GPTQ error feedback on calibration inputs")
+    parser.add_argument("--smooth-alpha", type=float, default=0.0, metavar="A",
+                        help="quant stage: SmoothQuant migration strength 0 ≤ A < 1 (default 0: off)")
+    parser.add_argument("--no-quant-embeddings", action="store_true",
+                        help="quant stage: keep embedding tables in float (default: int8 in towers with int8 layers)")
     parser.add_argument("--base", metavar="SPEC", default=None,
                         help="the model this one was fine-tuned from: DARE then drops and rescales the deltas")
     parser.add_argument("--json", metavar="REPORT", help="also write the report as JSON")
@@ -69,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), threshold=args.threshold,
         max_attempts=args.max_attempts, schedule=args.schedule, steps=args.steps,
         options=replace(StageOptions(), whiten=not args.no_whiten, preserve=args.preserve,
-                        allocation=args.allocation),
+                        quant_method=args.quant_method, smooth_alpha=args.smooth_alpha,
+                        quant_embeddings=not args.no_quant_embeddings, allocation=args.allocation),
     )
     config.validate()
     roles = data_roles(args.data, args.eval_split, args.test_split)

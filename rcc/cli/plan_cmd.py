@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="for --rank auto: fraction of the selected layers' parameters to keep (0 < b < 1)")
     parser.add_argument("--correction", action="store_true", help="apply AlphaEdit correction")
+    parser.add_argument("--bits", default=None, help="8: the quant stage stores the weights in int8 "
+                                                     "(default none: float weights)")
     parser.add_argument("--tower", action="append", help="only layers of this tower (repeatable)")
     parser.add_argument("--kind", action="append", help="only layers of this kind (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rcc.cli.common import format_value, stdout, table
     from rcc.compression.plan import save_plan, summarize_plan, uniform_plan
+    from rcc.compression.plan_rules import check_bits
     from rcc.models.registry import load_model
     from rcc.output_paths import check_output_file
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     layers = model.layers()
     plan = uniform_plan(sparsity=args.sparsity, rank=args.rank, method=args.method, pattern=args.pattern,
                         towers=args.tower, kinds=args.kind, correction=args.correction, budget=args.budget,
-                        layers=layers)
+                        layers=layers, bits=check_bits(args.bits))
     plan = replace(plan, seed=args.seed)
     summary = summarize_plan(plan, layers)
     save_plan(plan, args.out)

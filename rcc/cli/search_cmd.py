@@ -74,6 +74,9 @@ def add_parser(sub) -> None:
                              help="sparsity bounds (default 0:0.9:0.05), or 'none'")
     study_group.add_argument("--rank", default=None, metavar="LOW:HIGH[:STEP]",
                              help="bounds of the fraction of full rank kept (e.g. 0.1:1:0.05); default none")
+    study_group.add_argument("--bits", action="store_const", const=True, default=None,
+                             help="also choose int8 or float weights per layer (--space layer) or per group "
+                                  "(adds the quant stage to each trial's pipeline)")
     study_group.add_argument("--multiplier", default=None, metavar="LOW:HIGH[:STEP]",
                              help="global space: per-group multiplier bounds (default 0.5:1.5:0.1), or 'none'")
     study_group.add_argument("--method", choices=("magnitude", "wanda", "dare"), default=None,
@@ -83,7 +86,8 @@ def add_parser(sub) -> None:
                                   "each mlp_in's group) or head (attention heads of each attn_q's group); "
                                   "default: the session plan's")
     study_group.add_argument("--stages", default=None, metavar="LIST",
-                             help="each trial's pipeline, comma list of dare, nullu, alphaedit (default: dare)")
+                             help="each trial's pipeline, comma list of dare, nullu, alphaedit, quant "
+                                  "(default: dare, and quant with --bits)")
     study_group.add_argument("--calib-per-class", type=int, default=None, metavar="N",
                              help="calibration images per class (default 16)")
     study_group.add_argument("--no-whiten", action="store_const", const=True, default=None,
@@ -141,6 +145,8 @@ def build_settings(args: argparse.Namespace, base):
             space_changes[name] = parse_bounds(getattr(args, name), name)
     if args.method is not None:
         space_changes["method"] = args.method
+    if args.bits:
+        space_changes["bits"] = True
     if args.pattern is not None:
         space_changes["pattern"] = args.pattern
     objective_changes = {}
@@ -150,6 +156,8 @@ def build_settings(args: argparse.Namespace, base):
             objective_changes[key] = getattr(args, option)
     if args.stages is not None:
         objective_changes["stages"] = tuple(_words(args.stages))
+    elif args.bits and "quant" not in objective.stages:
+        objective_changes["stages"] = (*objective.stages, "quant")
     if args.no_whiten:
         objective_changes["whiten"] = False
     if args.preserve:

@@ -2,6 +2,7 @@
 
 For a layer with inputs X (in × N, one column per token), we keep
 - ``sq_norms`` = Σ_t x_t² per input channel (so ‖X_j‖₂ = √sq_norms_j, for Wanda),
+- ``absmax`` = max_t |x_tj| per input channel (SmoothQuant's activation range, for the quant stage),
 - ``sums`` = Σ_t x_t per input channel (the mean μ = sums / count, for structured pruning's bias
   compensation and fluctuation scores), and
 - ``gram`` = X Xᵀ (in × in, for whitened SVD and AlphaEdit), only when asked: it is in² floats.
@@ -39,6 +40,7 @@ class InputStats:
     sq_norms: torch.Tensor
     gram: torch.Tensor | None
     count: int
+    absmax: torch.Tensor | None = None
     sums: torch.Tensor | None = None
 
     @property
@@ -104,10 +106,14 @@ def collect_input_stats(
                 x = x[valid.to(x.device)]
             entry = stats.get(name)
             if entry is None:
-                entry = stats[name] = InputStats(torch.zeros(x.shape[1], device=x.device),
-                                                 torch.zeros(x.shape[1], x.shape[1], device=x.device) if gram else None,
-                                                 0, torch.zeros(x.shape[1], device=x.device))
+                width = x.shape[1]
+                entry = stats[name] = InputStats(torch.zeros(width, device=x.device),
+                                                 torch.zeros(width, width, device=x.device) if gram else None,
+                                                 0, absmax=torch.zeros(width, device=x.device),
+                                                 sums=torch.zeros(width, device=x.device))
             entry.sq_norms += (x * x).sum(dim=0)
+            if x.shape[0]:
+                torch.maximum(entry.absmax, x.abs().amax(dim=0), out=entry.absmax)
             entry.sums += x.sum(dim=0)
             if entry.gram is not None:
                 entry.gram.addmm_(x.t(), x)

@@ -1,6 +1,6 @@
 """Recursive Cascade Compression: stages in order, each evaluated, backed off when it costs too much.
 
-For each step of the schedule and each stage (default DARE → Nullu → AlphaEdit):
+For each step of the schedule and each stage (default DARE → Nullu → AlphaEdit → quant):
   1. snapshot the selected layers; run the stage at strength f (the schedule's next fraction);
   2. evaluate; if metric ≥ threshold · dense metric, accept and go on;
   3. else restore the snapshot and retry half-way back towards the stage's previous strength,
@@ -25,15 +25,17 @@ from rcc.compression.layers import LayerSnapshot, dense_weight, stored_parameter
 from rcc.compression.lowrank_stage import run_lowrank_stage
 from rcc.compression.plan import CompressionPlan, resolve_plan
 from rcc.compression.prune_stage import run_prune_stage
+from rcc.compression.quant_stage import embedding_paths, run_quant_stage
 from rcc.compression.schedule import MAX_ATTEMPTS, check_schedule, next_fraction
 from rcc.compression.stage_context import LayerProgress, StageContext, StageOptions
 from rcc.errors import RccError
 from rcc.eval.encode import CancelCheck, check_cancel
 from rcc.models.adapter import VLModel
-from rcc.schema.names import STAGE_NAMES
+from rcc.schema.names import QUANT_METHODS, STAGE_NAMES
 
-STAGES = dict(zip(STAGE_NAMES, (run_prune_stage, run_lowrank_stage, run_correction_stage), strict=True))
-DEFAULT_STAGES = STAGE_NAMES
+STAGES = dict(zip(STAGE_NAMES, (run_prune_stage, run_lowrank_stage, run_correction_stage, run_quant_stage),
+                  strict=True))
+DEFAULT_STAGES = STAGE_NAMES  # a stage with nothing planned (no correction, no bits) changes nothing
 CALIBRATION_PHASE = "calibration"  # the layer progress's phase while the calibration batches run
 Evaluator = Callable[[VLModel], float]
 
@@ -56,6 +58,10 @@ class CascadeConfig:
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
             raise RccError(f"max_attempts {self.max_attempts} is invalid; allowed: an integer ≥ 1 and ≤ {MAX_ATTEMPTS}")
         check_schedule(self.schedule, self.steps)
+        if self.options.quant_method not in QUANT_METHODS:
+            raise RccError(f"quant method {self.options.quant_method!r} is unknown; allowed: {', '.join(QUANT_METHODS)}")
+        if not 0.0 <= self.options.smooth_alpha < 1.0:
+            raise RccError(f"smooth_alpha {self.options.smooth_alpha} is out of range; allowed: 0 ≤ α < 1 (0: off)")
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ def run_cascade(
     plans = run_plans(model, plan)
     module = model.module
     index = model.layer_index
-    before_run = LayerSnapshot(module, [index[name] for name in plans])
+    before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
     model_params_before = model.num_parameters()
     try:
         unfuse(module, [index[name] for name in plans])
@@ -158,8 +164,8 @@ def run_stage(
     start = time.perf_counter()
     plans = run_plans(model, plan)
     module, index = model.module, model.layer_index
-    before_run = LayerSnapshot(module, [index[name] for name in plans])
     config = CascadeConfig(stages=(stage,), options=options)
+    before_run = LayerSnapshot(module, [index[name] for name in plans], _tables(model, plans, config))
     try:
         unfuse(module, [index[name] for name in plans])
         ctx = _context(model, plans, plan, calibration, preserved, config, progress, cancel)
@@ -174,8 +180,16 @@ def run_stage(
                     seconds=time.perf_counter() - start)
 
 
+def _tables(model: VLModel, plans, config: CascadeConfig) -> list[str]:
+    """Embedding tables the quant stage may replace (kept by snapshots like the selected layers)."""
+    if "quant" not in config.stages or not config.options.quant_embeddings:
+        return []
+    index = model.layer_index
+    return embedding_paths(model, {index[name].tower for name, p in plans.items() if p.bits is not None})
+
+
 def _selected(p) -> bool:
-    return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction)
+    return not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction or p.bits is not None)
 
 
 def run_plans(model: VLModel, plan: CompressionPlan) -> dict:
@@ -185,7 +199,7 @@ def run_plans(model: VLModel, plan: CompressionPlan) -> dict:
     resolved = resolve_plan(plan, layers)
     plans = {name: p for name, p in resolved.items() if _selected(p)}
     if not plans:
-        raise RccError("the plan selects no layer: give some layer a sparsity > 0 or a rank")
+        raise RccError("the plan selects no layer: give some layer a sparsity > 0, a rank or bits 8")
     extra = partners(layers, resolved)
     return {layer.name: resolved[layer.name] for layer in layers if layer.name in plans or layer.name in extra}
 
@@ -193,7 +207,8 @@ def run_plans(model: VLModel, plan: CompressionPlan) -> dict:
 def _context(model, plans, plan, calibration, preserved, config, progress, cancel) -> StageContext:
     index = model.layer_index  # a property that walks the model: once, not per layer
     layers = [index[name] for name in plans]
-    needs_gram = "alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
+    needs_gram = ("alphaedit" in config.stages or (config.options.whiten and any(p.rank for p in plans.values()))
+                  or ("quant" in config.stages and any(p.bits for p in plans.values())))
     # Structured removal collects its own statistics as it goes: a layer only it touches needs none here.
     measured = [layer for layer in layers if _uses_run_stats(plans[layer.name], config.stages)]
     # Calibration is a phase of its own (tens of seconds on a large model): reported through the
@@ -216,7 +231,8 @@ def _context(model, plans, plan, calibration, preserved, config, progress, cance
 def _uses_run_stats(plan, stages) -> bool:
     """Whether a stage reads the run's calibration statistics of a layer with this plan."""
     pruned = plan.sparsity > 0 and not is_structured(plan.pattern)
-    return pruned or plan.rank is not None or (plan.correction and "alphaedit" in stages)
+    quantised = plan.bits is not None and "quant" in stages  # GPTQ's Gram, SmoothQuant's ranges
+    return pruned or plan.rank is not None or (plan.correction and "alphaedit" in stages) or quantised
 
 
 def _base_weights(base: VLModel, names: list[str]) -> dict[str, torch.Tensor]:
@@ -248,7 +264,8 @@ def _run_steps(ctx: StageContext, evaluate: Evaluator, config: CascadeConfig, re
 
 def _run_stage_with_backoff(ctx, evaluate, config, result, stage, step, previous, target, on_attempt):
     layers = ctx.layers()
-    snapshot = LayerSnapshot(ctx.model.module, layers)
+    tables = _tables(ctx.model, ctx.plans, config) if stage == "quant" else []
+    snapshot = LayerSnapshot(ctx.model.module, layers, tables)
     fraction = target
     floor = config.threshold * result.dense_metric
     for attempt in range(1, config.max_attempts + 1):

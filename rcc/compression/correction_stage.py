@@ -31,7 +31,7 @@ STAGE = "alphaedit"
 
 def run_correction_stage(ctx: StageContext, fraction: float = 1.0) -> list[LayerChange]:
     """Correct every planned layer with ``correction`` on; ``fraction`` scales λ up when < 1 (gentler)."""
-    todo = [layer for layer in ctx.layers()
+    todo = [layer for layer in ctx.float_layers()
             if ctx.plans[layer.name].correction and (stats := ctx.input_stats(layer)) is not None
             and stats.gram is not None and ctx.dense_fits(layer)]
     sequential = ctx.options.sequential and ctx.calibration is not None

@@ -3,7 +3,10 @@
 A compressible layer is always one of:
 - dense: an ``nn.Linear`` (or a bare ``(in, out)`` parameter used as ``x @ W``);
 - masked: the same, with a bool ``weight_mask`` buffer; pruned entries are zero and stay zero;
-- factorised: a ``LowRankLinear`` (``up @ down``, rank r), optionally with masks on its factors.
+- factorised: a ``LowRankLinear`` (``up @ down``, rank r), optionally with masks on its factors;
+- quantised: either of the above with int8 values and per-row scales (``QuantizedLinear``,
+  ``QuantizedLowRankLinear`` in ``rcc.compression.quantized_layers``); masks stay on the int8 values.
+  A quantised layer is final: the float stages leave it alone (``is_quantized_layer``).
 
 Masks and factors live *in the module* (buffers and parameters), so ``state_dict`` carries
 them and a checkpoint of the model is a checkpoint of its compressed structure.
@@ -23,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rcc.compression.quantized_layers import LAYER_FORMS, QuantizedLowRankLinear, is_quantized
 from rcc.models.inventory import attention_path
-
+from rcc.models.stored_weights import stored_tensors
 from rcc.schema.layers import LayerInfo
 
 MASK = "weight_mask"
@@ -239,17 +243,32 @@ def unfuse(module: nn.Module, layers: Iterable[LayerInfo]) -> list[str]:
 
 
 def layer_module(module: nn.Module, layer: LayerInfo) -> nn.Module | None:
-    """The Linear / LowRankLinear holding ``layer`` (None for bare parameters and fused slices)."""
+    """The Linear / LowRankLinear (or its int8 form) holding ``layer`` (None for bare parameters and fused slices)."""
     if layer.rows is not None or layer.transposed:
         return None
     child = module.get_submodule(module_path(layer))
-    return child if isinstance(child, (nn.Linear, LowRankLinear)) else None
+    return child if isinstance(child, (nn.Linear, LowRankLinear, *LAYER_FORMS)) else None
+
+
+def is_quantized_layer(module: nn.Module, layer: LayerInfo) -> bool:
+    """Whether the layer holds int8 values (then no float stage changes it)."""
+    return is_quantized(layer_module(module, layer))
+
+
+def layer_bits(module: nn.Module, layer: LayerInfo) -> int | None:
+    """8 for an int8 layer, None for float weights."""
+    child = layer_module(module, layer)
+    return child.bits if is_quantized(child) else None
+
+
+def _factorised(child: nn.Module | None) -> bool:
+    return isinstance(child, (LowRankLinear, QuantizedLowRankLinear))
 
 
 def layer_form(module: nn.Module, layer: LayerInfo) -> str:
-    """``dense``, ``masked`` or ``factorised``."""
+    """``dense``, ``masked`` or ``factorised`` (int8 layers have the form of their float structure)."""
     child = layer_module(module, layer)
-    if isinstance(child, LowRankLinear):
+    if _factorised(child):
         return "factorised"
     holder = child if child is not None else module.get_submodule(module_path(layer))
     return "masked" if _mask_name(layer) in dict(holder.named_buffers(recurse=False)) else "dense"
@@ -259,16 +278,26 @@ def _mask_name(layer: LayerInfo) -> str:
     return MASK if not layer.transposed else f"{layer.param.rpartition('.')[2]}_mask"
 
 
+def masked_name(mask: str) -> str:
+    """The state-dict key a mask's key masks: ``a.b.weight_mask`` → ``a.b.weight``; ``proj_mask`` → ``proj``."""
+    holder, _, buffer = mask.rpartition(".")
+    leaf = "weight" if buffer == MASK else buffer[: -len("_mask")]
+    return f"{holder}.{leaf}" if holder else leaf
+
+
 def masked_parameter(holder: nn.Module, buffer: str) -> str | None:
     """The parameter of ``holder`` that its buffer ``buffer`` masks, if it is a compression mask.
 
     ``weight_mask`` masks ``weight``, ``X_mask`` masks ``X``; other ``*_mask`` buffers (OpenCLIP's
-    causal ``attn_mask``) mask no parameter and are not ours.
+    causal ``attn_mask``) mask no parameter and are not ours. In an int8 layer the masked tensor
+    is the buffer of int8 values of the same name.
     """
     if not buffer.endswith("_mask"):
         return None
     target = "weight" if buffer == MASK else buffer[: -len("_mask")]
-    return target if target in holder._parameters else None
+    if target in holder._parameters or (is_quantized(holder) and target in holder._buffers):
+        return target
+    return None
 
 
 # -- reading and writing ------------------------------------------------------------------
@@ -287,6 +316,8 @@ def dense_weight(module: nn.Module, layer: LayerInfo) -> torch.Tensor:
 def set_dense_weight(module: nn.Module, layer: LayerInfo, weight: torch.Tensor) -> None:
     """Write an (out, in) matrix into a dense or masked layer (pruned entries are re-zeroed)."""
     child = layer_module(module, layer)
+    if is_quantized(child):
+        raise TypeError(f"layer {layer.name!r} holds int8 values; quantised layers are final")
     if isinstance(child, LowRankLinear):
         raise TypeError(f"layer {layer.name!r} is factorised; write its factors instead")
     from rcc.models.inventory import read_matrix
@@ -315,7 +346,7 @@ def mask_sparsity(mask: torch.Tensor | None) -> float:
 def layer_sparsity(module: nn.Module, layer: LayerInfo) -> float:
     """How pruned a layer is now: its mask, or for a factorised layer its ``down`` factor's mask."""
     child = layer_module(module, layer)
-    if isinstance(child, LowRankLinear):
+    if _factorised(child):
         return mask_sparsity(getattr(child, "down_mask", None))
     return mask_sparsity(get_mask(module, layer))
 
@@ -325,6 +356,8 @@ def set_mask(module: nn.Module, layer: LayerInfo, keep: torch.Tensor) -> None:
     """Attach an (out, in) keep-mask to a dense layer and zero its pruned entries."""
     if layer.rows is not None:
         raise TypeError(f"layer {layer.name!r} is a fused slice; call unfuse() first")
+    if is_quantized_layer(module, layer):
+        raise TypeError(f"layer {layer.name!r} holds int8 values; quantised layers are final")
     if layer_form(module, layer) == "factorised":
         raise TypeError(f"layer {layer.name!r} is factorised; use set_factor_masks")
     holder = module.get_submodule(module_path(layer))
@@ -339,9 +372,9 @@ def set_mask(module: nn.Module, layer: LayerInfo, keep: torch.Tensor) -> None:
 def factorise(module: nn.Module, layer: LayerInfo, up: torch.Tensor, down: torch.Tensor) -> LowRankLinear:
     """Replace the layer's Linear by ``LowRankLinear(up, down)`` (the bias carries over)."""
     child = layer_module(module, layer)
-    if child is None:
+    if child is None or is_quantized(child):
         raise TypeError(f"layer {layer.name!r} cannot be factorised: it is not a Linear "
-                        f"(a bare parameter, or a fused slice before unfuse())")
+                        f"(a bare parameter, a fused slice before unfuse()) or it holds int8 values")
     dtype = child.up.dtype if isinstance(child, LowRankLinear) else child.weight.dtype
     low_rank = LowRankLinear(up.to(dtype), down.to(dtype), child.bias)
     carry_dense_shape(child, low_rank)
@@ -382,9 +415,12 @@ def reapply_masks(module: nn.Module) -> None:
 
 
 def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
-    """Weights the layer stores: m·n dense, kept entries when masked, r(m + n) (or kept) when factorised."""
+    """Weights the layer stores: m·n dense, kept entries when masked, r(m + n) (or kept) when factorised.
+
+    Int8 layers count their values the same way (bytes are ``size_metrics``' business).
+    """
     child = layer_module(module, layer)
-    if isinstance(child, LowRankLinear):
+    if _factorised(child):
         up_mask = getattr(child, "up_mask", None)
         down_mask = getattr(child, "down_mask", None)
         up = int(up_mask.sum()) if up_mask is not None else child.up.numel()
@@ -397,9 +433,12 @@ def stored_parameters(module: nn.Module, layer: LayerInfo) -> int:
 def stored_bytes(module: nn.Module, layer: LayerInfo) -> int:
     """Bytes the compressed export writes for the layer's weights: kept values plus masks packed 8 per byte.
 
-    ``rcc.session.handlers.size_metrics`` counts the whole model the same way (``size/bytes``).
+    Int8 layers: one byte per kept value plus the float32 scales (``QuantizedLinear.stored_bytes``).
+    ``rcc.compression.stored_size.size_metrics`` counts the whole model the same way (``size/bytes``).
     """
     child = layer_module(module, layer)
+    if is_quantized(child):
+        return child.stored_bytes()
     if isinstance(child, LowRankLinear):
         total = 0
         for factor in ("up", "down"):
@@ -426,9 +465,9 @@ def masks_by_parameter(module: nn.Module) -> dict[int, torch.Tensor]:
 
 
 def kept_parameters(module: nn.Module) -> int:
-    """Numbers the module stores: every parameter entry except those its masks prune."""
+    """Numbers the module stores: every weight entry (int8 values and scales too) except those masks prune."""
     masks = masks_by_parameter(module)
-    return sum(p.numel() if id(p) not in masks else int(masks[id(p)].sum()) for p in module.parameters())
+    return sum(p.numel() if id(p) not in masks else int(masks[id(p)].sum()) for p in stored_tensors(module))
 
 
 # -- snapshots (for backing off a stage) ---------------------------------------------------
@@ -445,10 +484,11 @@ class LayerSnapshot:
     Cheaper than copying the model: only what a stage may replace or edit is kept.
     """
 
-    def __init__(self, module: nn.Module, layers: Iterable[LayerInfo]):
+    def __init__(self, module: nn.Module, layers: Iterable[LayerInfo], paths: Iterable[str] = ()):
+        """``paths``: more modules to keep (the embedding tables the quant stage may replace)."""
         self.modules: dict[str, nn.Module] = {}
         self.params: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        paths = set()
+        paths = set(paths)
         for layer in layers:
             if layer.transposed:  # a bare parameter of a big module: copy the tensor, not the module
                 holder = module.get_submodule(module_path(layer))

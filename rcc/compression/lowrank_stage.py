@@ -24,7 +24,7 @@ STAGE = "nullu"
 
 def run_lowrank_stage(ctx: StageContext, fraction: float) -> list[LayerChange]:
     """Factorise every planned layer with a rank at ``fraction`` of its target."""
-    todo = [layer for layer in ctx.layers() if ctx.plans[layer.name].rank is not None]
+    todo = [layer for layer in ctx.float_layers() if ctx.plans[layer.name].rank is not None]
     ranks = _chosen_ranks(ctx, todo, fraction)
     changes = []
     for i, layer in enumerate(todo):

@@ -8,7 +8,7 @@ JSON form (``plan_to_dict`` / ``save_plan``)::
 
     {"version": 1,
      "defaults": {"sparsity": 0.0, "method": "magnitude", "pattern": "unstructured",
-                  "rank": null, "correction": false, "locked": false},
+                  "rank": null, "correction": false, "locked": false, "bits": null},
      "rules": [{"tower": "text", "block": "0-3", "kind": "mlp_in",
                 "settings": {"sparsity": 0.5, "rank": "auto"}}],
      "overrides": {"text_projection": {"locked": true}},
@@ -185,15 +185,16 @@ def load_plan(path: str | Path) -> CompressionPlan:
 def uniform_plan(sparsity: float = 0.0, rank: RankSpec | str | int | None = None, method: str = "magnitude",
                  pattern: str = "unstructured", towers: Iterable[str] | None = None,
                  kinds: Iterable[str] | None = None, correction: bool = False, budget: float | None = None,
-                 layers: Sequence[LayerInfo] | None = None) -> CompressionPlan:
+                 layers: Sequence[LayerInfo] | None = None, bits: int | None = None) -> CompressionPlan:
     """A starter plan: one rule per (tower, kind) filter given, all with the same settings.
 
-    With ``layers`` and a rank, transposed matrices (which cannot be factorised) get an
-    override ``{"rank": null}`` so the plan resolves on OpenCLIP models as written. A structured
-    pattern (``channel``, ``head``) without ``kinds`` applies to its groups' leaders (mlp_in, attn_q).
+    With ``layers`` and a rank or bits, transposed matrices (which can be neither factorised
+    nor quantised) get an override ``{"rank": null, "bits": null}`` so the plan resolves on
+    OpenCLIP models as written. A structured pattern (``channel``, ``head``) without ``kinds``
+    applies to its groups' leaders (mlp_in, attn_q).
     """
     settings = normalize_settings({"sparsity": sparsity, "method": method, "pattern": pattern,
-                                   "rank": rank, "correction": correction})
+                                   "rank": rank, "correction": correction, **({"bits": bits} if bits else {})})
     if settings["rank"] is not None and settings["rank"].mode == "auto" and budget is None:
         raise PlanError("rank 'auto' needs a budget; allowed: 0 < budget < 1 (fraction of parameters kept)")
     rules, overrides = filtered_rules(settings, towers, kinds, layers)
@@ -205,8 +206,9 @@ def filtered_rules(settings: dict[str, Any], towers: Iterable[str] | str | None 
                    ) -> tuple[tuple[Rule, ...], dict[str, dict[str, Any]]]:
     """(rules, overrides) giving ``settings`` to every layer of the towers × kinds given (None: any).
 
-    With ``layers`` and a rank in ``settings``, transposed matrices (which cannot be factorised)
-    get an override ``{"rank": null}``, so the rules resolve on OpenCLIP models as written. A
+    With ``layers`` and a rank or bits in ``settings``, transposed matrices (which can be neither
+    factorised nor quantised) get an override ``{"rank": null, "bits": null}`` (those of the two
+    given), so the rules resolve on OpenCLIP models as written. A
     structured pattern (``channel``, ``head``) without ``kinds`` goes to its groups' leaders
     (mlp_in, attn_q), the only layers that take it.
     """
@@ -216,8 +218,9 @@ def filtered_rules(settings: dict[str, Any], towers: Iterable[str] | str | None 
     kind_list = [kinds] if isinstance(kinds, str) else list(kinds or [None])
     rules = tuple(Rule(tower=t, kind=k, settings=settings) for t, k in product(tower_list, kind_list))
     overrides: dict[str, dict[str, Any]] = {}
-    if layers is not None and settings.get("rank") is not None:
-        overrides = {layer.name: {"rank": None} for layer in layers
+    unfit = {key: None for key in ("rank", "bits") if settings.get(key) is not None}
+    if layers is not None and unfit:
+        overrides = {layer.name: dict(unfit) for layer in layers
                      if layer.transposed and any(rule_matches(rule, layer) for rule in rules)}
     return rules, overrides
 

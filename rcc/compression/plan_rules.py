@@ -28,6 +28,8 @@ STRUCTURED_PATTERNS: tuple[str, ...] = ("channel", "head")
 LEADER_KIND: dict[str, str] = {"channel": "mlp_in", "head": "attn_q"}
 RANK_ALLOWED = "an integer ≥ 1, 'energy:F' with 0 < F ≤ 1, or 'auto'"
 SPARSITY_ALLOWED = "0 ≤ sparsity < 1"
+BITS: tuple[int, ...] = (8,)  # weight bits of the quant stage; None keeps the float weights
+BITS_ALLOWED = "8, or null (none) to keep the float weights"
 _NM = re.compile(r"(\d+):(\d+)")
 _BLOCK_RANGE = re.compile(r"(\d+)-(\d+)")
 
@@ -137,6 +139,17 @@ def _check_sparsity(value: Any) -> float:
     return float(value)
 
 
+def check_bits(value: Any) -> int | None:
+    """8 or None (the float weights stay); the CLI's "none" / "8" strings are accepted too."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", "float", ""):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value in BITS):
+        return value
+    raise PlanError(f"bits {value!r} is not supported; allowed: {BITS_ALLOWED}")
+
+
 def _check_method(value: Any) -> str:
     if value not in PRUNE_METHODS:
         raise PlanError(f"method {value!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
@@ -148,7 +161,7 @@ class LayerPlan:
     """The concrete compression setting of one layer.
 
     ``locked`` layers are never touched, whatever else they say; a layer is *selected*
-    when it is not locked and has a sparsity above zero or a rank.
+    when it is not locked and has a sparsity above zero, a rank or int8 ``bits``.
     """
 
     sparsity: float = 0.0
@@ -157,6 +170,7 @@ class LayerPlan:
     rank: RankSpec | None = None
     correction: bool = False  # AlphaEdit after pruning / factorising
     locked: bool = False
+    bits: int | None = None  # 8: the quant stage stores the weights (or both factors) in int8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", _check_sparsity(self.sparsity))
@@ -166,17 +180,18 @@ class LayerPlan:
             raise PlanError(f"rank {self.rank!r} is not a RankSpec; use parse_rank() or coerce_rank()")
         _check_flag("correction", self.correction)
         _check_flag("locked", self.locked)
+        object.__setattr__(self, "bits", check_bits(self.bits))
 
     @property
     def selected(self) -> bool:
-        return not self.locked and (self.sparsity > 0 or self.rank is not None)
+        return not self.locked and (self.sparsity > 0 or self.rank is not None or self.bits is not None)
 
 
 SETTING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LayerPlan))
 _COERCE = {
     "sparsity": _check_sparsity, "method": _check_method, "pattern": check_pattern,
     "rank": coerce_rank, "correction": lambda v: _check_flag("correction", v),
-    "locked": lambda v: _check_flag("locked", v),
+    "locked": lambda v: _check_flag("locked", v), "bits": check_bits,
 }
 
 
@@ -317,6 +332,9 @@ def check_layer(layer: LayerInfo, plan: LayerPlan, origins: Mapping[str, str], b
             raise PlanError(f"{where}: pattern {plan.pattern} keeps {n} of every {m} weights, so sparsity "
                             f"{plan.sparsity!r} cannot hold (set by {origins['sparsity']}); "
                             f"allowed: sparsity {1 - n / m!r} or 0")
+    if plan.bits is not None and layer.transposed:
+        raise PlanError(f"{where}: bits {plan.bits} cannot apply to a bare parameter used as x @ W "
+                        f"(set by {origins['bits']}); allowed: bits null for this layer")
     if plan.rank is None:
         return
     if layer.transposed:

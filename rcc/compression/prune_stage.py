@@ -31,7 +31,7 @@ def run_prune_stage(ctx: StageContext, fraction: float) -> list[LayerChange]:
     from rcc.compression.structured_stage import run_structured
 
     changes = run_structured(ctx, fraction)
-    todo = [layer for layer in ctx.layers() if ctx.plans[layer.name].sparsity > 0
+    todo = [layer for layer in ctx.float_layers() if ctx.plans[layer.name].sparsity > 0
             and not is_structured(ctx.plans[layer.name].pattern)]
     for i, layer in enumerate(todo):
         ctx.tick(STAGE, i, len(todo), layer.name)

@@ -1,7 +1,8 @@
 """Changing a compressed module's structure in place: back to dense, or to another structure.
 
 ``densify`` turns a compressed module back into its original architecture (fused attention,
-plain Linears, no mask buffers) holding the effective weights, so ordinary libraries load it.
+plain Linears, no mask buffers, float weights) holding the effective weights, so ordinary
+libraries load it; ``dequantize`` turns one int8 layer back into its float form.
 ``restructure`` turns a module of one compressed structure (``structure_of``) into another,
 rebuilding only the paths whose structure differs: checking out a history node then means
 loading only the tensors that changed, and untouched layers keep their module objects.
@@ -19,12 +20,16 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, carry_dense_shape, masked_parameter
+from rcc.compression.quantized_layers import QuantizedEmbedding, QuantizedLowRankLinear, is_quantized
 from rcc.compression.structure import apply_structure
 from rcc.compression.surgery import DENSE_HEADS, SurgeryError, heads_state, resize_linear, set_head_count
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
-    """The (out, in) matrix a Linear-like layer applies: W ⊙ M masked, (up ⊙ M_up)(down ⊙ M_down) factorised."""
+    """The (out, in) matrix a Linear-like layer applies: W ⊙ M masked, (up ⊙ M_up)(down ⊙ M_down) factorised,
+    diag(s) Q diag(t) int8 (pruned int8 values are 0)."""
+    if is_quantized(layer):
+        return layer.dense_weight()
     if isinstance(layer, LowRankLinear):
         return _masked(layer, "up") @ _masked(layer, "down")
     return _masked(layer, "weight")
@@ -113,6 +118,48 @@ def unfactorise(module: nn.Module, path: str, values: bool = True) -> nn.Linear:
     return dense
 
 
+@torch.no_grad()
+def dequantize(module: nn.Module, path: str, values: bool = True) -> nn.Module:
+    """Replace the int8 layer at ``path`` by its float form (Linear, LowRankLinear, Embedding) with its masks.
+
+    W = diag(s) Q diag(t); factorised: up = diag(s_up) Q_up, down = diag(s_down) Q_down diag(t).
+    ``values`` False: the float form's shapes only, values unset (the caller loads them).
+    """
+    quantized = module.get_submodule(path)
+    weights = quantized.int8_weights()
+    if isinstance(quantized, QuantizedEmbedding):
+        values_q = weights["weight"].values
+        floating = skip_init(nn.Embedding, *values_q.shape, padding_idx=quantized.padding_idx,
+                             device=values_q.device, dtype=weights["weight"].scale.dtype)
+        if values:
+            floating.weight.copy_(quantized.dense_weight())
+    else:
+        dtype = quantized.bias.dtype if quantized.bias is not None else torch.float32
+        device = next(iter(weights.values())).values.device
+        if isinstance(quantized, QuantizedLowRankLinear):
+            if values:
+                up, down = weights["up"].dequantize(), weights["down"].dequantize()
+                if quantized.smoothed:
+                    down = down * quantized.input_scale.float()[None, :]
+            else:
+                up, down = (torch.empty(weights[name].values.shape, device=device) for name in ("up", "down"))
+            floating = LowRankLinear(up.to(dtype), down.to(dtype), quantized.bias, copy=False)
+        else:
+            out_f, in_f = weights["weight"].values.shape
+            floating = skip_init(nn.Linear, in_f, out_f, bias=quantized.bias is not None, device=device, dtype=dtype)
+            if values:
+                floating.weight.copy_(quantized.dense_weight())
+                if quantized.bias is not None:
+                    floating.bias.copy_(quantized.bias)
+        carry_dense_shape(quantized, floating)
+    for leaf in ("weight_mask", "up_mask", "down_mask"):
+        if leaf in quantized._buffers:
+            floating.register_buffer(leaf, quantized._buffers[leaf].clone())
+    module.set_submodule(path, floating)
+    _match_mode(module, path)
+    return floating
+
+
 def _match_mode(module: nn.Module, path: str) -> None:
     # A new module starts in training mode; in an eval model that would switch kernels
     # (MHA's fast path) and change outputs, so it takes its parent's mode.
@@ -133,6 +180,9 @@ def remove_mask(module: nn.Module, name: str, values: bool = True) -> None:
 @torch.no_grad()
 def densify(module: nn.Module) -> nn.Module:
     """Return ``module`` (changed in place) to its original architecture with the effective weights."""
+    for path, child in list(module.named_modules()):
+        if is_quantized(child):
+            dequantize(module, path)
     for path, child in list(module.named_modules()):
         if isinstance(child, (SplitAttention, SplitQKV)):
             merge_split(module, path)
@@ -162,11 +212,20 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
     splits, target_splits = set(current.get("split", [])), set(target.get("split", []))
     ranks, target_ranks = current.get("factorised", {}), target.get("factorised", {})
     masks, target_masks = current.get("masks", {}), target.get("masks", {})
+    quantized, target_quantized = current.get("quantized", {}), target.get("quantized", {})
     resized, target_resized = current.get("resized", {}), target.get("resized", {})
     heads, target_heads = current.get("heads", {}), target.get("heads", {})
     rebuilt: set[str] = set()
     masked: set[str] = set()  # mask buffers added or removed outside rebuilt modules
 
+    # Int8 layers whose form, rank or shape the target changes go back to float first, so the
+    # steps below see only float forms.
+    dequantized = set()
+    for path, form in quantized.items():
+        if (target_quantized.get(path) != form or ranks.get(path) != target_ranks.get(path)
+                or resized.get(path) != target_resized.get(path)):
+            dequantize(module, path, values=False)
+            dequantized.add(path)
     # Grow back first: narrowed layers the target has otherwise return to their dense shape
     # (values are stale and reloaded), attention modules to their dense head count, so that the
     # merges below see the dense architecture.
@@ -201,10 +260,13 @@ def restructure(module: nn.Module, current: dict, target: dict) -> set[str]:
     new_ranks = {path: rank for path, rank in target_ranks.items()
                  if ranks.get(path) != rank or _under(path, rebuilt) or _under(path, new_splits)
                  or path in new_resized}
+    new_quantized = {path: form for path, form in target_quantized.items()
+                     if path in dequantized or quantized.get(path) != form or _under(path, rebuilt)
+                     or _under(path, new_splits) or path in new_ranks or path in new_resized}
     apply_structure(module, {"split": new_splits, "heads": new_heads, "resized": new_resized,
-                             "factorised": new_ranks})
-    rebuilt.update(new_splits, new_resized, new_ranks)
-    for path in [*new_splits, *new_resized, *new_ranks]:
+                             "factorised": new_ranks, "quantized": new_quantized})
+    rebuilt.update(new_splits, new_resized, new_ranks, new_quantized, dequantized)
+    for path in [*new_splits, *new_resized, *new_ranks, *new_quantized]:
         _match_mode(module, path)
     for name, shape in target_masks.items():
         holder_path, _, leaf = name.rpartition(".")

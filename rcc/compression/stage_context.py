@@ -43,6 +43,10 @@ class StageOptions:
     # Structured patterns: each group loses its planned share ("uniform"), or a tower's groups share
     # the same total by measured cost ("global"; rcc.compression.unit_allocation).
     allocation: str = "uniform"
+    quant_method: str = "gptq"  # quant stage rounding: "rtn" (round to nearest) or "gptq" (error feedback)
+    smooth_alpha: float = 0.0  # quant stage: SmoothQuant migration strength α (0: off)
+    gptq_damp: float = 0.01  # GPTQ: δ = damp · mean(diag C) added to C before inverting
+    quant_embeddings: bool = True  # quant stage: int8 embedding tables in the towers it quantises
 
     def __post_init__(self) -> None:
         from rcc.compression.unit_allocation import ALLOCATIONS
@@ -74,6 +78,11 @@ class StageContext:
         index = self.model.layer_index
         return [index[name] for name in self.plans]
 
+    def float_layers(self) -> list[LayerInfo]:
+        """The selected layers that still hold float weights: int8 layers are final for the other stages."""
+        from rcc.compression.layers import is_quantized_layer
+
+        return [layer for layer in self.layers() if not is_quantized_layer(self.model.module, layer)]
     def input_stats(self, layer: LayerInfo) -> InputStats | None:
         """The layer's calibration statistics, if they still fit it (a narrowed layer's do not)."""
         stats = self.stats.get(layer.name)

@@ -10,13 +10,15 @@ def size_metrics(model) -> dict[str, float]:
     """Stored numbers and bytes as the compressed export writes them, and all parameters.
 
     A masked parameter stores its kept values plus one bit per entry (the packed mask);
-    every other parameter (factors included) is stored whole.
+    every other parameter (factors included) is stored whole. Int8 layers store one byte per
+    (kept) value plus their float scales.
     """
     from rcc.compression.layers import masks_by_parameter
+    from rcc.models.stored_weights import stored_tensors
 
     masks = masks_by_parameter(model.module)
     kept = total = stored = 0
-    for param in model.module.parameters():
+    for param in stored_tensors(model.module):
         total += param.numel()
         mask = masks.get(id(param))
         count = param.numel() if mask is None else int(mask.sum())

@@ -1,13 +1,14 @@
 """The compressed structure of a model as data, and saving / loading compressed models.
 
 ``structure_of`` lists what compression changed in the module tree (split attention, low-rank
-layers and their ranks, mask buffers, and where structured pruning removed units: narrowed
-layers with their shape and dense shape, attention modules with fewer heads); ``apply_structure``
-re-creates it on a freshly loaded model of the same spec, after which the saved ``state_dict``
-loads strictly. The keys ``resized`` and ``heads`` appear only when something was narrowed, so
-the structure of every model without structured pruning reads as it always did. On disk a
-compressed model is ``model.safetensors`` (factors, masks, weights) + ``manifest.json``.
-Version 1 (written here) stores every tensor as is; version 2 (``rcc.session.export``) stores
+layers and their ranks, int8 layers, mask buffers, and where structured pruning removed units:
+narrowed layers with their shape and dense shape, attention modules with fewer heads);
+``apply_structure`` re-creates it on a freshly loaded model of the same spec, after which the
+saved ``state_dict`` loads strictly. The keys ``quantized``, ``resized`` and ``heads`` appear only
+when some layer is int8 or narrowed, so the structure of every model without them reads as it
+always did. On disk a compressed model is ``model.safetensors`` (factors, masks, weights) +
+``manifest.json``.
+Version 1 (written here) stores every tensor as is; version 2 (``rcc.exports.checkpoints``) stores
 each masked tensor as its kept values plus its mask packed 8 entries per byte; both load here.
 """
 
@@ -22,6 +23,9 @@ import torch
 from torch import nn
 
 from rcc.compression.layers import LowRankLinear, SplitAttention, SplitQKV, carry_dense_shape, masked_parameter
+from rcc.compression.quantized_layers import (
+    LAYER_FORMS, QuantizedEmbedding, QuantizedLinear, QuantizedLowRankLinear, is_quantized,
+)
 from rcc.compression.surgery import heads_state, narrowed_shape, resize_linear, set_head_count
 from rcc.errors import RccError
 
@@ -33,15 +37,24 @@ READABLE_VERSIONS = (FORMAT_VERSION, PACKED_VERSION)
 
 
 def structure_of(module: nn.Module) -> dict:
-    """Split modules, factorised layers (path → rank), mask buffers (name → shape), and when structured
-    pruning narrowed anything: ``resized`` (path → {"shape", "dense"}) and ``heads`` (path → {"heads", "dense"})."""
-    split, factorised, masks, resized, heads = [], {}, {}, {}, {}
+    """Split modules, factorised layers (path → rank), mask buffers (name → shape), int8 layers, and
+    when structured pruning narrowed anything: ``resized`` (path → {"shape", "dense"}) and ``heads``
+    (path → {"heads", "dense"}).
+
+    ``quantized`` (path → {"bits": 8, "smoothed": bool}) is present only when some layer is
+    int8. An int8 factorised layer is listed under both ``factorised`` and ``quantized``, a
+    narrowed int8 layer under both ``resized`` and ``quantized``.
+    """
+    split, factorised, masks, quantized, resized, heads = [], {}, {}, {}, {}, {}
     for path, child in module.named_modules():
         if isinstance(child, (SplitAttention, SplitQKV)):
             split.append(path)
-        if isinstance(child, LowRankLinear):
+        if isinstance(child, (LowRankLinear, QuantizedLowRankLinear)):
             factorised[path] = child.rank
-        if isinstance(child, (nn.Linear, LowRankLinear)) and (narrow := narrowed_shape(child)) is not None:
+        if is_quantized(child):
+            quantized[path] = {"bits": child.bits, "smoothed": child.smoothed}
+        narrow = narrowed_shape(child) if isinstance(child, (nn.Linear, LowRankLinear, *LAYER_FORMS)) else None
+        if narrow is not None:
             resized[path] = {"shape": list(narrow[0]), "dense": list(narrow[1])}
         if (fewer := heads_state(child)) is not None:
             heads[path] = {"heads": fewer[0], "dense": fewer[1]}
@@ -49,6 +62,8 @@ def structure_of(module: nn.Module) -> dict:
             if masked_parameter(child, name) is not None:
                 masks[f"{path}.{name}" if path else name] = list(buffer.shape)
     structure = {"split": split, "factorised": factorised, "masks": masks}
+    if quantized:
+        structure["quantized"] = quantized
     if resized:
         structure["resized"] = resized
     if heads:
@@ -61,7 +76,7 @@ def apply_structure(module: nn.Module, structure: dict) -> None:
     """Give a fresh module the compressed structure (values come from the state dict after).
 
     Order matters: split attention, then head counts, then narrowed Linears, then factors (a
-    narrowed layer is factorised at its narrow shape), then masks.
+    narrowed layer is factorised at its narrow shape), then int8 forms of those, then masks.
     """
     for path in structure.get("split", []):
         child = module.get_submodule(path)
@@ -77,6 +92,14 @@ def apply_structure(module: nn.Module, structure: dict) -> None:
         low_rank = LowRankLinear(up, down, child.bias, copy=False)
         carry_dense_shape(child, low_rank)
         module.set_submodule(path, low_rank)
+    for path, form in structure.get("quantized", {}).items():
+        child = module.get_submodule(path)
+        cls = (QuantizedLowRankLinear if isinstance(child, LowRankLinear)
+               else QuantizedEmbedding if isinstance(child, nn.Embedding) else QuantizedLinear)
+        quantized = cls.empty_like(child, smoothed=bool(form.get("smoothed")))
+        quantized.train(child.training)
+        carry_dense_shape(child, quantized)
+        module.set_submodule(path, quantized)
     for name, shape in structure.get("masks", {}).items():
         holder_path, _, leaf = name.rpartition(".")
         module.get_submodule(holder_path).register_buffer(leaf, torch.ones(shape, dtype=torch.bool))
@@ -98,8 +121,12 @@ def save_compressed(model, directory: str | Path, extra: dict | None = None) -> 
     return directory / WEIGHTS
 
 
-def load_compressed(directory: str | Path, device: str | None = None):
-    """Rebuild a model saved by ``save_compressed``: base spec, structure, then the weights."""
+def load_compressed(directory: str | Path, device: str | None = None, dtype: torch.dtype | None = None):
+    """Rebuild a model saved by ``save_compressed``: base spec, structure, then the weights.
+
+    With ``device`` CUDA and ``dtype`` fp16 / bf16, the 2:4 layers the manifest lists run as
+    semi-structured sparse weights (``rcc.compression.semi_structured``); anywhere else they stay masked.
+    """
     from safetensors.torch import load_file
 
     from rcc.models.load_errors import LOAD_ERRORS, load_reason
@@ -136,8 +163,12 @@ def load_compressed(directory: str | Path, device: str | None = None):
     masks = set(manifest["structure"].get("masks", {}))
     state = {k: (v.to(torch.bool) if k in masks else v) for k, v in state.items()}
     model.module.load_state_dict(state, strict=True)
-    if device is not None:
-        model.to(device)
+    if device is not None or dtype is not None:
+        model.to(device, dtype)
+    if manifest.get("semi_structured"):
+        from rcc.compression.semi_structured import install_semi_structured
+
+        install_semi_structured(model.module, list(manifest["semi_structured"]))
     return model
 
 
@@ -147,7 +178,7 @@ def unpack_masked(state: dict[str, torch.Tensor], packed, manifest_path: Path) -
             isinstance(entry, dict) and isinstance(entry.get("shape"), list)
             and entry.get("tensor") in state and entry.get("mask") in state for entry in packed):
         raise RccError(f"{str(manifest_path)!r} has a bad 'packed' list; allowed: objects with 'tensor', 'mask' "
-                       f"(keys of {WEIGHTS}) and 'shape', as rcc.session.export writes")
+                       f"(keys of {WEIGHTS}) and 'shape', as rcc.exports.checkpoints writes")
     for entry in packed:
         shape, values = entry["shape"], state[entry["tensor"]]
         bits = np.unpackbits(state[entry["mask"]].numpy(), count=math.prod(shape))

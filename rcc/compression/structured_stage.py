@@ -42,7 +42,7 @@ from rcc.compression import alphaedit
 from rcc.compression.calibration import InputStats, collect_input_stats
 from rcc.compression.correction_stage import blocks_in_depth_order
 from rcc.compression.groups import StructuredGroup, planned_groups
-from rcc.compression.layers import LowRankLinear, dense_weight, get_mask, layer_module
+from rcc.compression.layers import LowRankLinear, dense_weight, get_mask, is_quantized_layer, layer_module
 from rcc.compression.stage_context import LayerChange, StageContext
 from rcc.compression.surgery import check_mlp_container, remove_units, unit_index
 from rcc.compression.unit_allocation import global_kept, relative_costs, uniform_kept
@@ -54,7 +54,10 @@ STAGE = "dare"
 def run_structured(ctx: StageContext, fraction: float) -> list[LayerChange]:
     """Narrow every planned channel / head group to ``fraction`` of its planned removal."""
     index = ctx.model.layer_index
-    planned = planned_groups(list(index.values()), ctx.plans)
+    module = ctx.model.module
+    # A group with an int8 member is final, as every int8 layer is: its units stay.
+    planned = [(group, plan) for group, plan in planned_groups(list(index.values()), ctx.plans)
+               if not any(is_quantized_layer(module, index[name]) for name in group.members)]
     if not planned:
         return []
     needs_gram = any(plan.correction or group.unit_width > 1 for group, plan in planned)

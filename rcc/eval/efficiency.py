@@ -92,12 +92,15 @@ def stored_bytes(tensor: torch.Tensor) -> int:
 
 
 def count_parameters(module: nn.Module) -> ParameterCount:
-    """Totals over ``module.parameters()`` (shared parameters counted once).
+    """Totals over the weights: ``module.parameters()`` (shared ones counted once) and the int8 values
+    and scales of int8 layers, which are buffers (``rcc.models.stored_weights``).
 
     ``factorised`` sums the parameters of modules exposing an integer ``rank`` (low-rank layers).
     """
+    from rcc.models.stored_weights import stored_tensors
+
     total = nonzero = dense = stored = 0
-    for param in module.parameters():
+    for param in stored_tensors(module):
         total += param.numel()
         nonzero += int(torch.count_nonzero(param.detach()))
         dense += param.numel() * param.element_size()

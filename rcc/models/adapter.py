@@ -73,6 +73,11 @@ class VLModel(ABC):
     def encode_text(self, tokens: TextBatch) -> torch.Tensor:
         """Text embeddings (B, D) for a token batch."""
 
+    def encode_text_for_export(self, tokens: TextBatch) -> torch.Tensor:
+        """``encode_text`` as one code path for every text length a trimmed batch can have (what an
+        exporter traces with a dynamic length); the default is ``encode_text`` itself."""
+        return self.encode_text(tokens)
+
     def generate_captions(self, pixels: torch.Tensor, max_new_tokens: int = 30, num_beams: int = 1) -> list[str]:
         raise EvalError(f"model {self.spec!r} cannot caption; allowed tasks: {sorted(self.tasks)}")
 
@@ -173,4 +178,7 @@ class VLModel(ABC):
         return digest.hexdigest()
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+        """Every weight entry, int8 values and their scales included (they are parameters stored as buffers)."""
+        from rcc.models.stored_weights import stored_tensors
+
+        return sum(p.numel() for p in stored_tensors(self.module))

@@ -132,6 +132,13 @@ class OpenCLIPModel(VLModel):
             return _encode_text_prefix(self.module, ids)
         return self.module.encode_text(ids)
 
+    def encode_text_for_export(self, tokens: TextBatch) -> torch.Tensor:
+        # The causal tower's prefix path covers every length up to the context (the full one too),
+        # so a traced graph has no branch on the length.
+        if _causal_builtin_text(self.module):
+            return _encode_text_prefix(self.module, tokens["input_ids"].to(self.device))
+        return self.encode_text(tokens)
+
     def trim_text_padding(self, tokens: TextBatch) -> TextBatch:
         # Exact for the built-in causal tower (real tokens never attend to later positions) and
         # for Hugging Face text towers (they mask padding); other towers attend to it.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 # The cascade's stages, in the order they run (rcc.compression.cascade.STAGES maps each to its code).
-STAGE_NAMES: tuple[str, ...] = ("dare", "nullu", "alphaedit")
+STAGE_NAMES: tuple[str, ...] = ("dare", "nullu", "alphaedit", "quant")
+
+# How the quant stage rounds: to nearest, or GPTQ's error feedback on the calibration Gram.
+QUANT_METHODS: tuple[str, ...] = ("rtn", "gptq")
 
 # How the prune stage scores weights: DARE's random drop and rescale, |w|, or Wanda's |w|·‖x‖.
 PRUNE_METHODS: tuple[str, ...] = ("dare", "magnitude", "wanda")

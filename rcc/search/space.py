@@ -12,6 +12,10 @@ Rank is searched as the fraction f of a layer's full rank that is kept:
 r = max(1, round(f · min(m, n))) for an m×n matrix, and the layer stays dense (rank None)
 when f = 1 or r(m + n) ≥ mn (the factors would store more than the matrix).
 
+Bits (``bits=True``) are a choice per layer (level ``layer``) or per group (``group`` and
+``global``: int8 on or off for a whole group, no multipliers): a parameter b on the grid {0, 1},
+b = 1 giving the layer ``bits: 8`` (the quant stage makes it int8), b = 0 float weights.
+
 Locked layers are never part of a space, and transposed matrices (bare ``x @ W`` parameters)
 get no rank. With ``pattern`` ``channel`` or ``head`` the space searches how many MLP hidden
 units or attention heads each group loses: its sparsity dimensions cover only the groups'
@@ -35,7 +39,7 @@ from rcc.schema.names import PRUNE_METHODS
 
 LEVELS = ("global", "group", "layer")
 GROUP_KEYS = ("tower", "block", "kind")
-FIELDS = ("sparsity", "rank")
+FIELDS = ("sparsity", "rank", "bits")
 
 
 class SearchError(RccError):
@@ -87,7 +91,13 @@ class SpaceConfig:
     rank: Bounds | None = None  # fraction of the full rank kept, 0 < f ≤ 1
     multiplier: Bounds | None = field(default_factory=lambda: Bounds(0.5, 1.5, 0.1))  # "global" only
     method: str | None = None  # pruning method of the searched layers; None: as the base plan says
+    bits: bool = False  # also choose int8 (bits 8) or float weights per layer or group
     pattern: str | None = None  # pattern of the searched layers (channel / head: their groups' leaders)
+
+    @property
+    def bits_choice(self) -> Bounds | None:
+        """b ∈ {0, 1}: 1 is int8 (bits 8), 0 float weights."""
+        return Bounds(0.0, 1.0, 1.0) if self.bits else None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "group_by", tuple(self.group_by))
@@ -107,8 +117,12 @@ class SpaceConfig:
         for kind in self.kinds:
             if kind not in LAYER_KINDS:
                 raise SearchError(f"kind {kind!r} is unknown; allowed: {', '.join(LAYER_KINDS)}")
-        if self.sparsity is None and self.rank is None:
-            raise SearchError("the space searches neither sparsity nor rank; allowed: bounds for one or both")
+        if not isinstance(self.bits, bool):
+            raise SearchError(f"bits {self.bits!r} is not a boolean; allowed: true (search int8 per layer or group), "
+                              f"false")
+        if self.sparsity is None and self.rank is None and not self.bits:
+            raise SearchError("the space searches neither sparsity, rank nor bits; allowed: bounds for sparsity or "
+                              "rank, or bits")
         if self.sparsity is not None:
             self.sparsity.check("sparsity", 0.0, 1.0, ceiling_open=True)
         if self.rank is not None:
@@ -227,7 +241,7 @@ def build_space(config: SpaceConfig, inventory: Sequence[LayerInfo], base: Compr
                                   f"(lock this one or narrow --tower/--kind)")
     dims: list[Dimension] = []
     for name in FIELDS:
-        bounds: Bounds | None = getattr(config, name)
+        bounds: Bounds | None = config.bits_choice if name == "bits" else getattr(config, name)
         if bounds is None:
             continue
         members = [layer for layer in layers if name == "sparsity" or rank_eligible(layer)]
@@ -239,7 +253,7 @@ def build_space(config: SpaceConfig, inventory: Sequence[LayerInfo], base: Compr
         groups: dict[str, list[str]] = {}
         for layer in members:
             groups.setdefault(group_of(layer, config.group_by), []).append(layer.name)
-        if config.level == "group":
+        if config.level == "group" or name == "bits":  # bits: on or off per group, never a level × multiplier
             dims += [Dimension(f"{name}[{g}]", name, "value", bounds, tuple(n)) for g, n in groups.items()]
             continue
         dims.append(Dimension(name, name, "level", bounds, tuple(layer.name for layer in members)))
@@ -294,6 +308,8 @@ def plan_from_params(space: SearchSpace, params: Mapping[str, float]) -> Compres
             settings["sparsity"] = fields["sparsity"]
         if "rank" in fields:
             settings["rank"] = rank_for(by_name[name], fields["rank"])
+        if "bits" in fields:
+            settings["bits"] = 8 if fields["bits"] >= 0.5 else None
         if space.config.method is not None:
             settings["method"] = space.config.method
         if space.config.pattern is not None and "sparsity" in fields:
@@ -339,7 +355,8 @@ def params_from_plan(space: SearchSpace, plan: CompressionPlan) -> dict[str, flo
     """The point of the space nearest to ``plan`` (seeds a study with the user's current plan)."""
     resolved = resolve_plan(plan, space.inventory)
     values = {layer.name: {"sparsity": resolved[layer.name].sparsity,
-                           "rank": _rank_fraction(layer, resolved[layer.name])} for layer in space.layers}
+                           "rank": _rank_fraction(layer, resolved[layer.name]),
+                           "bits": 0.0 if resolved[layer.name].bits is None else 1.0} for layer in space.layers}
     return _params_from_layer_values(space, values)
 
 
@@ -364,8 +381,8 @@ def params_from_sensitivity(space: SearchSpace, scores: Mapping[str, float],
     ranking = sorted(score, key=lambda name: (score[name], name))
     position = {name: (i / (len(ranking) - 1) if len(ranking) > 1 else 0.5) for i, name in enumerate(ranking)}
     sizes = {layer.name: layer.params for layer in space.layers}
-    values: dict[str, dict[str, float]] = {name: {} for name in score}
-    for name in FIELDS:
+    values: dict[str, dict[str, float]] = {name: {"bits": 1.0 if position[name] < 0.5 else 0.0} for name in score}
+    for name in ("sparsity", "rank"):  # bits: the less sensitive half int8, the rest float
         bounds: Bounds | None = getattr(space.config, name)
         if bounds is None:
             continue

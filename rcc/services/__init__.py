@@ -6,7 +6,7 @@
 - ``sensitivity``: scan layers one at a time (a session's live model or a loaded one) and store it.
 - ``search``: create or join a study (its settings, the sensitivity seed), run it, apply a trial
   (checking out the node it was searched from first).
-- ``export``: write a session node as a compressed or dense model.
+- ``export``: write a session node as a compressed, dense, ONNX or compressed-tensors model.
 - ``outcomes``: what an applied op did, in the words both front ends print.
 
 Front ends call these; none re-implements a flow. Nothing here imports a UI library.

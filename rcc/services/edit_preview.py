@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from rcc.schema.layers import LayerInfo
 
 
+INT8_BYTES = 1  # an int8 value (rcc.compression.int8)
+SCALE_BYTES = 4  # its row's float32 scale
+
+
 @dataclass(frozen=True)
 class EditPreview:
     """The plan after the edit, each layer's resolved setting, its expected counts, and the budget the op
@@ -80,14 +84,21 @@ def planned_bytes(layer: LayerInfo, setting: LayerPlan, values_after: int | None
     packed 8 per byte, as ``rcc.compression.layers.stored_bytes`` counts a compressed layer.
     Structured patterns (``channel``, ``head``) mask nothing: the layer itself is narrower
     (``shape``, its planned (m, n); default its shape now), and only its values are stored.
+    With bits 8 each value is one byte, plus a float32 scale per stored row (m, or m + r when
+    factorised); SmoothQuant's n input scales are the op's choice, not the plan's, and not in it.
     """
     from rcc.compression.groups import is_structured
 
     if values_after is None:
         return None
     masked = setting.selected and setting.sparsity > 0 and not is_structured(setting.pattern)
-    if not masked:
-        return values_after * bytes_per_value
     out_f, in_f = shape or layer.shape
-    entries = out_f * in_f if setting.rank is None else round(values_after / (1 - setting.sparsity))
-    return values_after * bytes_per_value + (entries + 7) // 8
+    if not masked:
+        entries = values_after
+    else:
+        entries = out_f * in_f if setting.rank is None else round(values_after / (1 - setting.sparsity))
+    masks = (entries + 7) // 8 if masked else 0
+    if setting.bits is None:
+        return values_after * bytes_per_value + masks
+    rows = out_f if setting.rank is None else out_f + round(entries / (out_f + in_f))
+    return values_after * INT8_BYTES + rows * SCALE_BYTES + masks

@@ -25,7 +25,8 @@ def export_op(head: int | None, format: str = "compressed", out: str | None = No
 
 def export_node(session: Session, format: str = "compressed", out: str | None = None, node: int | None = None,
                 progress: ProgressFn | None = None, cancel: CancelCheck | None = None) -> OpOutcome:
-    """Write ``node`` (default: the head) as a ``compressed`` or ``dense`` model to ``out``.
+    """Write ``node`` (default: the head) to ``out`` as ``compressed``, ``dense``, ``onnx`` or ``hf-compressed``
+    (the op's handler calls ``rcc.exports.export_model``, as ``rcc.export`` does).
 
     ``out`` defaults to ``default_export_name`` under the session's ``exports/``; the export is
     recorded as an op, so replay writes it again.

@@ -100,7 +100,16 @@ def _train(outcome: OpOutcome, nodes: dict) -> list[str]:
 
 def _export(outcome: OpOutcome, nodes: dict) -> list[str]:
     result = outcome.result
-    return [f"wrote node {result.get('node')} to {result.get('out')} ({result.get('total_bytes', 0):,} bytes)"]
+    return [f"wrote node {result.get('node')} to {result.get('out')} ({result.get('total_bytes', 0):,} bytes)",
+            *export_notes(result)]
+
+
+def export_notes(result: dict) -> list[str]:
+    """An export's own findings: the onnx export's measured parity per encoder, and the notes of a
+    format on what it had to write dense (hf-compressed)."""
+    lines = [f"{part} encoder in onnxruntime vs rcc: max |difference| {result[part]['max_abs']:.3g}, "
+             f"lowest cosine {result[part]['min_cosine']:.6f}" for part in ("image", "text") if part in result]
+    return lines + [f"note: {note}" for note in result.get("notes", [])]
 
 
 def _label(outcome: OpOutcome, nodes: dict) -> list[str]:

@@ -18,7 +18,8 @@ from rcc.session.metric_keys import metric_key
 
 # Leaves that belong to the module holding them; any other leaf names a layer of its own.
 MODULE_LEAVES = frozenset({"weight", "bias", "up", "down", "in_proj_weight", "in_proj_bias",
-                           "weight_mask", "up_mask", "down_mask"})
+                           "weight_mask", "up_mask", "down_mask",
+                           "weight_scale", "up_scale", "down_scale", "input_scale"})  # int8 layers' scales
 FACTOR_MASKS = ("up_mask", "down_mask")
 # Metrics shown first, in this order (the eval split's, then test's); the rest follow alphabetically.
 METRIC_ORDER = (metric_key(EVAL_SPLIT), metric_key(TEST_SPLIT), "size/params", "size/total", "size/bytes")
@@ -40,12 +41,14 @@ class MetricDiff:
 @dataclass(frozen=True)
 class LayerForm:
     """What one node holds at a layer: ``dense``, ``masked`` (mask shape), ``factorised``
-    (rank r, factors maybe masked), ``split`` (fused q/k/v split into three layers) or ``absent``."""
+    (rank r, factors maybe masked), ``split`` (fused q/k/v split into three layers) or ``absent``;
+    ``bits`` 8 when its values are int8."""
 
     kind: str
     rank: int | None = None
     mask_shape: tuple[int, ...] | None = None
     masked_factors: bool = False
+    bits: int | None = None
     shape: tuple[int, int] | None = None  # narrowed by structured pruning: (out, in) now …
     dense_shape: tuple[int, int] | None = None  # … and before
 
@@ -54,10 +57,13 @@ class LayerForm:
                                if self.shape is not None and self.dense_shape is not None else "")
 
     def _form(self) -> str:
+        int8 = f" int{self.bits}" if self.bits else ""
         if self.kind == "masked" and self.mask_shape:
-            return f"masked {'×'.join(map(str, self.mask_shape))}"
+            return f"masked {'×'.join(map(str, self.mask_shape))}{int8}"
         if self.kind == "factorised":
-            return f"rank {self.rank}" + (" masked" if self.masked_factors else "")
+            return f"rank {self.rank}" + (" masked" if self.masked_factors else "") + int8
+        if self.kind == "dense" and int8:
+            return int8.strip()
         if self.kind == "split":
             return "split q/k/v"
         if self.kind == "absent":
@@ -127,15 +133,16 @@ def layer_form(path: str, structure: dict, names: set[str]) -> LayerForm:
         return LayerForm("split")
     factorised = structure.get("factorised", {})
     masks = structure.get("masks", {})
+    bits = structure.get("quantized", {}).get(path, {}).get("bits")
     resized = structure.get("resized", {}).get(path)
     shapes = {} if resized is None else {"shape": tuple(resized["shape"]), "dense_shape": tuple(resized["dense"])}
     if path in factorised:
         return LayerForm("factorised", rank=int(factorised[path]),
-                         masked_factors=any(f"{path}.{m}" in masks for m in FACTOR_MASKS), **shapes)
+                         masked_factors=any(f"{path}.{m}" in masks for m in FACTOR_MASKS), bits=bits, **shapes)
     for mask in (f"{path}.weight_mask", f"{path}_mask"):
         if mask in masks:
-            return LayerForm("masked", mask_shape=tuple(int(s) for s in masks[mask]), **shapes)
-    return LayerForm("dense" if names else "absent", **shapes)
+            return LayerForm("masked", mask_shape=tuple(int(s) for s in masks[mask]), bits=bits, **shapes)
+    return LayerForm("dense" if names else "absent", bits=bits, **shapes)
 
 
 def _metric_sort_key(key: str) -> tuple[int, str]:

@@ -25,12 +25,14 @@ def layer_progress(op: str, progress: ProgressFn | None):
 
 def stage_options(op: O.RunStage | O.RunCascade):
     """The stages' numerical options a compression op records (activation-aware SVD, preservation,
-    how structured removal is shared among a tower's groups)."""
+    how structured removal is shared among a tower's groups, the quant stage's rounding, SmoothQuant
+    strength and embedding tables)."""
     from dataclasses import replace
 
     from rcc.compression.stage_context import StageOptions
 
-    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve, allocation=op.allocation)
+    return replace(StageOptions(), whiten=op.whiten, preserve=op.preserve, allocation=op.allocation,
+                   quant_method=op.quant_method, smooth_alpha=op.smooth_alpha, quant_embeddings=op.quant_embeddings)
 
 
 def cascade_on(workspace, plan: CompressionPlan, op: O.RunCascade, progress: ProgressFn | None = None,

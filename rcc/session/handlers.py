@@ -142,7 +142,8 @@ def run_stage(session: OpContext, op: O.RunStage, progress, cancel) -> Effect:
     run = run_one_stage(session.model, plan, op.stage, op.fraction, calibration, preserved, stage_options(op),
                         progress=layer_progress(op.kind, progress), cancel=cancel)
     if not run.changed:  # a node equal to its parent would only clutter the history
-        what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on"}[op.stage]
+        what = {"dare": "a sparsity > 0", "nullu": "a rank", "alphaedit": "correction on",
+                "quant": "bits 8 (or they are int8 already)"}[op.stage]
         raise RccError(f"stage {op.stage!r} changed no layer: the plan gives no selected layer {what}")
     metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"{op.stage} ×{op.fraction:g}: {run.changed} layers",
@@ -189,8 +190,8 @@ def label(session: OpContext, op: O.Label, progress, cancel) -> Effect:
 
 @handles(O.Export)
 def export(session: OpContext, op: O.Export, progress, cancel) -> Effect:
+    from rcc.exports import export_model
     from rcc.output_paths import check_output_dir
-    from rcc.session.export import export_compressed, export_dense
 
     node = op.node or session.head
     out = check_output_dir(session.resolve_export_path(op.out), "export directory")  # before the checkout
@@ -200,13 +201,12 @@ def export(session: OpContext, op: O.Export, progress, cancel) -> Effect:
         session.restore_to(target)
     try:
         extra = {"session": str(session.directory), "node": node, "plan": target.plan}
-        report = (export_compressed(session.model, out, extra=extra) if op.format == "compressed"
-                  else export_dense(session.model, out))
+        report = export_model(session.model, op.format, out, extra=extra)
     finally:
         if moved:
             session.restore_to(session.graph.state(session.head))
-    return Effect(result={"node": node, "out": str(out), "total_bytes": report.total_bytes,
-                          "dense_bytes": report.dense_bytes})
+    return Effect(result={"node": node, "out": str(out), "format": op.format, "total_bytes": report.total_bytes,
+                          "dense_bytes": report.dense_bytes, **report.details})
 
 
 @handles(O.Train)
@@ -288,7 +288,7 @@ def apply_trial(session: OpContext, op: O.ApplyTrial, progress, cancel) -> Effec
                       cancel=cancel)
     if result is None:
         raise RccError(f"trial {op.trial} of study {op.study!r} compresses no layer (its plan selects none); "
-                       f"allowed: a trial whose plan gives some layer a sparsity or a rank")
+                       f"allowed: a trial whose plan gives some layer a sparsity, a rank or bits 8")
     metric = _primary(session, progress, cancel, op.kind)
     return Effect(new_node=True, summary=f"search trial {op.trial} of {op.study}: {'→'.join(record.stages)}, "
                                          f"{result.removed_fraction:.0%} removed",

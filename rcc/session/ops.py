@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 
 from rcc.compression.schedule import MAX_ATTEMPTS, MAX_STEPS
 from rcc.errors import RccError
-from rcc.schema.names import STAGE_NAMES
+from rcc.schema.names import QUANT_METHODS, STAGE_NAMES
 
 ALLOCATIONS = ("uniform", "global")  # rcc.compression.unit_allocation (this module imports no torch)
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")
-EXPORT_FORMATS = ("compressed", "dense")
+EXPORT_FORMATS = ("compressed", "dense", "onnx", "hf-compressed")
 TRAIN_SCHEDULES = ("cosine", "linear", "constant")
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
@@ -199,6 +199,9 @@ class _Compress(Op):
     whiten: bool = True
     preserve: bool = False
     allocation: str = "uniform"  # structured patterns: planned share per group, or "global" per tower
+    quant_method: str = "gptq"  # the quant stage's rounding (absent in old recipes: they quantise nothing)
+    smooth_alpha: float = 0.0  # the quant stage's SmoothQuant strength (0: off)
+    quant_embeddings: bool = True  # the quant stage also stores the embedding tables of its towers in int8
 
     def validate(self) -> None:
         object.__setattr__(self, "layers", _names(self.kind, "layers", self.layers))
@@ -206,6 +209,10 @@ class _Compress(Op):
         _flag(self.kind, "whiten", self.whiten)
         _flag(self.kind, "preserve", self.preserve)
         _choice(self.kind, "allocation", self.allocation, ALLOCATIONS)
+        _choice(self.kind, "quant_method", self.quant_method, QUANT_METHODS)
+        _flag(self.kind, "quant_embeddings", self.quant_embeddings)
+        object.__setattr__(self, "smooth_alpha", _float(self.kind, "smooth_alpha", self.smooth_alpha, 0.0, 1.0,
+                                                        high_open=True))
 
 
 @op_type
@@ -298,7 +305,8 @@ class Label(Op):
 @op_type
 @dataclass(frozen=True)
 class Export(Op):
-    """Write a node as a compressed (factors + packed masks) or dense (original architecture) model."""
+    """Write a node as a compressed (factors, packed masks, int8), dense (original architecture), onnx
+    (image and text encoders for onnxruntime) or hf-compressed (compressed-tensors for transformers) model."""
 
     kind: ClassVar[str] = "export"
     visits_nodes: ClassVar[bool] = True

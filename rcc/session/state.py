@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rcc.compression.layers import masked_name
 from rcc.compression.restructure import restructure
 from rcc.compression.structure import structure_of
 from rcc.errors import RccError
@@ -77,18 +78,11 @@ def manifest_of(module: nn.Module) -> tuple[dict, dict[str, str]]:
 def _structure_prefixes(current: dict, target: dict) -> tuple[set[str], set[str]]:
     """Module paths whose structure differs (their keys reload) and mask entries that differ."""
     prefixes = set(current.get("split", [])) ^ set(target.get("split", []))
-    for key in ("factorised", "resized"):  # a rank or a narrowed shape that differs: reload the module
+    for key in ("factorised", "resized", "quantized"):  # a rank, narrowed shape or int8 form differs: reload
         now, then = current.get(key, {}), target.get(key, {})
         prefixes |= {p for p in set(now) | set(then) if now.get(p) != then.get(p)}
     masks = set(current.get("masks", {})) ^ set(target.get("masks", {}))
-    return {p + "." for p in prefixes}, masks | {_masked_name(name) for name in masks}
-
-
-def _masked_name(mask: str) -> str:
-    """``a.b.weight_mask`` → ``a.b.weight``; ``proj_mask`` → ``proj``."""
-    holder, _, buffer = mask.rpartition(".")
-    leaf = "weight" if buffer == "weight_mask" else buffer[: -len("_mask")]
-    return f"{holder}.{leaf}" if holder else leaf
+    return {p + "." for p in prefixes}, masks | {masked_name(name) for name in masks}
 
 
 def restore(module: nn.Module, current: Mapping[str, str], current_structure: dict,

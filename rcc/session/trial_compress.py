@@ -20,7 +20,7 @@ from rcc.compression.trial_record import TrialRecord
 def selects_anything(plan: CompressionPlan, layers) -> bool:
     from rcc.compression.plan import resolve_plan
 
-    return any(not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction)
+    return any(not p.locked and (p.sparsity > 0 or p.rank is not None or p.correction or p.bits is not None)
                for p in resolve_plan(plan, layers).values())
 
 

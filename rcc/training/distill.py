@@ -21,6 +21,13 @@ compressed structure: pruning masks are re-applied after every optimiser step, l
 train their two factors, and frozen parameters (locked layers) get no gradient, so the parameter
 count after training equals the one before.
 
+Int8 layers (the quant stage) stay frozen, bias included: their int8 values are buffers no
+optimiser sees, and in training mode they run on their dequantised weights with activations
+fake-quantised as the inference kernel does (straight-through gradient), so the float layers
+around them learn to compensate the exact int8 model that will be deployed. Fake-quant
+training of the int8 layers themselves is not offered: their values would drift from the
+calibrated rounding and need re-quantising after every step.
+
 Attention transfer (``attention_weight`` > 0) covers OpenCLIP ViTs, dense or compressed (split
 q / k / v): the maps are recomputed by forward pre-hooks from each block's input with the
 block's own q / k projections, so they train the student's q / k weights. The teacher's maps of
@@ -39,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from rcc.compression.layers import reapply_masks
+from rcc.compression.quantized_layers import quantized_parameter_names
 from rcc.errors import RccError
 from rcc.eval.encode import check_cancel, encode_images, encode_texts
 from rcc.models.adapter import VLModel
@@ -294,6 +302,7 @@ def distill(
     """
     config.validate()
     module = student.module
+    frozen = set(frozen) | quantized_parameter_names(module)
     blocks = attention_targets_of(student, targets, config.attention_weight)
     grounded = bool(config.kl_weight) and uses_grounded_terms(student)
     with_text = student.embeds_text and targets.texts is not None

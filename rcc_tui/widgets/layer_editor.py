@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 BUDGET_HINT = "0<b<1 (auto)"
 PATTERN_HINT = "unstructured|row|2:4|channel|head"
-FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked")
+FIELDS = ("sparsity", "method", "pattern", "rank", "correction", "locked", "bits")
 
 
 def parse_sparsity(text: str) -> Any:
@@ -78,7 +78,7 @@ def count_line(preview: EditPreview, layers: Sequence[LayerInfo], names: Sequenc
 
 
 class LayerEditor(Vertical):
-    """Sparsity, method, pattern, rank, correction and locked for the target layers."""
+    """Sparsity, method, pattern, rank, correction, locked and int8 bits for the target layers."""
 
     class ApplyRequested(Message):
         """Apply ``settings`` (only the changed fields) to ``layers`` as one EditLayers op."""
@@ -119,7 +119,10 @@ class LayerEditor(Vertical):
         with Horizontal(classes="field-row"):
             yield MarkedCheckbox("correction", id="correction", compact=True)
             yield MarkedCheckbox("locked", id="locked", compact=True)
-            yield Label("budget", classes="field-label second")
+            yield MarkedCheckbox("int8", id="bits", compact=True,
+                                 tooltip="bits 8: the quant stage stores the weights in int8")
+        with Horizontal(classes="field-row"):  # its own row, so it stays visible at 80 columns
+            yield Label("budget", classes="field-label")
             yield Input(placeholder=BUDGET_HINT, id="budget", compact=True, classes="field",
                         tooltip="plan-wide: the fraction of the auto-ranked layers' parameters kept")
         yield Static("", id="editor-counts", markup=False)
@@ -173,6 +176,7 @@ class LayerEditor(Vertical):
             self._put(rank, loaded["rank"] or "")
             self.query_one("#correction", MarkedCheckbox).value = bool(loaded["correction"])
             self.query_one("#locked", MarkedCheckbox).value = bool(loaded["locked"])
+            self.query_one("#bits", MarkedCheckbox).value = loaded["bits"] is not None
             self._put(self.query_one("#budget", Input), self._loaded_budget())
         finally:
             self._loading = False
@@ -228,6 +232,7 @@ class LayerEditor(Vertical):
             "rank": self.query_one("#rank", Input).value.strip(),
             "correction": self.query_one("#correction", MarkedCheckbox).value,
             "locked": self.query_one("#locked", MarkedCheckbox).value,
+            "bits": 8 if self.query_one("#bits", MarkedCheckbox).value else None,
         }
 
     def changed_settings(self) -> dict[str, Any]:
@@ -237,7 +242,7 @@ class LayerEditor(Vertical):
             "sparsity": "" if loaded.get("sparsity") is None else f"{loaded['sparsity']:g}",
             "method": loaded.get("method"), "pattern": loaded.get("pattern") or "",
             "rank": loaded.get("rank") or "", "correction": bool(loaded.get("correction")),
-            "locked": bool(loaded.get("locked")),
+            "locked": bool(loaded.get("locked")), "bits": loaded.get("bits"),
         }
         settings: dict[str, Any] = {}
         for key, value in self._field_values().items():

@@ -77,7 +77,7 @@ def short_name(layer: LayerInfo) -> str:
 
 
 def state_text(state: LayerState | None) -> str:
-    """``50%``, ``r32``, ``r32 50%``, ``6/12 heads`` (units a structured group kept) or ``dense``."""
+    """``50%``, ``r32``, ``r32 50%``, ``50% int8``, ``6/12 heads`` (units a structured group kept) or ``dense``."""
     if state is None:
         return ""
     parts = []
@@ -87,6 +87,8 @@ def state_text(state: LayerState | None) -> str:
         parts.append(f"r{state.rank}")
     if state.sparsity > 0:
         parts.append(f"{state.sparsity:.0%}")
+    if state.bits is not None:
+        parts.append(f"int{state.bits}")
     return " ".join(parts) or "dense"
 
 
@@ -101,12 +103,16 @@ def planned_text(setting) -> str:
                      else setting.pattern)
     if setting.rank is not None:
         parts.append(f"r{setting.rank}" if setting.rank.mode == "fixed" else str(setting.rank))
+    if setting.bits is not None:
+        parts.append(f"int{setting.bits}")
     return "→" + " ".join(parts)
 
 
 def applied(state: LayerState | None, setting) -> bool:
     """Whether the layer already is as the plan wants it (same sparsity and fixed rank)."""
     if state is None or setting is None or not setting.selected:
+        return False
+    if state.bits != setting.bits:
         return False
     if setting.pattern in ("channel", "head") and state.units is not None:
         kept, dense, _ = state.units

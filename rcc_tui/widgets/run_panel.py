@@ -16,13 +16,14 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
+from rcc.schema.names import STAGE_NAMES
 from rcc_tui.widgets.marked_checkbox import MarkedCheckbox
 from rcc_tui.widgets.op_feedback import OpFeedback, submit_op
 
 if TYPE_CHECKING:
     from rcc.session.ops import Op
 
-STAGES = ("dare", "nullu", "alphaedit")  # rcc.session.ops.STAGE_NAMES
+STAGES = STAGE_NAMES  # rcc.schema.names: torch-free, one list for the engine and the app
 SCHEDULES = ("linear", "cosine", "exponential", "adaptive")  # rcc.session.ops.SCHEDULES
 
 

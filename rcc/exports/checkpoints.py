@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from rcc.compression.layers import LowRankLinear, masked_parameter
+from rcc.compression.quantized_layers import is_quantized, quantized_tensor_names
 from rcc.compression.restructure import densify
 from rcc.compression.structure import MANIFEST, PACKED_VERSION, WEIGHTS, structure_of
 from rcc.errors import RccError
 from rcc.models.adapter import VLModel
-from rcc.session.export_widths import hf_tower_config, mlp_ratio_for, model_width, narrowed_mlp_widths
+from rcc.exports.dense_widths import hf_tower_config, mlp_ratio_for, model_width, narrowed_mlp_widths
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # the name open_clip's local-dir loading looks for first
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -43,6 +44,7 @@ class ExportReport:
     files: dict[str, int]
     total_bytes: int
     dense_bytes: int
+    details: dict = field(default_factory=dict)  # format-specific: measured parity, notes on what stays dense
 
     @property
     def saving(self) -> float:
@@ -51,11 +53,11 @@ class ExportReport:
 
 
 def dense_bytes(module: nn.Module) -> int:
-    """Bytes of the original architecture's state: Σ numel · element size, factors as m·n, no masks,
+    """Bytes of the original architecture's state: Σ numel · element size, factors as m·n, int8 as float, no masks,
     narrowed layers (structured pruning) at their dense shape."""
     structure = structure_of(module)
     factors = {f"{path}.{leaf}" for path in structure["factorised"] for leaf in ("up", "down")}
-    skipped = set(structure["masks"]) | factors
+    skipped = set(structure["masks"]) | factors | quantized_tensor_names(module)
     total, seen = 0, set()
     for key, tensor in module.state_dict().items():
         if key in skipped or (tensor.numel() and tensor.data_ptr() in seen):
@@ -64,28 +66,41 @@ def dense_bytes(module: nn.Module) -> int:
         total += tensor.numel() * tensor.element_size()
     for path in structure["factorised"]:
         layer: LowRankLinear = module.get_submodule(path)
-        total += layer.out_features * layer.in_features * layer.up.element_size()
+        total += layer.out_features * layer.in_features * _float_size(layer)
+    for path in structure.get("quantized", {}):
+        if path not in structure["factorised"]:
+            total += module.get_submodule(path).weight.numel() * _float_size(module.get_submodule(path))
     for path, entry in structure.get("resized", {}).items():
         layer = module.get_submodule(path)
         (out_f, in_f), (dense_out, dense_in) = entry["shape"], entry["dense"]
-        size = (layer.up if isinstance(layer, LowRankLinear) else layer.weight).element_size()
+        size = _float_size(layer)
         total += (dense_out * dense_in - out_f * in_f) * size
         if layer.bias is not None:
             total += (dense_out - out_f) * size
     return total
 
 
+def _float_size(layer: nn.Module) -> int:
+    """Bytes per entry of the layer's float weights (an int8 layer: of the float dtype around it)."""
+    if is_quantized(layer):
+        return torch.finfo(layer.int8_original_dtype).bits // 8
+    return (layer.up if isinstance(layer, LowRankLinear) else layer.weight).element_size()
+
+
 def export_compressed(model: VLModel, out_dir: str | Path, extra: dict | None = None) -> ExportReport:
     """Write ``model`` as rcc-compressed version 2 (masked tensors packed) into a new or empty ``out_dir``."""
     from safetensors.torch import save_file
 
-    out = _fresh_directory(out_dir)
+    out = fresh_directory(out_dir)
     state = _plain_state(model.module)
     packed = pack_masked(model.module, state)
     save_file(state, str(out / WEIGHTS))
+    from rcc.compression.semi_structured import two_four_paths
+
     manifest = {**(extra or {}),  # extra never overrides the fields a reader relies on
                 "format": "rcc-compressed", "version": PACKED_VERSION, "model": model.spec,
-                "structure": structure_of(model.module), "packed": packed}
+                "structure": structure_of(model.module), "packed": packed,
+                "semi_structured": two_four_paths(model.module)}  # 2:4 Linears: sparse kernels on CUDA
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out / README).write_text(
         f"A compressed {model.spec} (rcc-compressed version {PACKED_VERSION}).\n\n"
@@ -94,7 +109,7 @@ def export_compressed(model: VLModel, out_dir: str | Path, extra: dict | None = 
         f"{WEIGHTS} stores each pruned tensor as its kept values (row-major order) and its\n"
         "mask packed 8 entries per byte (numpy.packbits); manifest.json lists them under 'packed'.\n"
         "For a copy that loads without rcc, export it dense. (DIR: this directory.)\n")
-    return _report("rcc-compressed", out, dense_bytes(model.module))
+    return export_report("rcc-compressed", out, dense_bytes(model.module))
 
 
 def pack_masked(module: nn.Module, state: dict[str, torch.Tensor]) -> list[dict]:
@@ -122,7 +137,7 @@ def export_dense(model: VLModel, out_dir: str | Path) -> ExportReport:
         raise RccError(f"model {model.spec!r} has no OpenCLIP config to export with; allowed: models loaded as "
                        f"rcc-mini, open_clip:NAME or open_clip:CONFIG.json")
     widths = narrowed_mlp_widths(model)  # refuses what the library's config cannot express, before any write
-    out = _fresh_directory(out_dir)
+    out = fresh_directory(out_dir)
     module = densify(copy.deepcopy(model.module))  # the caller's model stays compressed
     if model.family == "open_clip":
         _save_open_clip(model, module, out, widths)
@@ -132,7 +147,7 @@ def export_dense(model: VLModel, out_dir: str | Path) -> ExportReport:
             hf_tower_config(module.config, model.family, tower).intermediate_size = width
         _save_transformers(model, module, out)
         kind = "transformers"
-    return _report(kind, out, dense_bytes(module))
+    return export_report(kind, out, dense_bytes(module))
 
 
 def _save_open_clip(model: VLModel, module: nn.Module, out: Path, widths: dict[str, int]) -> None:
@@ -182,7 +197,7 @@ def _save_transformers(model: VLModel, module: nn.Module, out: Path) -> None:
         "(DIR: this directory.)\n")
 
 
-def _fresh_directory(out_dir: str | Path) -> Path:
+def fresh_directory(out_dir: str | Path) -> Path:
     from rcc.output_paths import check_output_dir
 
     out = check_output_dir(out_dir, "export directory")
@@ -201,6 +216,7 @@ def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _report(kind: str, out: Path, dense: int) -> ExportReport:
+def export_report(kind: str, out: Path, dense: int, details: dict | None = None) -> ExportReport:
     files = {str(path.relative_to(out)): path.stat().st_size for path in sorted(out.rglob("*")) if path.is_file()}
-    return ExportReport(format=kind, directory=out, files=files, total_bytes=sum(files.values()), dense_bytes=dense)
+    return ExportReport(format=kind, directory=out, files=files, total_bytes=sum(files.values()), dense_bytes=dense,
+                        details=details or {})
