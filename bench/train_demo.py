@@ -4,8 +4,8 @@
 
 Trains rcc-mini's image tower as `rcc-tui train-demo` does (about 85 s on 2 idle cores) and
 reports its zero-shot test top-1 beside the shipped weights' card, and whether the trained
-tensors equal the shipped ones bit for bit (they do on the CPU build of torch the card names;
-another build may differ in the last bits). Goal: test top-1 ≥ 0.90.
+tensors equal the shipped ones bit for bit (a torch build other than the card's may differ in the
+last bits, which the top-1 shows is harmless). Goal: test top-1 ≥ 0.90.
 
 Why a benchmark and not a test: the full recipe is the suite's single most expensive item. The
 suite keeps its proof in two cheap parts (tests/test_training_demo.py): one epoch from the same
