@@ -18,6 +18,8 @@ from rcc.data.images import ArrayImages
 from rcc.data.types import ClassificationDataset
 from rcc.models.registry import load_model
 
+RCC_STAGES = ("dare", "nullu", "alphaedit")  # the method's three; quant is ablated only when bits are planned
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 CALIBRATION = CalibrationData(images=random_images(8, seed=1),
                               texts=("a photo of a cat", "two dogs on the grass", "a red car", "a small bird"))
@@ -68,7 +70,7 @@ def test_variants_are_the_full_sequence_each_removal_and_every_other_order():
 
 def test_every_variant_starts_from_the_same_model_and_the_model_is_left_alone(tiny, config_path, evaluate):
     saved = _state(tiny)
-    config = CascadeConfig(threshold=0.0)  # nothing backed off: sizes depend on the stages only
+    config = CascadeConfig(threshold=0.0, stages=RCC_STAGES)  # nothing backed off: sizes depend on the stages only
     variants = ablation_variants(config.stages)
     seen = []
     result = run_ablation(tiny, PLAN, evaluate, CALIBRATION, None, config, test_evaluate=evaluate,
@@ -103,7 +105,7 @@ def test_every_variant_starts_from_the_same_model_and_the_model_is_left_alone(ti
 
 
 def test_the_profile_times_every_layer_of_every_attempt(tiny, evaluate):
-    config = CascadeConfig(threshold=0.0)
+    config = CascadeConfig(threshold=0.0, stages=RCC_STAGES)
     result, profile = profile_cascade(tiny, PLAN, evaluate, CALIBRATION, None, config)
     assert [(a.stage, a.attempt) for a in profile.attempts] == [(a.stage, a.attempt) for a in result.attempts]
     assert profile.source == "measured" and profile.setup_seconds >= 0

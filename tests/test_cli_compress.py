@@ -129,7 +129,7 @@ def test_compress_rcc_mini_text_mlps_keep_digits_accuracy(tmp_path):
     assert cascade["removed_fraction"] == pytest.approx(0.5, abs=1e-6)
     # DARE masked the 6 layers, Nullu had no rank to apply, AlphaEdit corrected all 6 within their masks.
     assert [(a["stage"], a["changed"], a["accepted"]) for a in cascade["attempts"]] == \
-           [("dare", 6, True), ("nullu", 0, True), ("alphaedit", 6, True)]
+           [("dare", 6, True), ("nullu", 0, True), ("alphaedit", 6, True), ("quant", 0, True)]  # no bits planned
     model = load_model("rcc-mini")
     selected = [layer for layer in model.layers() if layer.tower == "text" and layer.kind == "mlp_in"]
     assert len(selected) == 6
