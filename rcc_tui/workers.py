@@ -75,6 +75,11 @@ class Job:
         return self.running and self._cancel.is_set()
 
     @property
+    def cancel_requested(self) -> bool:
+        """Someone asked this job to stop (it may have ended anyway, between two checks)."""
+        return self._cancel.is_set()
+
+    @property
     def seconds(self) -> float:
         return (self.ended or time.perf_counter()) - self.started if self.started else 0.0
 

@@ -388,10 +388,16 @@ class SearchScreen(Screen[None]):
         self._read(name)
         seconds = job.seconds
         if report is not None:
-            self._outcome = f"{report.ran} trials run in {seconds:.0f} s"
+            # A stop that arrived as the last trial ended stops between trials: still a stop to the user.
+            stopped = job.cancel_requested
+            self._outcome = f"{report.ran} trials run in {seconds:.0f} s" + (" (stopped)" if stopped else "")
             self.set_status(f"study {name!r}: {self._outcome}; "
                             f"{best_text(list(report.rows), report.settings.objective.mode)}")
-            self.app.notify(f"search {name!r} done: {report.ran} trials in {seconds:.0f} s", title="search")
+            if stopped:
+                self.app.notify(f"search {name!r} stopped after {report.ran} trials in {seconds:.0f} s",
+                                title="search", severity="warning")
+            else:
+                self.app.notify(f"search {name!r} done: {report.ran} trials in {seconds:.0f} s", title="search")
         elif isinstance(error, Cancelled):
             self._outcome = f"stopped after {seconds:.0f} s"
             self.set_status(f"study {name!r}: {self._outcome}")
