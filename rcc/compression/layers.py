@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rcc.compression.factor_shapes import FactorShapes
 from rcc.compression.quantized_layers import LAYER_FORMS, QuantizedLowRankLinear, is_quantized
 from rcc.models.inventory import attention_path
 from rcc.models.stored_weights import stored_tensors
@@ -34,7 +35,7 @@ from rcc.schema.layers import LayerInfo
 MASK = "weight_mask"
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(FactorShapes, nn.Module):
     """y = up(down(x)) + bias: a rank-r factorisation of an (out, in) Linear, r(out + in) weights."""
 
     def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None, copy: bool = True):
@@ -46,17 +47,6 @@ class LowRankLinear(nn.Module):
         self.down = nn.Parameter(down.detach().clone() if copy else down.detach())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
-    @property
-    def rank(self) -> int:
-        return self.down.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.down.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.up.shape[0]
 
     @property
     def weight(self) -> torch.Tensor:

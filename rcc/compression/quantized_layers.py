@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rcc.compression.factor_shapes import FactorShapes
 from rcc.compression.int8 import Int8Weight
 from rcc.compression.int8_kernels import KernelCache, int8_linear
 
@@ -133,7 +134,7 @@ class QuantizedLinear(_Int8Module):
                 f"smoothed={self.smoothed}")
 
 
-class QuantizedLowRankLinear(_Int8Module):
+class QuantizedLowRankLinear(FactorShapes, _Int8Module):
     """A ``LowRankLinear`` (up @ down) whose two factors are int8 with per-row scales."""
 
     def __init__(self, up: Int8Weight, down: Int8Weight, bias: torch.Tensor | None = None,
@@ -157,18 +158,6 @@ class QuantizedLowRankLinear(_Int8Module):
                                               torch.ones(rows, device=device))
         return cls(zeros(out_f, rank), zeros(rank, in_f), None if low_rank.bias is None else low_rank.bias.detach(),
                    torch.ones(in_f, device=device) if smoothed else None)
-
-    @property
-    def rank(self) -> int:
-        return self.down.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.down.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.up.shape[0]
 
     def int8_weights(self) -> dict[str, Int8Weight]:
         return {"up": Int8Weight(self.up, self.up_scale), "down": Int8Weight(self.down, self.down_scale)}

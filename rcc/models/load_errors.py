@@ -9,7 +9,7 @@ file: that advice never reaches the user.
 
 from __future__ import annotations
 
-import pickle
+import pickle  # only to name UnpicklingError, what torch.load(weights_only=True) raises; nothing is unpickled
 import re
 
 from safetensors import SafetensorError
